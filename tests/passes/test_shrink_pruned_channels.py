@@ -1,0 +1,590 @@
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+from tvm.script import ir as I
+from tvm.script import relax as R
+
+from tvm_sparse.passes import DetectSparsity, ShrinkPrunedChannels
+
+F32 = "float32"
+
+
+def _bind(mod, **params):
+    return relax.transform.BindParams("main", params)(mod)
+
+
+def _rand(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(F32)
+
+
+def _decisions(mod):
+    attr = mod["main"].attrs["tvm_sparse.decisions"]
+    return {str(k): {str(a): str(b) for a, b in v.items()} for k, v in attr.items()}
+
+
+# --- structural tests ----------------------------------------------------------------------------
+
+
+def test_conv_relu_conv():
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(
+            x: R.Tensor((1, 3, 4, 4), F32),
+            w0: R.Tensor((4, 3, 1, 1), F32),
+            w1: R.Tensor((2, 4, 1, 1), F32),
+        ):
+            with R.dataflow():
+                lv = R.nn.conv2d(x, w0)
+                lv1 = R.nn.relu(lv)
+                lv2 = R.nn.conv2d(lv1, w1)
+                R.output(lv2)
+            return lv2
+
+    @I.ir_module
+    class Expected:
+        @R.function
+        def main(
+            x: R.Tensor((1, 3, 4, 4), F32),
+            w0: R.Tensor((2, 3, 1, 1), F32),
+            w1: R.Tensor((2, 2, 1, 1), F32),
+        ):
+            R.func_attr(
+                {
+                    "tvm_sparse.decisions": {
+                        "lv": {
+                            "kernel": "dense-shrunk",
+                            "pattern": "channel",
+                            "reason": "removed 2/4 output channels",
+                        },
+                        "lv2": {
+                            "kernel": "dense-shrunk",
+                            "pattern": "channel",
+                            "reason": "removed 2/4 input channels",
+                        },
+                    }
+                }
+            )
+            with R.dataflow():
+                lv = R.nn.conv2d(x, w0)
+                lv1 = R.nn.relu(lv)
+                lv2 = R.nn.conv2d(lv1, w1)
+                R.output(lv2)
+            return lv2
+
+    w0, w1 = _rand(4, 3, 1, 1), _rand(2, 4, 1, 1, seed=1)
+    w0[[1, 3]] = 0
+    after = ShrinkPrunedChannels()(_bind(Before, w0=w0, w1=w1))
+    expected = _bind(Expected, w0=w0[[0, 2]], w1=w1[:, [0, 2]])
+    tvm.ir.assert_structural_equal(after, expected)
+
+
+def test_linear_gelu_linear_with_bias_folding():
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(
+            x: R.Tensor((2, 3), F32),
+            w0: R.Tensor((3, 4), F32),
+            b0: R.Tensor((4,), F32),
+            w1: R.Tensor((4, 5), F32),
+            b1: R.Tensor((5,), F32),
+        ):
+            with R.dataflow():
+                lv = R.matmul(x, w0)
+                lv1 = R.add(b0, lv)
+                lv2 = R.nn.gelu(lv1)
+                lv3 = R.matmul(lv2, w1)
+                lv4 = R.add(b1, lv3)
+                R.output(lv4)
+            return lv4
+
+    @I.ir_module
+    class Expected:
+        @R.function
+        def main(
+            x: R.Tensor((2, 3), F32),
+            w0: R.Tensor((3, 3), F32),
+            b0: R.Tensor((3,), F32),
+            w1: R.Tensor((3, 5), F32),
+            b1: R.Tensor((5,), F32),
+        ):
+            R.func_attr(
+                {
+                    "tvm_sparse.decisions": {
+                        "lv": {
+                            "kernel": "dense-shrunk",
+                            "pattern": "channel",
+                            "reason": "removed 1/4 output channels",
+                        },
+                        "lv3": {
+                            "kernel": "dense-shrunk",
+                            "pattern": "channel",
+                            "reason": "removed 1/4 input channels, folded constant inputs into"
+                            " the bias",
+                        },
+                    }
+                }
+            )
+            with R.dataflow():
+                lv = R.matmul(x, w0)
+                lv1 = R.add(b0, lv)
+                lv2 = R.nn.gelu(lv1)
+                lv3 = R.matmul(lv2, w1)
+                lv4 = R.add(b1, lv3)
+                R.output(lv4)
+            return lv4
+
+    w0, b0, w1, b1 = _rand(3, 4), _rand(4, seed=1), _rand(4, 5, seed=2), _rand(5, seed=3)
+    w0[:, 2] = 0  # output feature 2 is gelu(b0[2]), a constant
+    after = ShrinkPrunedChannels()(_bind(Before, w0=w0, b0=b0, w1=w1, b1=b1))
+    g = 0.5 * b0[2] * (1 + np.vectorize(__import__("math").erf)(b0[2] / np.sqrt(2)))
+    keep = [0, 1, 3]
+    expected = _bind(
+        Expected,
+        w0=w0[:, keep],
+        b0=b0[keep],
+        w1=w1[keep],
+        b1=(b1 + g * w1[2]).astype(F32),
+    )
+    tvm.ir.assert_structural_equal(after, expected)
+
+
+def test_conv_batch_norm_decomposed():
+    """Zero conv rows through decomposed BN: the BN shift is a constant folded downstream."""
+
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(
+            x: R.Tensor((1, 2, 3, 3), F32),
+            w0: R.Tensor((3, 2, 1, 1), F32),
+            scale: R.Tensor((1, 3, 1, 1), F32),
+            shift: R.Tensor((1, 3, 1, 1), F32),
+            w1: R.Tensor((2, 3, 1, 1), F32),
+        ):
+            with R.dataflow():
+                lv = R.nn.conv2d(x, w0)
+                lv1 = R.multiply(lv, scale)
+                lv2 = R.add(lv1, shift)
+                lv3 = R.nn.conv2d(lv2, w1)
+                R.output(lv3)
+            return lv3
+
+    @I.ir_module
+    class Expected:
+        @R.function
+        def main(
+            x: R.Tensor((1, 2, 3, 3), F32),
+            w0: R.Tensor((2, 2, 1, 1), F32),
+            scale: R.Tensor((1, 2, 1, 1), F32),
+            shift: R.Tensor((1, 2, 1, 1), F32),
+            w1: R.Tensor((2, 2, 1, 1), F32),
+            corr: R.Tensor((1, 2, 1, 1), F32),
+        ):
+            R.func_attr(
+                {
+                    "tvm_sparse.decisions": {
+                        "lv": {
+                            "kernel": "dense-shrunk",
+                            "pattern": "channel",
+                            "reason": "removed 1/3 output channels",
+                        },
+                        "lv3": {
+                            "kernel": "dense-shrunk",
+                            "pattern": "channel",
+                            "reason": "removed 1/3 input channels, folded constant inputs into"
+                            " the bias",
+                        },
+                    }
+                }
+            )
+            with R.dataflow():
+                lv = R.nn.conv2d(x, w0)
+                lv1 = R.multiply(lv, scale)
+                lv2 = R.add(lv1, shift)
+                lv3 = R.nn.conv2d(lv2, w1)
+                lv3_fold = R.add(lv3, corr)
+                R.output(lv3_fold)
+            return lv3_fold
+
+    w0, w1 = _rand(3, 2, 1, 1), _rand(2, 3, 1, 1, seed=1)
+    scale, shift = _rand(1, 3, 1, 1, seed=2), _rand(1, 3, 1, 1, seed=3)
+    w0[1] = 0
+    params = dict(w0=w0, scale=scale, shift=shift, w1=w1)
+    after = ShrinkPrunedChannels()(_bind(Before, **params))
+    keep = [0, 2]
+    corr = (shift[0, 1, 0, 0] * w1[:, 1, 0, 0]).reshape(1, 2, 1, 1).astype(F32)
+    expected = _bind(
+        Expected,
+        w0=w0[keep],
+        scale=scale[:, keep],
+        shift=shift[:, keep],
+        w1=w1[:, keep],
+        corr=corr,
+    )
+    tvm.ir.assert_structural_equal(after, expected)
+
+
+def test_residual_channel_zero_in_one_branch_stays():
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(
+            x: R.Tensor((1, 3, 2, 2), F32),
+            w0: R.Tensor((3, 3, 1, 1), F32),
+            w1: R.Tensor((3, 3, 1, 1), F32),
+            w2: R.Tensor((2, 3, 1, 1), F32),
+        ):
+            with R.dataflow():
+                lv = R.nn.conv2d(x, w0)
+                lv1 = R.nn.conv2d(x, w1)
+                lv2 = R.add(lv, lv1)
+                lv3 = R.nn.conv2d(lv2, w2)
+                R.output(lv3)
+            return lv3
+
+    w0, w1, w2 = _rand(3, 3, 1, 1), _rand(3, 3, 1, 1, seed=1), _rand(2, 3, 1, 1, seed=2)
+    w0[0] = 0  # zero in one branch only: must stay
+    w0[2] = 0
+    w1[2] = 0  # zero in both branches: removable
+    after = ShrinkPrunedChannels()(_bind(Before, w0=w0, w1=w1, w2=w2))
+
+    @I.ir_module
+    class Expected:
+        @R.function
+        def main(
+            x: R.Tensor((1, 3, 2, 2), F32),
+            w0: R.Tensor((2, 3, 1, 1), F32),
+            w1: R.Tensor((2, 3, 1, 1), F32),
+            w2: R.Tensor((2, 2, 1, 1), F32),
+        ):
+            R.func_attr(
+                {
+                    "tvm_sparse.decisions": {
+                        "lv": {
+                            "kernel": "dense-shrunk",
+                            "pattern": "channel",
+                            "reason": "removed 1/3 output channels",
+                        },
+                        "lv1": {
+                            "kernel": "dense-shrunk",
+                            "pattern": "channel",
+                            "reason": "removed 1/3 output channels",
+                        },
+                        "lv3": {
+                            "kernel": "dense-shrunk",
+                            "pattern": "channel",
+                            "reason": "removed 1/3 input channels",
+                        },
+                    }
+                }
+            )
+            with R.dataflow():
+                lv = R.nn.conv2d(x, w0)
+                lv1 = R.nn.conv2d(x, w1)
+                lv2 = R.add(lv, lv1)
+                lv3 = R.nn.conv2d(lv2, w2)
+                R.output(lv3)
+            return lv3
+
+    expected = _bind(Expected, w0=w0[:2], w1=w1[:2], w2=w2[:, :2])
+    tvm.ir.assert_structural_equal(after, expected)
+
+    # Channel 0 alone (zero in lv only) is reported as kept because of the residual branch.
+    w0b = w0.copy()
+    w1b = w1.copy()
+    w1b[2] = 1.0
+    kept = ShrinkPrunedChannels()(_bind(Before, w0=w0b, w1=w1b, w2=w2))
+    reason = _decisions(kept)["lv"]["reason"]
+    assert reason.startswith("kept 2/3 zero output channels")
+    assert "branch that is not zero" in reason
+
+
+def test_concat_offsets():
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(
+            x: R.Tensor((1, 2, 2, 2), F32),
+            w0: R.Tensor((2, 2, 1, 1), F32),
+            w1: R.Tensor((3, 2, 1, 1), F32),
+            w2: R.Tensor((2, 5, 1, 1), F32),
+        ):
+            with R.dataflow():
+                lv = R.nn.conv2d(x, w0)
+                lv1 = R.nn.conv2d(x, w1)
+                lv2 = R.concat((lv, lv1), axis=1)
+                lv3 = R.nn.conv2d(lv2, w2)
+                R.output(lv3)
+            return lv3
+
+    @I.ir_module
+    class Expected:
+        @R.function
+        def main(
+            x: R.Tensor((1, 2, 2, 2), F32),
+            w0: R.Tensor((2, 2, 1, 1), F32),
+            w1: R.Tensor((2, 2, 1, 1), F32),
+            w2: R.Tensor((2, 4, 1, 1), F32),
+        ):
+            R.func_attr(
+                {
+                    "tvm_sparse.decisions": {
+                        "lv1": {
+                            "kernel": "dense-shrunk",
+                            "pattern": "channel",
+                            "reason": "removed 1/3 output channels",
+                        },
+                        "lv3": {
+                            "kernel": "dense-shrunk",
+                            "pattern": "channel",
+                            "reason": "removed 1/5 input channels",
+                        },
+                    }
+                }
+            )
+            with R.dataflow():
+                lv = R.nn.conv2d(x, w0)
+                lv1 = R.nn.conv2d(x, w1)
+                lv2 = R.concat((lv, lv1), axis=1)
+                lv3 = R.nn.conv2d(lv2, w2)
+                R.output(lv3)
+            return lv3
+
+    w0, w1, w2 = _rand(2, 2, 1, 1), _rand(3, 2, 1, 1, seed=1), _rand(2, 5, 1, 1, seed=2)
+    w1[1] = 0  # channel 2 + 1 = 3 of the concat
+    after = ShrinkPrunedChannels()(_bind(Before, w0=w0, w1=w1, w2=w2))
+    expected = _bind(Expected, w0=w0, w1=w1[[0, 2]], w2=w2[:, [0, 1, 2, 4]])
+    tvm.ir.assert_structural_equal(after, expected)
+
+
+def test_nothing_pruned_is_unchanged():
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((1, 3, 4, 4), F32), w0: R.Tensor((4, 3, 1, 1), F32)):
+            with R.dataflow():
+                lv = R.nn.conv2d(x, w0)
+                lv1 = R.nn.relu(lv)
+                R.output(lv1)
+            return lv1
+
+    before = _bind(Before, w0=_rand(4, 3, 1, 1))
+    tvm.ir.assert_structural_equal(ShrinkPrunedChannels()(before), before)
+
+
+def test_zero_channels_reaching_output_are_kept():
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((1, 3, 4, 4), F32), w0: R.Tensor((4, 3, 1, 1), F32)):
+            with R.dataflow():
+                lv = R.nn.conv2d(x, w0)
+                R.output(lv)
+            return lv
+
+    w0 = _rand(4, 3, 1, 1)
+    w0[0] = 0
+    before = _bind(Before, w0=w0)
+    after = ShrinkPrunedChannels()(before)
+    tvm.ir.assert_structural_equal(after["main"].body, before["main"].body)
+    reason = _decisions(after)["lv"]["reason"]
+    assert reason == "kept 1/4 zero output channels: reaches the function output"
+
+
+def test_decisions_merge_with_existing():
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(x: R.Tensor((1, 3, 4, 4), F32), w0: R.Tensor((4, 3, 1, 1), F32)):
+            R.func_attr({"tvm_sparse.decisions": {"other": {"kernel": "x", "reason": "y"}}})
+            with R.dataflow():
+                lv = R.nn.conv2d(x, w0)
+                R.output(lv)
+            return lv
+
+    w0 = _rand(4, 3, 1, 1)
+    w0[0] = 0
+    decisions = _decisions(ShrinkPrunedChannels()(_bind(Before, w0=w0)))
+    assert decisions["other"] == {"kernel": "x", "reason": "y"}
+    assert "lv" in decisions
+
+
+# --- numerics against PyTorch ----------------------------------------------------------------------
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+
+class _ConvNet(nn.Module):
+    """conv -> BN -> ReLU -> grouped conv -> depthwise -> pool -> flatten -> linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.c3 = nn.Conv2d(8, 6, 1)
+        self.fc = nn.Linear(6 * 3 * 3, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.c1(x)))
+        y = torch.relu(self.c2(y))
+        y = torch.nn.functional.silu(self.dw(y))
+        y = nn.functional.max_pool2d(self.c3(y), 2)
+        return self.fc(y.flatten(1))
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, c=6):
+        super().__init__()
+        self.a = nn.Conv2d(c, c, 3, padding=1)
+        self.b = nn.Conv2d(c, c, 3, padding=1)
+        self.bn = nn.BatchNorm2d(c)
+        self.head = nn.Conv2d(c, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        y = self.bn(self.b(y))
+        z = torch.relu(y + x)
+        return self.head(z).mean((2, 3))
+
+
+class _Attention(nn.Module):
+    def __init__(self, e=8, heads=2):
+        super().__init__()
+        self.h, self.d = heads, e // heads
+        self.q, self.k, self.v, self.o = (nn.Linear(e, e) for _ in range(4))
+        self.ln = nn.LayerNorm(e)
+        self.ff1, self.ff2 = nn.Linear(e, 12), nn.Linear(12, e)
+
+    def forward(self, x):
+        b, s, e = x.shape
+
+        def split(t):
+            return t.reshape(b, s, self.h, self.d).transpose(1, 2)
+
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        a = torch.softmax(q @ k.transpose(-1, -2) / self.d**0.5, dim=-1) @ v
+        x = self.ln(x + self.o(a.transpose(1, 2).reshape(b, s, e)))
+        return x + self.ff2(nn.functional.gelu(self.ff1(x)))
+
+
+def _zero(param, index):
+    with torch.no_grad():
+        param[index] = 0
+
+
+def _conv_pruned():
+    m = _ConvNet()
+    _zero(m.c1.weight, [1, 4])  # BN shift makes them constants
+    _zero(m.c2.weight, [0, 5])  # one per group: groups stay equal
+    _zero(m.c3.weight, [2])
+    return m, torch.randn(1, 3, 6, 6)
+
+
+def _conv_unequal_groups():
+    m = _ConvNet()
+    _zero(m.c2.weight, [0, 1])  # both in group 0: grouped conv must keep them
+    return m, torch.randn(1, 3, 6, 6)
+
+
+def _res_pruned():
+    m = _ResBlock()
+    _zero(m.a.weight, [0, 3])  # constant relu(bias) into a padded 3x3 conv: correction map
+    _zero(m.b.weight, [1, 2])  # zero in one residual branch only
+    return m, torch.randn(1, 6, 5, 5)
+
+
+def _attention_zero_v_head():
+    m = _Attention()
+    _zero(m.v.weight, slice(4, 8))  # head 1 of V: constant bias, attention keeps it constant
+    _zero(m.ff1.weight, [3, 7, 11])
+    return m, torch.randn(1, 3, 8)
+
+
+def _attention_zero_out_head():
+    m = _Attention()
+    _zero(m.o.weight, (slice(None), slice(0, 4)))  # head 0 unused by the output projection
+    return m, torch.randn(1, 3, 8)
+
+
+def _mlp_all_zero():
+    m = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3), nn.Tanh(), nn.Linear(3, 2))
+    _zero(m[0].weight, slice(None))
+    return m, torch.randn(2, 5)
+
+
+def _mlp_dense():
+    return nn.Sequential(nn.Linear(5, 7), nn.GELU(), nn.Linear(7, 3)), torch.randn(3, 5)
+
+
+def _mlp_odd():
+    m = nn.Sequential(nn.Linear(11, 13), nn.SiLU(), nn.Linear(13, 7))
+    _zero(m[0].weight, [0, 5, 12])
+    return m, torch.randn(3, 11)
+
+
+MODELS = {
+    "conv_bn_grouped_depthwise": _conv_pruned,
+    "grouped_unequal": _conv_unequal_groups,
+    "resnet_block": _res_pruned,
+    "attention_zero_v_head": _attention_zero_v_head,
+    "attention_zero_out_head": _attention_zero_out_head,
+    "all_zero_weight": _mlp_all_zero,
+    "dense": _mlp_dense,
+    "odd_shapes": _mlp_odd,
+}
+
+
+def _import(model, x):
+    from tvm.relax.frontend.torch import from_exported_program
+
+    mod = from_exported_program(torch.export.export(model, (x,)))
+    mod = relax.transform.DecomposeOpsForInference()(mod)
+    return relax.transform.FoldConstant()(mod)
+
+
+def _run(mod, x):
+    exe = tvm.compile(mod, tvm.target.Target({"kind": "llvm"}))
+    vm = relax.VirtualMachine(exe, tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x.numpy()))
+    return out[0].numpy() if isinstance(out, tvm.ir.container.Array | list | tuple) else out
+
+
+def _weight_count(mod):
+    total = 0
+
+    def visit(e):
+        nonlocal total
+        if isinstance(e, relax.Call) and e.op.name in ("relax.matmul", "relax.nn.conv2d"):
+            if isinstance(e.args[1], tvm.ir.GenericConst):
+                total += int(np.prod(e.args[1].value.numpy().shape))
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return total
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_numerics_against_torch(name):
+    torch.manual_seed(0)
+    model, x = MODELS[name]()
+    model.eval()
+    for mod_ in model.modules():
+        if isinstance(mod_, nn.BatchNorm2d):
+            with torch.no_grad():
+                mod_.running_mean.uniform_(-1, 1)
+                mod_.running_var.uniform_(0.5, 2)
+                mod_.bias.uniform_(-1, 1)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    before = DetectSparsity()(_import(model, x))
+    after = ShrinkPrunedChannels()(before)
+    np.testing.assert_allclose(_run(after, x), ref, rtol=1e-4, atol=1e-5)
+    shrunk = _weight_count(after) < _weight_count(before)
+    assert shrunk == (name not in ("dense", "grouped_unequal"))
+    if name == "dense":
+        tvm.ir.assert_structural_equal(after, before)

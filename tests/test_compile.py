@@ -1,0 +1,166 @@
+"""End-to-end: the model zoo compiled from PyTorch and ONNX matches PyTorch and ONNX Runtime."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import tvm
+import zoo
+
+import tvm_sparse
+
+RTOL, ATOL = 1e-4, 1e-4
+
+
+def _export_onnx(model: torch.nn.Module, x: torch.Tensor, *, dynamic: bool = False) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    kwargs = {"dynamic_axes": {"x": {0: "batch"}, "y": {0: "batch"}}} if dynamic else {}
+    torch.onnx.export(
+        model, (x,), buffer, input_names=["x"], output_names=["y"], dynamo=False, **kwargs
+    )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+@pytest.mark.parametrize("name", sorted(zoo.ZOO))
+def test_zoo_from_pytorch_matches_pytorch(name):
+    model, (x,) = zoo.make(name)
+    compiled = tvm_sparse.compile(model, "x86", example_inputs=(x,))
+    with torch.no_grad():
+        expected = model(x)
+    got = compiled(x)
+    assert isinstance(got, torch.Tensor)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=RTOL, atol=ATOL)
+    # numpy in, numpy out
+    assert isinstance(compiled(x.numpy()), np.ndarray)
+
+
+@pytest.mark.parametrize("name", sorted(zoo.ZOO))
+def test_zoo_from_onnx_matches_onnxruntime(name):
+    import onnxruntime as ort
+
+    model, (x,) = zoo.make(name)
+    proto = _export_onnx(model, x)
+    compiled = tvm_sparse.compile(proto, "x86")
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    (expected,) = session.run(None, {"x": x.numpy()})
+    np.testing.assert_allclose(compiled(x.numpy()), expected, rtol=RTOL, atol=ATOL)
+
+
+def test_every_kernel_is_scheduled():
+    model, (x,) = zoo.make("transformer")
+    compiled = tvm_sparse.compile(model, "x86", example_inputs=(x,), sparsity="off")
+    kernels = {row.kernel for row in compiled.report.rows if row.flops}
+    assert "unscheduled" not in kernels
+    assert not [n for n in compiled.report.notes if "no schedule rule" in n]
+
+
+def test_pipeline_drops_into_tvm_compile():
+    from tvm.relax.frontend.torch import from_exported_program
+
+    model, (x,) = zoo.make("mlp")
+    mod = from_exported_program(torch.export.export(model, (x,)))
+    target = tvm.target.Target({"kind": "llvm"})
+    ex = tvm.compile(mod, target, relax_pipeline=tvm_sparse.pipeline(target))
+    vm = tvm.relax.VirtualMachine(ex, tvm.cpu())
+    (got,) = vm["main"](tvm.runtime.tensor(x.numpy()))
+    np.testing.assert_allclose(got.numpy(), model(x).detach().numpy(), rtol=RTOL, atol=ATOL)
+
+
+def test_relax_irmodule_input():
+    from tvm.relax.frontend.torch import from_exported_program
+
+    model, (x,) = zoo.make("mlp")
+    mod = from_exported_program(torch.export.export(model, (x,)))
+    compiled = tvm_sparse.compile(mod, "x86")
+    (got,) = compiled(x.numpy())
+    np.testing.assert_allclose(got, model(x).detach().numpy(), rtol=RTOL, atol=ATOL)
+
+
+def test_exported_program_input_and_structure():
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Linear(8, 4)
+            self.b = torch.nn.Linear(8, 2)
+
+        def forward(self, x):
+            return {"a": self.a(x), "b": torch.relu(self.b(x))}
+
+    model, x = TwoHeads().eval(), torch.randn(3, 8)
+    compiled = tvm_sparse.compile(torch.export.export(model, (x,)), "x86")
+    got = compiled(x)
+    assert set(got) == {"a", "b"}
+    for key in got:
+        np.testing.assert_allclose(got[key].numpy(), model(x)[key].detach().numpy(), rtol=RTOL)
+
+
+def test_dynamic_batch_pytorch():
+    model, (x,) = zoo.make("mlp")
+    batch = torch.export.Dim("batch", min=1, max=512)
+    compiled = tvm_sparse.compile(
+        model, "x86", example_inputs=(x,), dynamic_shapes={"x": {0: batch}}
+    )
+    for n in (1, 7, 33):
+        xn = torch.randn(n, x.shape[1])
+        np.testing.assert_allclose(
+            compiled(xn).numpy(), model(xn).detach().numpy(), rtol=RTOL, atol=ATOL
+        )
+
+
+def test_dynamic_batch_onnx():
+    import onnxruntime as ort
+
+    model, (x,) = zoo.make("cnn")
+    proto = _export_onnx(model, x, dynamic=True)
+    compiled = tvm_sparse.compile(proto, "x86")
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for n in (1, 3):
+        xn = np.random.default_rng(n).standard_normal((n, *x.shape[1:])).astype("float32")
+        (expected,) = session.run(None, {"x": xn})
+        np.testing.assert_allclose(compiled(xn), expected, rtol=RTOL, atol=ATOL)
+
+
+def test_onnx_file_path(tmp_path):
+    model, (x,) = zoo.make("depthwise")
+    path = tmp_path / "m.onnx"
+    onnx.save(_export_onnx(model, x), path)
+    compiled = tvm_sparse.compile(str(path), "x86")
+    np.testing.assert_allclose(
+        compiled(x.numpy()), model(x).detach().numpy(), rtol=RTOL, atol=ATOL
+    )
+
+
+def test_export_library_and_load(tmp_path):
+    model, (x,) = zoo.make("cnn")
+    compiled = tvm_sparse.compile(model, "x86", example_inputs=(x,))
+    path = compiled.export_library(tmp_path / "cnn.so")
+    loaded = tvm_sparse.load(path)
+    np.testing.assert_allclose(loaded(x).numpy(), compiled(x).numpy(), rtol=1e-6)
+    assert [r.name for r in loaded.report.rows] == [r.name for r in compiled.report.rows]
+
+
+def test_benchmark_stats():
+    model, (x,) = zoo.make("mlp")
+    stats = tvm_sparse.compile(model, "x86", example_inputs=(x,)).benchmark(x, repeat=5)
+    assert stats["min_ms"] <= stats["median_ms"] <= stats["p90_ms"]
+    assert stats["min_ms"] > 0
+
+
+def test_report_rows():
+    model, (x,) = zoo.make("cnn")
+    report = tvm_sparse.compile(model, "x86", example_inputs=(x,), sparsity="off").report
+    convs = report.find(op="conv2d")
+    assert len(convs) == 6
+    stem = convs[0]
+    assert stem.input_shapes[1] == [16, 3, 3, 3]
+    assert stem.flops == 2 * 2 * 16 * 16 * 16 * 3 * 3 * 3
+    assert stem.weight_bytes == 16 * 3 * 3 * 3 * 4
+    assert all(row.kernel for row in convs)
+    data = report.to_dict()
+    assert data["total_flops"] == report.total_flops
+    assert "conv2d" in report.table()
+    assert tvm_sparse.CompileReport.from_dict(data).to_dict() == data

@@ -1,0 +1,28 @@
+"""tvm_sparse: an Apache TVM plugin that turns pruned neural networks into real speed."""
+
+__version__ = "0.1.0"
+
+from . import targets  # noqa: E402
+from .compile import compile  # noqa: E402,A004
+from .compiled_model import CompiledModel, load  # noqa: E402
+from .frontend import ModelImportError, UnsupportedOperatorError  # noqa: E402
+from .pipeline import pipeline  # noqa: E402
+from .prune import SPARSITY_SCHEMES, Pruner, PruneResult, prune  # noqa: E402
+from .report import CompileReport, OpRecord  # noqa: E402
+
+__all__ = [
+    "SPARSITY_SCHEMES",
+    "CompileReport",
+    "CompiledModel",
+    "ModelImportError",
+    "OpRecord",
+    "PruneResult",
+    "Pruner",
+    "UnsupportedOperatorError",
+    "__version__",
+    "compile",
+    "load",
+    "pipeline",
+    "prune",
+    "targets",
+]

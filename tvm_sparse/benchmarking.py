@@ -1,0 +1,116 @@
+"""Latency measurement shared by the CLI, the example and ``benchmarks/``.
+
+Every figure is a median over repeated runs in the calling process, so ratios between
+runtimes measured in one run are comparable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "machine_info",
+    "summarize",
+    "time_callable",
+    "time_onnxruntime",
+    "time_torch",
+    "write_results",
+]
+
+
+def summarize(samples_s: Sequence[float]) -> dict[str, float]:
+    """Median, min, p90 and mean in milliseconds."""
+    ms = np.asarray(samples_s, dtype=np.float64) * 1e3
+    return {
+        "median_ms": float(np.median(ms)),
+        "min_ms": float(ms.min()),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "mean_ms": float(ms.mean()),
+        "repeat": len(ms),
+    }
+
+
+def time_callable(fn: Callable[[], Any], *, warmup: int = 3, repeat: int = 30) -> dict[str, float]:
+    """Time ``fn()`` ``repeat`` times after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return summarize(samples)
+
+
+def time_torch(model: Any, inputs: Sequence[Any], **kwargs: Any) -> dict[str, float]:
+    """Latency of a PyTorch model in inference mode on the CPU."""
+    import torch
+
+    tensors = [torch.as_tensor(x) for x in inputs]
+    model = model.eval()
+    with torch.inference_mode():
+        return time_callable(lambda: model(*tensors), **kwargs)
+
+
+def time_onnxruntime(model: Any, inputs: Sequence[np.ndarray], **kwargs: Any) -> dict[str, float]:
+    """Latency of an ONNX model (path or ``ModelProto``) in ONNX Runtime, all optimisations on."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = _num_cores()
+    source = model if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    feed = {i.name: np.asarray(x) for i, x in zip(session.get_inputs(), inputs, strict=True)}
+    return time_callable(lambda: session.run(None, feed), **kwargs)
+
+
+def _num_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import torch
+    import tvm
+    from tvm.target import codegen
+
+    return {
+        "cpu": codegen.llvm_get_system_cpu(),
+        "cores": _num_cores(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "tvm": tvm.__version__,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def write_results(
+    name: str, rows: list[dict[str, Any]], columns: list[str], *, out_dir: str, notes: str = ""
+) -> tuple[str, str]:
+    """Write ``rows`` as ``<out_dir>/<name>.json`` and a Markdown table ``<name>.md``."""
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, f"{name}.json")
+    md_path = os.path.join(out_dir, f"{name}.md")
+    with open(json_path, "w") as f:
+        json.dump({"machine": machine_info(), "rows": rows}, f, indent=1)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for col in columns:
+            value = row.get(col, "")
+            cells.append(f"{value:.3f}" if isinstance(value, float) else str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    info = machine_info()
+    header = f"# {name}\n\nMeasured on {info['cpu']}, {info['cores']} cores, {info['date']}.\n\n"
+    with open(md_path, "w") as f:
+        f.write(header + "\n".join(lines) + "\n" + (f"\n{notes}\n" if notes else ""))
+    return json_path, md_path

@@ -1,0 +1,250 @@
+"""CompiledModel: a compiled Relax VM program called like the model it came from."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .frontend import InputSpec
+from .report import CompileReport
+from .targets import TargetPreset, is_host_target, resolve_target
+
+__all__ = ["CompiledModel", "load"]
+
+_META_SUFFIX = ".meta.json"
+
+
+class CompiledModel:
+    """A compiled model: call it with NumPy arrays or torch tensors.
+
+    Outputs come back as the same kind as the inputs (torch in, torch out), in the structure
+    the source model returns (a PyTorch model's tuple or dict; ONNX outputs as a tuple, or a
+    single array when there is one).
+
+    Attributes
+    ----------
+    report : CompileReport
+        One row per operator: kernel, pattern and reason.
+    inputs : list[InputSpec]
+        Expected inputs; dynamic dimensions are named strings.
+    """
+
+    def __init__(
+        self,
+        executable: Any,
+        *,
+        preset: TargetPreset,
+        inputs: list[InputSpec],
+        output_spec: str | None,
+        report: CompileReport,
+        device: tvm.runtime.Device | None = None,
+    ):
+        self.executable = executable
+        self.preset = preset
+        self.inputs = inputs
+        self.output_spec = output_spec
+        self.report = report
+        self._device = device
+        self._vm: relax.VirtualMachine | None = None
+
+    @property
+    def target(self) -> tvm.target.Target:
+        return self.preset.tvm_target()
+
+    @property
+    def vm(self) -> relax.VirtualMachine:
+        if self._vm is None:
+            if self._device is None and not is_host_target(self.target):
+                raise RuntimeError(
+                    f"this model is compiled for {self.preset.name} ({self.target.kind.name}), "
+                    "which is not this machine: export_library() it and run it on the device, "
+                    "or run it over TVM RPC"
+                )
+            device = self._device
+            if device is None:
+                device = tvm.cuda(0) if self.target.kind.name == "cuda" else tvm.cpu(0)
+            self._vm = relax.VirtualMachine(self.executable, device)
+            self._device = device
+        return self._vm
+
+    def _convert_inputs(self, args: tuple) -> tuple[list[tvm.runtime.Tensor], bool]:
+        if len(args) != len(self.inputs):
+            expected = ", ".join(s.describe() for s in self.inputs)
+            raise TypeError(
+                f"the model takes {len(self.inputs)} inputs ({expected}), got {len(args)}"
+            )
+        as_torch = False
+        converted = []
+        symbols: dict[str, int] = {}
+        for arg, spec in zip(args, self.inputs, strict=True):
+            if type(arg).__module__.startswith("torch"):
+                as_torch = True
+                arg = arg.detach().cpu().numpy()
+            if not isinstance(arg, np.ndarray):
+                raise TypeError(
+                    f"input {spec.name!r} must be a numpy array or torch tensor, "
+                    f"not {type(arg).__name__}"
+                )
+            _check_input(arg, spec, symbols)
+            converted.append(tvm.runtime.tensor(np.ascontiguousarray(arg), self.vm_device))
+        return converted, as_torch
+
+    @property
+    def vm_device(self) -> tvm.runtime.Device:
+        self.vm  # noqa: B018  (creates the VM and picks its device)
+        return self._device
+
+    def __call__(self, *args: Any) -> Any:
+        tensors, as_torch = self._convert_inputs(args)
+        result = self.vm["main"](*tensors)
+        convert = _to_torch if as_torch else _to_numpy
+        if self.output_spec is not None:
+            from torch.utils import _pytree as pytree
+
+            outputs = [convert(out) for out in _flatten(result)]
+            return pytree.tree_unflatten(outputs, pytree.treespec_loads(self.output_spec))
+        return _map_structure(result, convert)
+
+    def benchmark(
+        self, *args: Any, warmup: int = 3, repeat: int = 30, min_repeat_ms: float = 0
+    ) -> dict[str, float]:
+        """Latency of one call, without Python conversion: median, min, p90 and mean in ms."""
+        tensors, _ = self._convert_inputs(args)
+        self.vm.set_input("main", *tensors)
+        for _ in range(warmup):
+            self.vm.invoke_stateful("main")
+        timer = self.vm.time_evaluator(
+            "invoke_stateful", self.vm_device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms
+        )
+        samples = np.array(timer("main").results) * 1e3
+        return {
+            "median_ms": float(np.median(samples)),
+            "min_ms": float(samples.min()),
+            "p90_ms": float(np.percentile(samples, 90)),
+            "mean_ms": float(samples.mean()),
+            "repeat": int(repeat),
+        }
+
+    def export_library(self, path: str | os.PathLike) -> str:
+        """Write a shared library for the target (cross-compiled if needed) and its metadata.
+
+        ``tvm_sparse.load(path)`` reads both back. The metadata (inputs, output structure,
+        report, target) goes to ``<path>.meta.json`` beside the library.
+        """
+        path = os.fspath(path)
+        kwargs = {}
+        if self.preset.cross_compiler and not is_host_target(self.target.host or self.target):
+            from tvm.contrib import cc
+
+            kwargs["fcompile"] = cc.cross_compiler(self.preset.cross_compiler)
+        self.executable.export_library(path, **kwargs)
+        meta = {
+            "tvm_sparse_version": _version(),
+            "preset": self.preset.name,
+            "target": str(self.target),
+            "inputs": [[s.name, list(s.shape), s.dtype] for s in self.inputs],
+            "output_spec": self.output_spec,
+            "report": self.report.to_dict(),
+        }
+        with open(path + _META_SUFFIX, "w") as f:
+            json.dump(meta, f, indent=1)
+        return path
+
+    def __repr__(self) -> str:
+        ins = ", ".join(s.describe() for s in self.inputs)
+        return f"CompiledModel(target={self.preset.name!r}, inputs=[{ins}])"
+
+
+def _check_input(arg: np.ndarray, spec: InputSpec, symbols: dict[str, int]) -> None:
+    if str(arg.dtype) != spec.dtype:
+        raise TypeError(
+            f"input {spec.name!r} has dtype {arg.dtype}, expected {spec.dtype}; "
+            f"convert it with .astype({spec.dtype!r})"
+        )
+    if arg.ndim != len(spec.shape):
+        raise ValueError(
+            f"input {spec.name!r} has shape {list(arg.shape)}, expected rank {len(spec.shape)} "
+            f"({spec.describe()})"
+        )
+    for axis, (got, want) in enumerate(zip(arg.shape, spec.shape, strict=True)):
+        if isinstance(want, int):
+            ok = got == want
+        else:
+            ok = symbols.setdefault(want, got) == got
+        if not ok:
+            raise ValueError(
+                f"input {spec.name!r} has shape {list(arg.shape)}: dimension {axis} is {got}, "
+                f"expected {want} ({spec.describe()}); compile with dynamic_batch=True or "
+                "dynamic_shapes for a varying size"
+            )
+
+
+def _to_numpy(tensor: tvm.runtime.Tensor) -> np.ndarray:
+    return tensor.numpy()
+
+
+def _to_torch(tensor: tvm.runtime.Tensor) -> Any:
+    import torch
+
+    return torch.from_numpy(tensor.numpy())
+
+
+def _map_structure(result: Any, convert: Any) -> Any:
+    """The VM's result with tensors converted: a tensor, or nested tuples of them."""
+    if isinstance(result, tvm.runtime.Tensor):
+        return convert(result)
+    return tuple(_map_structure(item, convert) for item in result)
+
+
+def _flatten(result: Any) -> list[Any]:
+    if isinstance(result, tvm.runtime.Tensor):
+        return [result]
+    flat = []
+    for item in result:
+        flat.extend(_flatten(item))
+    return flat
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def load(path: str | os.PathLike, device: tvm.runtime.Device | None = None) -> CompiledModel:
+    """Load a library written by :meth:`CompiledModel.export_library`."""
+    path = os.fspath(path)
+    meta_path = path + _META_SUFFIX
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no compiled library at {path!r}")
+    if not os.path.isfile(meta_path):
+        raise FileNotFoundError(
+            f"{meta_path!r} is missing: tvm_sparse.load needs the metadata that export_library "
+            "writes beside the library"
+        )
+    with open(meta_path) as f:
+        meta = json.load(f)
+    executable = tvm.runtime.load_module(path)
+    target = tvm.target.Target(
+        json.loads(meta["target"]) if meta["target"].startswith("{") else meta["target"]
+    )
+    preset = (
+        resolve_target(meta["preset"]) if meta["preset"] != "custom" else resolve_target(target)
+    )
+    inputs = [
+        InputSpec(name, tuple(d if isinstance(d, int) else str(d) for d in shape), dtype)
+        for name, shape, dtype in meta["inputs"]
+    ]
+    return CompiledModel(
+        executable,
+        preset=preset,
+        inputs=inputs,
+        output_spec=meta["output_spec"],
+        report=CompileReport.from_dict(meta["report"]),
+        device=device,
+    )

@@ -1,0 +1,32 @@
+"""Sparse TIR kernels for CPUs, built already scheduled, and the cost model that picks them.
+
+``formats`` compresses pruned weights (BSR, N:M); ``bsr_matmul`` and ``nm_matmul`` are the
+matmul kernels with their knobs; ``sparse_conv2d`` lowers convolutions onto them;
+``cost_model`` decides per layer whether sparse beats dense on a target.
+"""
+
+from .bsr_matmul import BSRMatmulKnobs, bsr_matmul, bsr_matmul_kernel_name
+from .cost_model import Calibration, Estimate, calibrate, default_cache_path, load_calibration
+from .formats import BSRMatrix, NMMatrix, to_bsr, to_nm
+from .nm_matmul import NMMatmulKnobs, nm_matmul, nm_matmul_kernel_name
+from .sparse_conv2d import Conv2DGeometry, im2col
+
+__all__ = [
+    "BSRMatmulKnobs",
+    "BSRMatrix",
+    "Calibration",
+    "Conv2DGeometry",
+    "Estimate",
+    "NMMatmulKnobs",
+    "NMMatrix",
+    "bsr_matmul",
+    "bsr_matmul_kernel_name",
+    "calibrate",
+    "default_cache_path",
+    "im2col",
+    "load_calibration",
+    "nm_matmul",
+    "nm_matmul_kernel_name",
+    "to_bsr",
+    "to_nm",
+]

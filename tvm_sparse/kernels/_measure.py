@@ -1,0 +1,102 @@
+"""Timing helpers shared by calibration and the benchmarks (random pruned weights, one host)."""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.target import Target
+
+from .bsr_matmul import BSRMatmulKnobs, bsr_matmul
+from .formats import to_bsr, to_nm
+from .nm_matmul import NMMatmulKnobs, nm_matmul
+
+__all__ = ["block_mask", "measure_bsr", "measure_dense", "measure_nm", "nm_mask", "time_prim_func"]
+
+
+def block_mask(
+    n: int, k: int, block: tuple[int, int], density: float, rng: np.random.Generator
+) -> np.ndarray:
+    """A ``(n, k)`` 0/1 mask keeping a random ``density`` of ``block``-shaped blocks."""
+    r, c = block
+    grid = rng.random((-(-n // r), -(-k // c))) < density
+    return np.kron(grid, np.ones((r, c), dtype=bool))[:n, :k]
+
+
+def nm_mask(n: int, k: int, nm: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A ``(n, k)`` mask keeping ``nm[0]`` random entries of every ``nm[1]`` consecutive ones."""
+    keep, group = nm
+    k_pad = -(-k // group) * group
+    scores = rng.random((n, k_pad // group, group))
+    ranks = scores.argsort(axis=2).argsort(axis=2)
+    return (ranks < keep).reshape(n, k_pad)[:, :k]
+
+
+def time_prim_func(
+    func: tvm.tirx.PrimFunc, target: Target, args: list[np.ndarray], *, repeat: int = 5
+) -> float:
+    """Best-of-``repeat`` seconds of one call of ``func`` (the output is the last arg)."""
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target)
+    lib = lib.jit()
+    dev = tvm.cpu()
+    tensors = [tvm.runtime.tensor(a, dev) for a in args]
+    evaluator = lib.time_evaluator("main", dev, number=10, repeat=repeat, min_repeat_ms=20)
+    return float(min(evaluator(*tensors).results))
+
+
+def measure_dense(target: Target, m: int, n: int, k: int) -> float:
+    """GFLOP/s of the dense ``(m, k) @ (k, n)`` matmul as ``tvm_sparse.pipeline`` builds it."""
+    seconds = time_dense_relax(target, m, n, k)
+    return 2.0 * m * n * k / seconds / 1e9
+
+
+def time_dense_relax(target: Target, m: int, n: int, k: int, *, repeat: int = 5) -> float:
+    from ..pipeline import pipeline
+
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((k, n)).astype("float32")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((m, k), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.matmul(x, relax.const(weight)))
+        bb.emit_func_output(out)
+    exe = tvm.compile(bb.get(), target, relax_pipeline=pipeline(target, sparsity="off"))
+    dev = tvm.cpu()
+    vm = relax.VirtualMachine(exe, dev)
+    xin = tvm.runtime.tensor(rng.standard_normal((m, k)).astype("float32"), dev)
+    evaluator = vm.time_evaluator("main", dev, number=10, repeat=repeat, min_repeat_ms=20)
+    return float(min(evaluator(xin).results))
+
+
+def measure_bsr(
+    target: Target, m: int, n: int, k: int, block: tuple[int, int], density: float
+) -> float:
+    """GFLOP/s (over stored values) of the BSR kernel at ``density`` of ``block`` blocks."""
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((n, k)) * block_mask(n, k, block, density, rng)).astype(
+        "float32"
+    )
+    knobs = BSRMatmulKnobs.for_target(target).resolve(block, m)
+    bsr = to_bsr(weight, block, row_multiple=knobs.group)
+    func = bsr_matmul(m, k, n, block, bsr.nnzb, bsr.block_rows, knobs=knobs)
+    data = bsr.data_cr() if knobs.variant == "rows" else bsr.data
+    x = rng.standard_normal((m, k)).astype("float32")
+    seconds = time_prim_func(
+        func, target, [x, data, bsr.indices, bsr.indptr, np.zeros((m, n), "float32")]
+    )
+    return 2.0 * m * max(bsr.data.size, 1) / seconds / 1e9
+
+
+def measure_nm(target: Target, m: int, n: int, k: int, nm: tuple[int, int]) -> float:
+    """GFLOP/s (over stored values) of the N:M kernel."""
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((n, k)) * nm_mask(n, k, nm, rng)).astype("float32")
+    knobs = NMMatmulKnobs.for_target(target).resolve(m)
+    mat = to_nm(weight, nm, row_multiple=knobs.group)
+    func = nm_matmul(m, k, n, nm, mat.values.shape[0], knobs=knobs)
+    x = rng.standard_normal((m, k)).astype("float32")
+    seconds = time_prim_func(
+        func, target, [x, mat.values, mat.columns, np.zeros((m, n), "float32")]
+    )
+    return 2.0 * m * mat.values.size / seconds / 1e9

@@ -1,0 +1,404 @@
+"""Block-sparse (BSR) weight times dense activations, vectorised and parallel for x86 CPUs.
+
+Computes ``Y = X @ W.T`` for a pruned ``(N, K)`` weight ``W`` held as :class:`BSRMatrix`, with
+data-dependent loops over each block row's nonzero blocks. Two register tilings, picked by
+:class:`BSRMatmulKnobs`:
+
+``"rows"``
+    Vectorise over the ``r`` outputs of a block (``r`` a multiple of the vector lanes, e.g. 16x1
+    blocks with AVX-512). Each block is one vector load per input column, reused by ``m_tile``
+    rows of ``X`` whose elements are broadcast straight from memory into the FMA. Reads ``X`` as
+    ``(M, K)`` and writes ``Y`` as ``(M, N)``, so no layout change at all.
+``"m"``
+    Vectorise over ``M`` (works for every block, 1x1 included). Activations are read
+    transposed, ``X.T`` ``(K, M)``, so one vector load of ``X.T`` feeds the ``r`` outputs of a
+    block; the transpose happens inside the kernel (``x_layout="MK"``) or is the input's natural
+    layout (``x_layout="KM"``: a 1x1 convolution's ``(C, H*W)`` or an im2col matrix). Output is
+    ``(N, M)`` directly, or ``(M, N)`` by collecting ``group`` block rows into a tile that is then
+    stored as full vectors (writing single columns of ``(M, N)`` thrashes cache lines and TLB).
+
+The PrimFuncs come out already scheduled (``tirx.is_scheduled``) with the attribute
+``"tvm_sparse.kernel"`` naming the kernel, so the rest of the pipeline leaves them alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from tvm import tirx
+from tvm.script import tirx as T
+from tvm.target import Target
+
+from ..schedules.cpu.base import vector_lanes
+
+__all__ = ["BSRMatmulKnobs", "bsr_matmul", "bsr_matmul_kernel_name"]
+
+_VARIANTS = ("auto", "rows", "m", "gemv")
+#: Fp32 accumulators kept in registers (x86-64 has 16 ymm, AVX-512 has 32 zmm).
+_ACCUMULATORS = 16
+
+
+@dataclass(frozen=True)
+class BSRMatmulKnobs:
+    """Tuning knobs of the BSR matmul; the autotuner searches exactly these.
+
+    Parameters
+    ----------
+    lanes : int
+        Fp32 lanes of one vector register (16 with AVX-512, 8 with AVX2).
+    variant : str
+        ``"rows"``, ``"m"``, ``"gemv"`` or ``"auto"``: ``"rows"`` when ``r`` is a multiple of
+        ``lanes``, else ``"gemv"`` for a single row of activations, else ``"m"``.
+    m_tile : int
+        Rows of ``X`` per register tile; 0 picks a tile of about 16 accumulators.
+    group : int
+        ``"m"`` variant writing ``(M, N)``: block rows collected per store tile; 0 picks enough
+        for one full vector of outputs.
+    """
+
+    lanes: int = 16
+    variant: str = "auto"
+    m_tile: int = 0
+    group: int = 0
+
+    def __post_init__(self) -> None:
+        if self.variant not in _VARIANTS:
+            raise ValueError(f"variant must be one of {_VARIANTS}, got {self.variant!r}")
+        if self.lanes < 1 or self.m_tile < 0 or self.group < 0:
+            raise ValueError(f"knobs must be positive (0 = default), got {self}")
+
+    @classmethod
+    def for_target(cls, target: Target, **overrides) -> BSRMatmulKnobs:
+        """Defaults for ``target``: the vector width comes from the target's features."""
+        return cls(lanes=vector_lanes(target), **overrides)
+
+    def resolve(
+        self,
+        block: tuple[int, int],
+        m: int,
+        *,
+        batch: int = 1,
+        x_layout: str = "MK",
+        y_layout: str = "MN",
+    ) -> BSRMatmulKnobs:
+        """Concrete knobs (no ``"auto"``, no 0) for a ``block`` and ``m`` rows of activations."""
+        r, _ = block
+        variant = self.variant
+        natural = batch == 1 and x_layout == "MK" and y_layout == "MN"
+        if variant == "auto":
+            if r % self.lanes == 0 and natural:
+                variant = "rows"
+            elif m == 1 and natural:
+                variant = "gemv"
+            else:
+                variant = "m"
+        if variant == "gemv":
+            return replace(self, variant=variant, m_tile=1, group=1)
+        if variant == "rows":
+            vectors_per_row = max(r // self.lanes, 1)
+            m_tile = self.m_tile or max(_ACCUMULATORS // (2 * vectors_per_row), 1)
+            group = 1
+        else:
+            vectors = max(min(8, _ACCUMULATORS // r), 1)
+            m_tile = self.m_tile or vectors * self.lanes
+            group = self.group or (max(-(-self.lanes // r), 1) if y_layout == "MN" else 1)
+        return replace(self, variant=variant, m_tile=max(min(m_tile, m), 1), group=group)
+
+
+def bsr_matmul_kernel_name(block: tuple[int, int]) -> str:
+    """The name used in reports and the ``"tvm_sparse.kernel"`` attribute."""
+    return f"bsr_matmul[{block[0]}x{block[1]}]"
+
+
+def bsr_matmul(
+    m: int,
+    k: int,
+    n: int,
+    block: tuple[int, int],
+    nnzb: int,
+    block_rows: int,
+    *,
+    knobs: BSRMatmulKnobs,
+    batch: int = 1,
+    x_layout: str = "MK",
+    y_layout: str = "MN",
+    dtype: str = "float32",
+) -> tirx.PrimFunc:
+    """A scheduled PrimFunc for ``Y = X @ W.T`` with ``W`` in BSR form.
+
+    Parameters
+    ----------
+    m, k, n : int
+        ``X`` is ``(m, k)``, ``W`` is ``(n, k)``; ``Y`` is ``(m, n)``. Not necessarily multiples
+        of the block: ``X`` is zero-padded on the fly and only the ``n`` real outputs are written.
+    block : tuple[int, int]
+        ``(r, c)``.
+    nnzb, block_rows : int
+        Size of the BSR arrays (``block_rows * r >= n``, see :func:`to_bsr`'s ``row_multiple``).
+    knobs : BSRMatmulKnobs
+        Register tiling; resolved for this shape with :meth:`BSRMatmulKnobs.resolve`.
+    batch : int
+        Leading batch of independent ``X`` / ``Y`` sharing ``W`` (``"m"`` variant only).
+    x_layout, y_layout : str
+        ``"MK"`` / ``"KM"`` and ``"MN"`` / ``"NM"`` (last two dims of the batched buffers).
+    dtype : str
+        Element type of activations and weights.
+
+    Returns
+    -------
+    tvm.tirx.PrimFunc
+        Parameters ``(x, data, indices, indptr, y)``; ``data`` is ``(nnzb, c, r)`` for the
+        ``"rows"`` variant (:meth:`BSRMatrix.data_cr`) and ``(nnzb, r, c)`` otherwise.
+    """
+    if x_layout not in ("MK", "KM") or y_layout not in ("MN", "NM"):
+        raise ValueError(f"x_layout must be MK|KM and y_layout MN|NM, got {x_layout}, {y_layout}")
+    knobs = knobs.resolve(block, m, batch=batch, x_layout=x_layout, y_layout=y_layout)
+    if knobs.variant == "gemv":
+        if batch != 1 or m != 1 or x_layout != "MK" or y_layout != "MN":
+            raise ValueError("the 'gemv' variant takes a (1, K) input and a (1, N) output")
+        func = _gemv_kernel(k, n, block, nnzb, block_rows, knobs.lanes, dtype)
+    elif knobs.variant == "rows":
+        if batch != 1 or x_layout != "MK" or y_layout != "MN":
+            raise ValueError("the 'rows' variant takes a single (M, K) input and (M, N) output")
+        func = _rows_kernel(m, k, n, block, nnzb, block_rows, knobs.m_tile, dtype)
+    else:
+        if block_rows % knobs.group:
+            raise ValueError(f"block_rows {block_rows} is not a multiple of group {knobs.group}")
+        func = _m_kernel(
+            batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout, dtype
+        )
+    return func.with_attrs(
+        {
+            "tirx.is_scheduled": True,
+            "tvm_sparse.kernel": bsr_matmul_kernel_name(block),
+            "tvm_sparse.knobs": {
+                "variant": knobs.variant,
+                "lanes": knobs.lanes,
+                "m_tile": knobs.m_tile,
+                "group": knobs.group,
+            },
+            # Opaque: FuseOps must not fuse other ops into a kernel it cannot see into.
+            "op_pattern": 8,
+        }
+    )
+
+
+def _rows_kernel(m, k, n, block, nnzb, block_rows, m_tile, dtype):
+    r, c = block
+    mt = m_tile
+    m_full, m_tail = m // mt, m % mt
+    row_tasks = -(-n // r)
+    full_rows = n // r  # block rows whose r outputs are all real
+    n_tail = n - full_rows * r
+    k_exact = k % c == 0
+    zero = tirx.const(0, dtype)
+
+    @T.macro
+    def tile(x, data, indices, indptr, y, i, m0, w):
+        acc = T.alloc_buffer((w, r), dtype)
+        for mi in T.unroll(w):
+            for rr in T.vectorized(r):
+                acc[mi, rr] = zero
+        for j in range(indptr[i], indptr[i + 1]):
+            for cc in T.unroll(c):
+                for mi in T.unroll(w):
+                    for rr in T.vectorized(r):
+                        if k_exact:
+                            acc[mi, rr] = (
+                                acc[mi, rr] + x[m0 + mi, indices[j] * c + cc] * data[j, cc, rr]
+                            )
+                        else:
+                            acc[mi, rr] = (
+                                acc[mi, rr]
+                                + T.if_then_else(
+                                    indices[j] * c + cc < k,
+                                    x[m0 + mi, T.min(indices[j] * c + cc, k - 1)],
+                                    zero,
+                                )
+                                * data[j, cc, rr]
+                            )
+        if i < full_rows:
+            for mi in T.unroll(w):
+                for rr in T.vectorized(r):
+                    y[m0 + mi, i * r + rr] = acc[mi, rr]
+        else:
+            for mi, rr in T.grid(w, n_tail):
+                y[m0 + mi, i * r + rr] = acc[mi, rr]
+
+    @T.prim_func(private=True)
+    def kernel(
+        x: T.Buffer((m, k), dtype),
+        data: T.Buffer((nnzb, c, r), dtype),
+        indices: T.Buffer((nnzb,), "int32"),
+        indptr: T.Buffer((block_rows + 1,), "int32"),
+        y: T.Buffer((m, n), dtype),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for i in T.parallel(row_tasks):
+            for mo in range(m_full):
+                tile(x, data, indices, indptr, y, i, mo * mt, mt)
+            if m_tail > 0:
+                tile(x, data, indices, indptr, y, i, m_full * mt, m_tail)
+
+    return kernel
+
+
+def _gemv_kernel(k, n, block, nnzb, block_rows, lanes, dtype):
+    # One row of activations gives no reuse to vectorise over: vectorise over the flattened
+    # (block, column) nonzeros of an output row instead, gathering the matching activations.
+    # Independent lanes also break the FMA latency chain that one scalar accumulator would form.
+    r, c = block
+    row_tasks = -(-n // r)
+    zero = tirx.const(0, dtype)
+
+    @T.prim_func(private=True)
+    def kernel(
+        x: T.Buffer((1, k), dtype),
+        data: T.Buffer((nnzb, r, c), dtype),
+        indices: T.Buffer((nnzb,), "int32"),
+        indptr: T.Buffer((block_rows + 1,), "int32"),
+        y: T.Buffer((1, n), dtype),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for i in T.parallel(row_tasks):
+            for rr in range(r):
+                if i * r + rr < n:
+                    acc = T.alloc_buffer((lanes,), dtype)
+                    total = T.alloc_buffer((1,), dtype)
+                    for v in T.vectorized(lanes):
+                        acc[v] = zero
+                    total[0] = zero
+                    for jo in range((indptr[i + 1] - indptr[i]) * c // lanes):
+                        for v in T.vectorized(lanes):
+                            acc[v] = acc[v] + data[
+                                (indptr[i] * c + jo * lanes + v) // c, rr, (indptr[i] * c + jo * lanes + v) % c
+                            ] * x[
+                                0,
+                                T.min(
+                                    indices[(indptr[i] * c + jo * lanes + v) // c] * c
+                                    + (indptr[i] * c + jo * lanes + v) % c,
+                                    k - 1,
+                                ),
+                            ]
+                    for e in range(
+                        indptr[i] * c + (indptr[i + 1] - indptr[i]) * c // lanes * lanes,
+                        indptr[i + 1] * c,
+                    ):
+                        total[0] = total[0] + data[e // c, rr, e % c] * x[
+                            0, T.min(indices[e // c] * c + e % c, k - 1)
+                        ]
+                    for v in range(lanes):
+                        total[0] = total[0] + acc[v]
+                    y[0, i * r + rr] = total[0]
+
+    return kernel
+
+
+def _m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout, dtype):
+    r, c = block
+    mt, group = knobs.m_tile, knobs.group
+    m_full, m_tail = m // mt, m % mt
+    k_pad = -(-k // c) * c
+    mn = y_layout == "MN"
+    width = group * r  # outputs per task: one store tile of (M, N), or r rows of (N, M)
+    per_batch = -(-n // width)  # tasks per batch item
+    full_tasks = n // width
+    n_tail = n - full_tasks * width
+    transpose_x = x_layout == "MK"
+    guard_k = not transpose_x and k_pad != k
+    x_shape = (batch, m, k) if transpose_x else (batch, k, m)
+    y_shape = (batch, m, n) if mn else (batch, n, m)
+    zero = tirx.const(0, dtype)
+    tk = 16  # transpose tile along K
+    k_tiles = -(-k_pad // tk)
+    xt_shape = (batch, k_pad, m) if transpose_x else (1, 1, 1)
+
+    @T.macro
+    def accumulate(x, xt, data, indices, indptr, b, acc, m0, w, row):
+        for rr in T.unroll(r):
+            for mi in T.vectorized(w):
+                acc[rr, mi] = zero
+        for j in range(indptr[row], indptr[row + 1]):
+            for cc in T.unroll(c):
+                for rr in T.unroll(r):
+                    for mi in T.vectorized(w):
+                        if transpose_x:
+                            acc[rr, mi] = (
+                                acc[rr, mi] + data[j, rr, cc] * xt[b, indices[j] * c + cc, m0 + mi]
+                            )
+                        elif guard_k:
+                            acc[rr, mi] = acc[rr, mi] + data[j, rr, cc] * T.if_then_else(
+                                indices[j] * c + cc < k,
+                                x[b, T.min(indices[j] * c + cc, k - 1), m0 + mi],
+                                zero,
+                            )
+                        else:
+                            acc[rr, mi] = (
+                                acc[rr, mi] + data[j, rr, cc] * x[b, indices[j] * c + cc, m0 + mi]
+                            )
+
+    @T.macro
+    def tile_mn(x, xt, data, indices, indptr, y, b, t, m0, w):
+        out = T.alloc_buffer((w, width), dtype)
+        for g in range(group):
+            acc = T.alloc_buffer((r, w), dtype)
+            accumulate(x, xt, data, indices, indptr, b, acc, m0, w, t * group + g)
+            for rr in T.unroll(r):
+                for mi in T.unroll(w):
+                    out[mi, g * r + rr] = acc[rr, mi]
+        if t < full_tasks:
+            for mi in range(w):
+                for ww in T.vectorized(width):
+                    y[b, m0 + mi, t * width + ww] = out[mi, ww]
+        else:
+            for mi, ww in T.grid(w, n_tail):
+                y[b, m0 + mi, t * width + ww] = out[mi, ww]
+
+    @T.macro
+    def tile_nm(x, xt, data, indices, indptr, y, b, t, m0, w):
+        acc = T.alloc_buffer((r, w), dtype)
+        accumulate(x, xt, data, indices, indptr, b, acc, m0, w, t)
+        if t < full_tasks:
+            for rr in T.unroll(r):
+                for mi in T.vectorized(w):
+                    y[b, t * r + rr, m0 + mi] = acc[rr, mi]
+        else:
+            for rr in range(n_tail):
+                for mi in T.vectorized(w):
+                    y[b, t * r + rr, m0 + mi] = acc[rr, mi]
+
+    @T.prim_func(private=True)
+    def kernel(
+        x: T.Buffer(x_shape, dtype),
+        data: T.Buffer((nnzb, r, c), dtype),
+        indices: T.Buffer((nnzb,), "int32"),
+        indptr: T.Buffer((block_rows + 1,), "int32"),
+        y: T.Buffer(y_shape, dtype),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        # X.T zero-padded to whole blocks along K, for an (M, K) input.
+        xt = T.alloc_buffer(xt_shape, dtype)
+        if transpose_x:
+            for bko in T.parallel(batch * k_tiles):
+                for mm in range(m):
+                    for kk in T.unroll(tk):
+                        if (bko % k_tiles) * tk + kk < k_pad:
+                            xt[bko // k_tiles, (bko % k_tiles) * tk + kk, mm] = T.if_then_else(
+                                (bko % k_tiles) * tk + kk < k,
+                                x[bko // k_tiles, mm, T.min((bko % k_tiles) * tk + kk, k - 1)],
+                                zero,
+                            )
+        for b in range(batch):
+            for t in T.parallel(per_batch):
+                for mo in range(m_full):
+                    if mn:
+                        tile_mn(x, xt, data, indices, indptr, y, b, t, mo * mt, mt)
+                    else:
+                        tile_nm(x, xt, data, indices, indptr, y, b, t, mo * mt, mt)
+                if m_tail > 0:
+                    if mn:
+                        tile_mn(x, xt, data, indices, indptr, y, b, t, m_full * mt, m_tail)
+                    else:
+                        tile_nm(x, xt, data, indices, indptr, y, b, t, m_full * mt, m_tail)
+
+    return kernel

@@ -1,0 +1,255 @@
+"""A measured cost model: is a sparse kernel faster than the dense build of the same layer?
+
+The model is a calibration table of throughputs measured on one host class:
+
+* ``dense``: GFLOP/s of the dense matmul the rest of the pipeline builds, per number of
+  activation rows ``M``;
+* ``sparse[kernel][block]``: GFLOP/s counted over the *stored* nonzeros (``2 * M * stored``),
+  per ``M`` and per stored density. Below the lowest measured density the rate is taken as
+  that of the lowest one (fixed per-row overheads make rates fall at very low density, which
+  the table captures where it was measured).
+
+A layer's time is ``flops / rate``, interpolated linearly in density and in ``log2(M)``.
+``choose`` never picks a sparse kernel the table says is slower than dense: it needs
+``dense_time / sparse_time >= min_speedup`` (default 1.1, a margin for the model's error).
+
+The table for the development host (AMD Zen 4, 2 cores, AVX-512) ships as
+``calibration/x86_avx512.json``; :func:`calibrate` measures a fresh table on the current host
+and stores it as a cache file that :func:`load_calibration` prefers.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tvm.target import Target
+
+from ..schedules.cpu.base import vector_bits
+
+__all__ = [
+    "Calibration",
+    "Estimate",
+    "calibrate",
+    "default_cache_path",
+    "load_calibration",
+]
+
+_PACKAGE_TABLES = Path(__file__).parent / "calibration"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Estimated seconds of one layer, dense and with one sparse kernel."""
+
+    kernel: str
+    dense_s: float
+    sparse_s: float
+
+    @property
+    def speedup(self) -> float:
+        return self.dense_s / self.sparse_s if self.sparse_s > 0 else math.inf
+
+
+@dataclass
+class Calibration:
+    """Measured throughputs of the dense and sparse kernels on one host class.
+
+    Attributes
+    ----------
+    host : str
+        Which host class the numbers were measured on (``"x86_avx512"``, ...).
+    dense : dict[int, float]
+        ``M`` -> GFLOP/s of the dense matmul.
+    sparse : dict[str, dict[int, dict[float, float]]]
+        Kernel key (``"bsr_matmul[16x1]"``, ``"nm_matmul[2:4]"``) -> ``M`` -> density ->
+        GFLOP/s over stored values.
+    source : str
+        How the table was made (for the report).
+    """
+
+    host: str
+    dense: dict[int, float]
+    sparse: dict[str, dict[int, dict[float, float]]] = field(default_factory=dict)
+    source: str = ""
+
+    # -- (de)serialisation -------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "source": self.source,
+            "dense": {str(m): v for m, v in sorted(self.dense.items())},
+            "sparse": {
+                key: {
+                    str(m): {f"{d:g}": v for d, v in sorted(by_d.items())}
+                    for m, by_d in sorted(by_m.items())
+                }
+                for key, by_m in sorted(self.sparse.items())
+            },
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Calibration:
+        return cls(
+            host=str(obj["host"]),
+            source=str(obj.get("source", "")),
+            dense={int(m): float(v) for m, v in obj["dense"].items()},
+            sparse={
+                key: {
+                    int(m): {float(d): float(v) for d, v in by_d.items()}
+                    for m, by_d in by_m.items()
+                }
+                for key, by_m in obj["sparse"].items()
+            },
+        )
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=1, sort_keys=True))
+
+    # -- estimates ----------------------------------------------------------------------------
+
+    def has_kernel(self, kernel: str) -> bool:
+        return kernel in self.sparse
+
+    def dense_seconds(self, m: int, n: int, k: int) -> float:
+        rate = _interp_m(self.dense, m, lambda v: v)
+        return 2.0 * m * n * k / (rate * 1e9)
+
+    def sparse_seconds(self, kernel: str, m: int, stored: int, density: float) -> float:
+        """Seconds for ``kernel`` over ``stored`` values (explicit zeros in blocks included)."""
+        table = self.sparse[kernel]
+        rate = _interp_m(table, m, lambda by_d: _interp_density(by_d, density))
+        return 2.0 * m * max(stored, 1) / (rate * 1e9)
+
+    def estimate(
+        self, kernel: str, m: int, n: int, k: int, stored: int, density: float
+    ) -> Estimate:
+        return Estimate(
+            kernel=kernel,
+            dense_s=self.dense_seconds(m, n, k),
+            sparse_s=self.sparse_seconds(kernel, m, stored, density),
+        )
+
+
+def _interp_density(by_density: dict[float, float], density: float) -> float:
+    points = sorted(by_density.items())
+    xs = [d for d, _ in points]
+    if density <= xs[0]:
+        return points[0][1]
+    if density >= xs[-1]:
+        return points[-1][1]
+    i = bisect.bisect_right(xs, density)
+    (x0, y0), (x1, y1) = points[i - 1], points[i]
+    return y0 + (y1 - y0) * (density - x0) / (x1 - x0)
+
+
+def _interp_m(by_m: dict[int, Any], m: int, value) -> float:
+    ms = sorted(by_m)
+    if m <= ms[0]:
+        return value(by_m[ms[0]])
+    if m >= ms[-1]:
+        return value(by_m[ms[-1]])
+    i = bisect.bisect_right(ms, m)
+    m0, m1 = ms[i - 1], ms[i]
+    t = (math.log2(m) - math.log2(m0)) / (math.log2(m1) - math.log2(m0))
+    return value(by_m[m0]) * (1 - t) + value(by_m[m1]) * t
+
+
+# -- where tables live ------------------------------------------------------------------------
+
+
+def host_class(target: Target) -> str:
+    """The calibration host class of ``target``: ``x86_avx512``, ``x86_avx2``, ``cpu_generic``."""
+    bits = vector_bits(target)
+    if target.kind.name != "llvm":
+        return "cpu_generic"
+    return {512: "x86_avx512", 256: "x86_avx2"}.get(bits, "cpu_generic")
+
+
+def default_cache_path(target: Target) -> Path:
+    """``$XDG_CACHE_HOME/tvm_sparse/calibration/<host class>.json`` (``~/.cache`` by default)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "tvm_sparse" / "calibration" / f"{host_class(target)}.json"
+
+
+def load_calibration(target: Target, *, cache_path: str | os.PathLike | None = None) -> Calibration:
+    """The calibration for ``target``: the cache file if present, else the shipped table.
+
+    Parameters
+    ----------
+    target : tvm.target.Target
+        Picks the host class.
+    cache_path : str | os.PathLike, optional
+        A table written by :func:`calibrate`; defaults to :func:`default_cache_path`.
+    """
+    path = Path(cache_path) if cache_path is not None else default_cache_path(target)
+    if path.is_file():
+        return Calibration.from_json(json.loads(path.read_text()))
+    shipped = _PACKAGE_TABLES / f"{host_class(target)}.json"
+    if not shipped.is_file():
+        # Another host class: the AVX-512 table scaled by vector width is a conservative guess
+        # (sparse kernels lose at least as much as dense from narrower vectors).
+        shipped = _PACKAGE_TABLES / "x86_avx512.json"
+    return Calibration.from_json(json.loads(shipped.read_text()))
+
+
+# -- measuring --------------------------------------------------------------------------------
+
+DEFAULT_BLOCKS = ((16, 1), (32, 1), (8, 1), (4, 1), (1, 4), (4, 4), (16, 16), (1, 1))
+DEFAULT_DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5)
+DEFAULT_MS = (1, 16, 128)
+
+
+def calibrate(
+    target: Target,
+    *,
+    n: int = 1024,
+    k: int = 768,
+    ms: tuple[int, ...] = DEFAULT_MS,
+    blocks: tuple[tuple[int, int], ...] = DEFAULT_BLOCKS,
+    densities: tuple[float, ...] = DEFAULT_DENSITIES,
+    nm: tuple[tuple[int, int], ...] = ((2, 4),),
+    cache_path: str | os.PathLike | None = None,
+    save: bool = True,
+) -> Calibration:
+    """Measure a calibration table on this host and (by default) store it as the cache file.
+
+    Takes a few minutes with the defaults (one build per kernel, M and density).
+
+    Parameters
+    ----------
+    target : tvm.target.Target
+        The target to build and run for (must run on this host).
+    n, k : int
+        Weight shape used for the measurements.
+    ms, blocks, densities, nm : tuple
+        The grid measured.
+    cache_path : str | os.PathLike, optional
+        Where to store the table; defaults to :func:`default_cache_path`.
+    save : bool
+        Store the table.
+    """
+    from ._measure import measure_dense, measure_nm, measure_bsr
+
+    dense = {m: measure_dense(target, m, n, k) for m in ms}
+    sparse: dict[str, dict[int, dict[float, float]]] = {}
+    for block in blocks:
+        key = f"bsr_matmul[{block[0]}x{block[1]}]"
+        sparse[key] = {m: {d: measure_bsr(target, m, n, k, block, d) for d in densities} for m in ms}
+    for n_keep, m_group in nm:
+        key = f"nm_matmul[{n_keep}:{m_group}]"
+        sparse[key] = {m: {n_keep / m_group: measure_nm(target, m, n, k, (n_keep, m_group))} for m in ms}
+    table = Calibration(
+        host=host_class(target), dense=dense, sparse=sparse, source=f"measured on {target}"
+    )
+    if save:
+        table.save(cache_path if cache_path is not None else default_cache_path(target))
+    return table

@@ -1,0 +1,85 @@
+"""Sparse convolution as im2col followed by the BSR matmul.
+
+A pruned ``OIHW`` weight flattens to ``(O, I*kh*kw)``, the orientation
+:func:`~tvm_sparse.passes.detect_sparsity.analyze_weight` reads. For a ``1x1`` convolution
+with stride 1 and no padding, ``NCHW`` activations already are the transposed activation
+matrix ``(B, I, H*W)``, so the BSR kernel (``"m"`` variant, ``x_layout="KM"``,
+``y_layout="NM"``) runs on them directly and writes ``NCHW`` output. Larger kernels first go
+through :func:`im2col`, which writes ``(B, I*kh*kw, OH*OW)`` (zero padding folded in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import tirx
+from tvm.script import tirx as T
+
+__all__ = ["Conv2DGeometry", "im2col"]
+
+
+@dataclass(frozen=True)
+class Conv2DGeometry:
+    """Static shape facts of an ``NCHW`` / ``OIHW`` convolution."""
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    padding: tuple[int, int, int, int]  # top, left, bottom, right
+    dilation: tuple[int, int]
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        kh, kw = self.kernel
+        (sh, sw), (dh, dw) = self.strides, self.dilation
+        top, left, bottom, right = self.padding
+        oh = (self.height + top + bottom - dh * (kh - 1) - 1) // sh + 1
+        ow = (self.width + left + right - dw * (kw - 1) - 1) // sw + 1
+        return oh, ow
+
+    @property
+    def is_pointwise(self) -> bool:
+        """A 1x1, stride-1, unpadded convolution: a plain matmul over ``NCHW``."""
+        return (
+            self.kernel == (1, 1) and self.strides == (1, 1) and not any(self.padding)
+        )
+
+
+def im2col(geom: Conv2DGeometry, dtype: str = "float32") -> tirx.PrimFunc:
+    """A scheduled PrimFunc ``(x: (B, C, H, W)) -> (B, C*kh*kw, OH*OW)`` (im2col, ``KM``)."""
+    b, c, h, w = geom.batch, geom.channels, geom.height, geom.width
+    kh, kw = geom.kernel
+    sh, sw = geom.strides
+    dh, dw = geom.dilation
+    top, left = geom.padding[0], geom.padding[1]
+    oh, ow = geom.out_hw
+    rows = c * kh * kw
+    zero = tirx.const(0, dtype)
+
+    @T.prim_func(private=True)
+    def kernel(x: T.Buffer((b, c, h, w), dtype), col: T.Buffer((b, rows, oh * ow), dtype)):
+        T.func_attr({"tirx.noalias": True})
+        for bi in range(b):
+            for row in T.parallel(rows):
+                for y in range(oh):
+                    for xo in range(ow):
+                        col[bi, row, y * ow + xo] = T.if_then_else(
+                            0 <= y * sh + (row % (kh * kw)) // kw * dh - top
+                            and y * sh + (row % (kh * kw)) // kw * dh - top < h
+                            and 0 <= xo * sw + row % kw * dw - left
+                            and xo * sw + row % kw * dw - left < w,
+                            x[
+                                bi,
+                                row // (kh * kw),
+                                T.max(T.min(y * sh + (row % (kh * kw)) // kw * dh - top, h - 1), 0),
+                                T.max(T.min(xo * sw + row % kw * dw - left, w - 1), 0),
+                            ],
+                            zero,
+                        )
+
+    return kernel.with_attrs(
+        {"tirx.is_scheduled": True, "tvm_sparse.kernel": "im2col", "op_pattern": 8}
+    )

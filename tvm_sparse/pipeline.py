@@ -1,0 +1,107 @@
+"""The tvm_sparse Relax pipeline: sparsity passes, legalization, per-target schedules, lowering.
+
+``tvm_sparse.pipeline(target)`` is a pass usable as ``tvm.compile(mod, target,
+relax_pipeline=tvm_sparse.pipeline(target))``, so the project's stages drop into any TVM flow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tvm
+from tvm import relax
+from tvm.target import Target
+
+from .passes.collect_report import CollectFusionGroups, CollectKernelReport, CollectOpReport
+from .passes.uniquify_binding_names import UniquifyBindingNames
+from .report import CompileReport
+from .schedules import ApplySchedules, schedule_rules
+from .targets import TargetPreset, resolve_target
+
+__all__ = ["pipeline", "prepare_passes", "sparsity_passes"]
+
+
+def prepare_passes() -> list[tvm.transform.Pass]:
+    """Bring imported models to inference form with constant weights the detectors can read."""
+    return [
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.FoldConstant(),
+        UniquifyBindingNames(),
+    ]
+
+
+def sparsity_passes(target: Target, sparsity: Any = "auto") -> list[tvm.transform.Pass]:
+    """Detect pruned patterns, shrink zero channels, rewrite sparse weights to sparse kernels."""
+    if sparsity == "off":
+        return []
+    from .passes import DetectSparsity, RewriteToSparse, ShrinkPrunedChannels
+
+    return [
+        DetectSparsity(),
+        ShrinkPrunedChannels(),
+        relax.transform.FoldConstant(),
+        DetectSparsity(),
+        RewriteToSparse(target, sparsity=sparsity),
+    ]
+
+
+def _lowering_passes(target: Target) -> list[tvm.transform.Pass]:
+    if target.kind.name == "cuda":
+        from tvm.relax.backend.cuda import pipeline as backend
+    else:
+        from tvm.relax.backend.cpu_generic import pipeline as backend
+    return backend.dataflow_lower_passes(target) + backend.finalize_passes(target)
+
+
+def pipeline(
+    target: str | dict | Target | TargetPreset = "x86",
+    *,
+    sparsity: Any = "auto",
+    report: CompileReport | None = None,
+) -> tvm.transform.Pass:
+    """The project's Relax pipeline for ``target``.
+
+    Parameters
+    ----------
+    target : str | dict | tvm.target.Target | TargetPreset
+        A preset name (``tvm_sparse.targets.list_presets()``) or a TVM target.
+    sparsity : "auto" | "off" | dict
+        ``"auto"`` rewrites a layer to a sparse or shrunk kernel where that is faster,
+        ``"off"`` compiles dense; a dict gives per-layer choices (see ``RewriteToSparse``).
+    report : CompileReport, optional
+        Filled with one row per operator as the pipeline runs.
+
+    Returns
+    -------
+    tvm.transform.Pass
+        Use as ``tvm.compile(mod, target, relax_pipeline=...)``.
+    """
+    preset = resolve_target(target)
+    tvm_target = preset.tvm_target()
+    report = report if report is not None else CompileReport()
+    report.target = preset.name if preset.name != "custom" else str(tvm_target)
+    fusion = CollectFusionGroups(report)
+    passes = (
+        prepare_passes()
+        + sparsity_passes(tvm_target, sparsity)
+        + [
+            CollectOpReport(report),
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            fusion,
+            relax.transform.FuseTIR(),
+            relax.transform.DeadCodeElimination(),
+            ApplySchedules(schedule_rules(tvm_target)),
+            CollectKernelReport(report, fusion),
+        ]
+        + _lowering_passes(tvm_target)
+    )
+
+    @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.pipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        with tvm_target:
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline

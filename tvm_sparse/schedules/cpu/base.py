@@ -1,0 +1,179 @@
+"""Shared pieces of the dense CPU schedule rules: target gating, target facts and loop helpers.
+
+Every rule in this package derives from :class:`CPUScheduleRule`. Its ``apply`` checks the target
+and the function, then calls the rule's ``schedule``; a schedule primitive that refuses (the rule's
+assumptions did not hold for this function) means "not mine", so the next rule is tried.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight import ScheduleRule
+from tvm.s_tir.schedule import LoopRV, SBlockRV
+from tvm.target import Target
+from tvm.target.codegen import target_has_features
+from tvm.tirx.analysis import undefined_vars
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CPUScheduleRule",
+    "NotApplicable",
+    "block_loop_kinds",
+    "is_reduction_block",
+    "iter_stmts",
+    "loop_extent",
+    "num_cores",
+    "pick_factor",
+    "vector_bits",
+    "vector_lanes",
+]
+
+
+class NotApplicable(Exception):
+    """Raised inside ``schedule`` when the function is not of the rule's kind."""
+
+
+class CPUScheduleRule(ScheduleRule):
+    """Base of the CPU rules: gates on llvm targets and turns refusals into ``None``.
+
+    Subclasses implement :meth:`schedule`, which may raise :class:`NotApplicable` (or let a schedule
+    primitive raise) to say that the function is not theirs.
+    """
+
+    def is_target_available(self, target: Target) -> bool:
+        """Whether ``target`` is a CPU target this rule can schedule for."""
+        return target.kind.name == "llvm"
+
+    def apply(
+        self, func: tirx.PrimFunc, target: Target, tunable: bool
+    ) -> s_tir.Schedule | None:
+        """Schedule ``func`` for ``target``, or return ``None`` when the rule does not apply."""
+        del tunable  # knobs are fixed per target; the autotuner varies them from outside
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        try:
+            return self.schedule(sch, target)
+        except NotApplicable:
+            return None
+        except Exception as err:  # noqa: BLE001 - a refused primitive means "not mine"
+            logger.debug("%s declined: %s", type(self).__name__, err)
+            return None
+
+    def schedule(self, sch: s_tir.Schedule, target: Target) -> s_tir.Schedule:
+        """Schedule the function held by ``sch`` in place and return ``sch``."""
+        raise NotImplementedError
+
+
+# --- target facts -------------------------------------------------------------------------------
+
+
+def vector_bits(target: Target) -> int:
+    """Width in bits of the widest SIMD register usable for fp32 arithmetic on ``target``.
+
+    ``llvm_get_vector_width`` reports the host's width for some CPUs (512 for haswell), so the
+    target's own feature flags decide.
+    """
+    if target_has_features("avx512f", target):
+        return 512
+    if target_has_features("avx", target):
+        return 256
+    return 128  # SSE, NEON, and a safe floor for anything else
+
+
+def vector_lanes(target: Target, dtype_bits: int = 32) -> int:
+    """Number of ``dtype_bits``-wide lanes in one SIMD register of ``target``."""
+    return max(vector_bits(target) // dtype_bits, 1)
+
+
+def num_cores(target: Target) -> int:
+    """The target's ``num-cores`` attribute, or 1 when it is not given."""
+    cores = target.attrs.get("num-cores")
+    return int(cores) if cores else 1
+
+
+# --- loop helpers -------------------------------------------------------------------------------
+
+
+def loop_extent(sch: s_tir.Schedule, loop: LoopRV) -> int | None:
+    """Static extent of ``loop``, or ``None`` when it is symbolic."""
+    extent = sch.get(loop).extent
+    return int(extent.value) if isinstance(extent, tirx.IntImm) else None
+
+
+def pick_factor(extent: int | None, preferred: int, candidates: Iterable[int] = ()) -> int:
+    """Largest factor of ``extent`` not above ``preferred``; ``candidates`` are tried first.
+
+    A symbolic extent gets ``preferred`` itself (the split then carries a predicate).
+    """
+    if extent is None:
+        return preferred
+    for cand in candidates:
+        if 0 < cand <= extent and extent % cand == 0:
+            return cand
+    for cand in range(min(preferred, extent), 0, -1):
+        if extent % cand == 0:
+            return cand
+    return 1
+
+
+def is_reduction_block(sch: s_tir.Schedule, block: SBlockRV) -> bool:
+    """Whether ``block`` has a reduction iterator."""
+    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+
+
+def iter_stmts(stmt):
+    """Yield ``stmt`` and every statement nested in it, parents first.
+
+    The installed TVM exposes no TIR statement visitor to Python, so this walks the statement
+    kinds that schedules produce.
+    """
+    stack = [stmt]
+    while stack:
+        node = stack.pop()
+        if node is None:
+            continue
+        yield node
+        if isinstance(node, tirx.SeqStmt):
+            stack.extend(reversed(list(node.seq)))
+            continue
+        for attr in ("body", "block", "then_case", "else_case", "init"):
+            child = getattr(node, attr, None)
+            if isinstance(child, (tirx.Stmt, s_tir.SBlock)):
+                stack.append(child)
+
+
+def _block_realize(sch: s_tir.Schedule, block: SBlockRV) -> s_tir.SBlockRealize:
+    stmt = sch.get(block)
+    loops = sch.get_loops(block)
+    scope = sch.get(loops[-1]) if loops else sch.mod["main"].body
+    for node in iter_stmts(scope):
+        if isinstance(node, s_tir.SBlockRealize) and node.block.same_as(stmt):
+            return node
+    raise NotApplicable(f"block {stmt.name_hint} has no realize")
+
+
+def block_loop_kinds(sch: s_tir.Schedule, block: SBlockRV) -> list[str]:
+    """Kind of each loop around ``block``: ``"S"`` spatial, ``"R"`` reduction, ``"M"`` mixed.
+
+    A loop is spatial when its variable only feeds spatial block iterators (or none at all).
+    """
+    realize = _block_realize(sch, block)
+    iter_vars = sch.get(block).iter_vars
+    kinds = []
+    for loop in sch.get_loops(block):
+        var = sch.get(loop).loop_var
+        used = set()
+        for iv, value in zip(iter_vars, realize.iter_values):
+            if _uses_var(value, var):
+                used.add("R" if iv.iter_type == tirx.IterVar.CommReduce else "S")
+        kinds.append("M" if len(used) > 1 else (used.pop() if used else "S"))
+    return kinds
+
+
+def _uses_var(expr: tirx.PrimExpr, var: tirx.Var) -> bool:
+    return any(v.same_as(var) for v in undefined_vars(expr))

@@ -1,0 +1,140 @@
+"""The last-resort CPU rule: parallel outer spatial loops and a vectorised inner loop for anything.
+
+``Fallback`` never declines a PrimFunc on an llvm target. It inlines what can be inlined, then gives
+each remaining block a parallel loop over its leading spatial loops; spatial blocks also get a
+vectorised innermost loop, and the innermost reduction loop of a reduction block is unrolled.
+Every step that the schedule refuses is skipped, so the worst outcome is the function unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import try_inline
+from tvm.s_tir.dlight.analysis import get_root_block, get_sblock_info
+from tvm.s_tir.schedule import SBlockRV
+from tvm.target import Target
+
+from .base import CPUScheduleRule, block_loop_kinds, is_reduction_block, loop_extent, vector_lanes
+
+__all__ = ["Fallback", "FallbackKnobs", "schedule_reduction_block", "schedule_spatial_block"]
+
+
+@dataclass
+class FallbackKnobs:
+    """Knobs of :class:`Fallback` (and of the per-block helpers other rules reuse).
+
+    Attributes
+    ----------
+    vector_lanes : int
+        Widest vector, in elements, to split off the innermost spatial loop.
+    min_vector_lanes : int
+        Narrowest vector worth splitting off the innermost loop alone; below it the whole spatial
+        nest is fused first so that a wider vector divides it.
+    unroll : int
+        ``pragma_auto_unroll_max_step`` put on the innermost reduction loop (0 disables).
+    """
+
+    vector_lanes: int = 16
+    min_vector_lanes: int = 4
+    unroll: int = 16
+
+    @classmethod
+    def for_target(cls, target: Target) -> FallbackKnobs:
+        """Defaults for ``target``: one fp32 SIMD register wide."""
+        lanes = vector_lanes(target)
+        return cls(vector_lanes=lanes, min_vector_lanes=min(4, lanes))
+
+
+def _pow2_factor(extent: int | None, limit: int) -> int:
+    """Largest power of two not above ``limit`` that divides ``extent`` (1 when symbolic)."""
+    if extent is None:
+        return 1
+    factor = 1
+    while factor * 2 <= limit and extent % (factor * 2) == 0:
+        factor *= 2
+    return factor
+
+
+def _try(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - a refused primitive leaves the schedule unchanged
+        return None
+
+
+def schedule_spatial_block(sch: s_tir.Schedule, block: SBlockRV, knobs: FallbackKnobs) -> None:
+    """Parallelise the outer loops of a spatial block and vectorise its innermost loop."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    inner_ext = loop_extent(sch, loops[-1])
+    factor = _pow2_factor(inner_ext, knobs.vector_lanes)
+    if factor >= knobs.min_vector_lanes:
+        outer, vec = sch.split(loops[-1], [None, factor])
+        outer_loops = [*loops[:-1], outer]
+    else:
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        factor = _pow2_factor(loop_extent(sch, fused), knobs.vector_lanes)
+        if factor >= 2:
+            outer, vec = sch.split(fused, [None, factor])
+            outer_loops = [outer]
+        else:
+            vec, outer_loops = None, [fused]
+    par = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
+    sch.parallel(par)
+    if vec is not None:
+        sch.vectorize(vec)
+
+
+def schedule_reduction_block(sch: s_tir.Schedule, block: SBlockRV, knobs: FallbackKnobs) -> None:
+    """Parallelise the leading spatial loops of a reduction block and unroll its inner loop."""
+    loops = sch.get_loops(block)
+    kinds = block_loop_kinds(sch, block)
+    n_lead = 0
+    while n_lead < len(kinds) and kinds[n_lead] == "S":
+        n_lead += 1
+    if n_lead:
+        lead = sch.fuse(*loops[:n_lead]) if n_lead > 1 else loops[0]
+        sch.parallel(lead)
+    loops = sch.get_loops(block)
+    if knobs.unroll and n_lead < len(loops) and kinds[-1] == "R":
+        sch.annotate(loops[-1], "pragma_auto_unroll_max_step", knobs.unroll)
+        sch.annotate(loops[-1], "pragma_unroll_explicit", 1)
+
+
+def schedule_any_block(sch: s_tir.Schedule, block: SBlockRV, knobs: FallbackKnobs) -> None:
+    """Schedule one root-level block by its kind; a step the schedule refuses is skipped."""
+    if is_reduction_block(sch, block):
+        _try(schedule_reduction_block, sch, block, knobs)
+    else:
+        _try(schedule_spatial_block, sch, block, knobs)
+
+
+class Fallback(CPUScheduleRule):
+    """Schedules any PrimFunc: parallel outer spatial loops, vectorised inner spatial loops.
+
+    Parameters
+    ----------
+    knobs : FallbackKnobs, optional
+        Fixed knobs; by default derived from the target with :meth:`FallbackKnobs.for_target`.
+    """
+
+    def __init__(self, knobs: FallbackKnobs | None = None):
+        self.knobs = knobs
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        """Schedule ``func``; only a non-llvm target or a non-PrimFunc gives ``None``."""
+        sch = super().apply(func, target, tunable)
+        if sch is None and isinstance(func, tirx.PrimFunc) and self.is_target_available(target):
+            sch = s_tir.Schedule(func)  # never leave the caller without a schedule
+        return sch
+
+    def schedule(self, sch: s_tir.Schedule, target: Target) -> s_tir.Schedule:
+        knobs = self.knobs or FallbackKnobs.for_target(target)
+        infos = [get_sblock_info(sch, b) for b in sch.get_child_blocks(get_root_block(sch))]
+        remaining = try_inline(sch, infos) if len(infos) > 1 else infos
+        for info in remaining:
+            schedule_any_block(sch, info.block_rv, knobs)
+        return sch

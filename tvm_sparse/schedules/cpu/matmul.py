@@ -1,0 +1,255 @@
+"""Register-tiled CPU schedule for matmul-like PrimFuncs (linear, batched matmul, attention).
+
+The main block ``C[S, I, J] += A[S, I, K] * B[S, K, J]`` (any operand layout, any fused injective
+prologue or epilogue) is normalised with ``reindex`` into that canonical form, then computed in
+``mr x nr`` register tiles: ``mr`` rows of ``A`` broadcast against ``nr`` contiguous columns of
+``B`` (a few SIMD registers), ``k`` innermost-but-two. The epilogue (bias, activation, residual)
+runs on each tile straight from the registers. A ``B`` whose ``J`` axis is not contiguous (a
+transposed weight, ``Q @ K^T``) is first copied into ``[S, K, J]`` layout.
+
+Before::
+
+    for i0, i1, k in T.grid(128, 3072, 768):
+        with T.sblock("matmul"):
+            C[i0, i1] = C[i0, i1] + A[i0, k] * B[k, i1]
+    for ax0, ax1 in T.grid(128, 3072):
+        with T.sblock("T_add"):
+            D[ax0, ax1] = C[ax0, ax1] + bias[ax1]
+
+After (schematically)::
+
+    for b_jo_io in T.parallel(1536):             # tiles of 4 x 64
+        for ii, ji in T.grid(4, 64):             # ji vectorised
+            C_local[ii, ji] = 0
+        for k in range(768):
+            for ii in T.unroll(4):
+                for ji in T.vectorized(64):
+                    C_local[ii, ji] += A[..., k] * B[k, ...]
+        for ii, ji in T.grid(4, 64):             # ji vectorised, epilogue fused
+            D[...] = C_local[ii, ji] + bias[...]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import get_root_block
+from tvm.s_tir.dlight.gpu.matmul import (
+    IterKind,
+    auto_inline_consumer_chain,
+    auto_inline_producers,
+    IterTrait,
+    make_iter_fusion_index_map,
+)
+from tvm.tirx.analysis import undefined_vars
+from tvm.s_tir.schedule import SBlockRV
+from tvm.target import Target
+
+from .base import (
+    CPUScheduleRule,
+    NotApplicable,
+    is_reduction_block,
+    loop_extent,
+    pick_factor,
+    vector_lanes,
+)
+from .fallback import FallbackKnobs, schedule_spatial_block
+
+__all__ = ["Matmul", "MatmulKnobs"]
+
+_S, _I, _J, _K = IterKind.kIter_S, IterKind.kIter_I, IterKind.kIter_J, IterKind.kIter_K
+
+
+@dataclass
+class MatmulKnobs:
+    """Knobs of :class:`Matmul`.
+
+    Attributes
+    ----------
+    vector_lanes : int
+        fp32 lanes of one SIMD register.
+    tile_rows : int
+        ``mr``: rows of ``A`` per register tile (upper bound; a divisor of ``I`` is used).
+    tile_vectors : int
+        ``nr / vector_lanes``: SIMD registers of ``C`` per tile row.
+    k_block : int
+        Split of the reduction axis for L1 reuse; 0 keeps the whole ``K`` in one loop.
+    unroll_k : int
+        ``pragma_auto_unroll_max_step`` on the innermost ``k`` loop (0 disables).
+    """
+
+    vector_lanes: int = 16
+    tile_rows: int = 4
+    tile_vectors: int = 4
+    k_block: int = 0
+    unroll_k: int = 0
+
+    @classmethod
+    def for_target(cls, target: Target) -> MatmulKnobs:
+        """Defaults for ``target``: about 16 accumulator registers of the target's SIMD width."""
+        lanes = vector_lanes(target)
+        if lanes >= 16:  # AVX-512: 32 zmm registers
+            return cls(vector_lanes=lanes, tile_rows=4, tile_vectors=4)
+        if lanes == 8:  # AVX2: 16 ymm registers
+            return cls(vector_lanes=lanes, tile_rows=4, tile_vectors=2)
+        return cls(vector_lanes=lanes, tile_rows=4, tile_vectors=4)  # NEON: 32 q registers
+
+
+def detect_iter_traits(block: s_tir.SBlock):
+    """Classify the iterators of ``C[S, I, J] += A[S, I, K] * B[S, J, K]``-like blocks.
+
+    Like dlight's ``detect_iter_traits`` but an ``I`` axis of extent one (GEMV, batch 1) is
+    allowed. Returns the traits of ``A``, ``B``, ``C`` and the block, or ``None``.
+    """
+    if len(block.reads) != 2 or len(block.writes) != 1:
+        return None
+
+    def _axes(region) -> set[tirx.Var] | None:
+        axes: set[tirx.Var] = set()
+        for rng in region:
+            if not (isinstance(rng.extent, tirx.IntImm) and rng.extent.value == 1):
+                return None
+            axes |= set(undefined_vars(rng.min))
+        return axes
+
+    a_axes, b_axes = _axes(block.reads[0].region), _axes(block.reads[1].region)
+    c_axes = _axes(block.writes[0].region)
+    if a_axes is None or b_axes is None or c_axes is None:
+        return None
+    traits: dict[tirx.Var, IterTrait] = {}
+    for iv in block.iter_vars:
+        var, ext = iv.var, iv.dom.extent
+        if isinstance(ext, tirx.IntImm) and ext.value == 1:
+            kind = IterKind.kIter_T
+        elif iv.iter_type == tirx.IterVar.DataPar:
+            if var in a_axes and var in b_axes and var in c_axes:
+                kind = _S
+            elif var in a_axes and var in c_axes:
+                kind = _I
+            elif var in b_axes and var in c_axes:
+                kind = _J
+            else:
+                return None
+        elif iv.iter_type == tirx.IterVar.CommReduce and var in a_axes and var in b_axes:
+            if var in c_axes:
+                return None
+            kind = _K
+        else:
+            return None
+        traits[var] = IterTrait(kind, ext)
+    if not {_J, _K} <= {t.kind for t in traits.values()}:
+        return None
+    order = [iv.var for iv in block.iter_vars]
+    return (
+        [traits[v] for v in order if v in a_axes],
+        [traits[v] for v in order if v in b_axes],
+        [traits[v] for v in order if v in c_axes],
+        [traits[v] for v in order],
+    )
+
+
+def _var_kinds(block: s_tir.SBlock, traits) -> dict[tirx.Var, IterKind]:
+    return {iv.var: t.kind for iv, t in zip(block.iter_vars, traits)}
+
+
+def _innermost_kind(region, kinds: dict[tirx.Var, IterKind]) -> IterKind | None:
+    """Kind of the iterator that indexes the innermost dimension of an access, if it is one."""
+    for rng in reversed(region):
+        idx = rng.min
+        if isinstance(idx, tirx.IntImm):
+            continue  # a unit dimension; look one further out
+        return kinds.get(idx) if isinstance(idx, tirx.Var) else None
+    return None
+
+
+def find_matmul_block(sch: s_tir.Schedule) -> SBlockRV:
+    """The single reduction block of a matmul-like function; raises when there is none."""
+    blocks = sch.get_child_blocks(get_root_block(sch))
+    reductions = [b for b in blocks if is_reduction_block(sch, b)]
+    if len(reductions) != 1:
+        raise NotApplicable("expects exactly one reduction block")
+    main = reductions[0]
+    if detect_iter_traits(sch.get(main)) is None:
+        raise NotApplicable("reduction is not a matmul")
+    return main
+
+
+class Matmul(CPUScheduleRule):
+    """Register-tiled matmul for 2-D, batched and transposed-operand matmuls with epilogues.
+
+    Parameters
+    ----------
+    knobs : MatmulKnobs, optional
+        Fixed knobs; by default derived from the target with :meth:`MatmulKnobs.for_target`.
+    """
+
+    def __init__(self, knobs: MatmulKnobs | None = None):
+        self.knobs = knobs
+
+    def schedule(self, sch: s_tir.Schedule, target: Target) -> s_tir.Schedule:
+        knobs = self.knobs or MatmulKnobs.for_target(target)
+        main = find_matmul_block(sch)
+        auto_inline_producers(sch, main)
+        block = sch.get(main)
+        if len(block.reads) != 2 or len(block.writes) != 1:
+            raise NotApplicable("matmul with extra operands")
+        traits = detect_iter_traits(block)
+        if traits is None:
+            raise NotApplicable("prologue made the reduction non-matmul")
+        a_traits, b_traits, c_traits, block_traits = traits
+        kinds = _var_kinds(block, block_traits)
+        b_contiguous = _innermost_kind(block.reads[1].region, kinds) == _J
+
+        # Step 1. Normalise to C[S, I, J] += A[S, I, K] * B[S, K, J].
+        reindex_a = sch.reindex(main, ("read", 0))
+        reindex_b = sch.reindex(main, ("read", 1))
+        reindex_c = sch.reindex(main, ("write", 0))
+        sch.transform_layout(reindex_a, ("write", 0), make_iter_fusion_index_map(a_traits, [_S, _I, _K]))
+        sch.transform_layout(reindex_b, ("write", 0), make_iter_fusion_index_map(b_traits, [_S, _K, _J]))
+        sch.transform_layout(reindex_c, ("read", 0), make_iter_fusion_index_map(c_traits, [_S, _I, _J]))
+        sch.transform_block_layout(main, make_iter_fusion_index_map(block_traits, [_S, _I, _J, _K]))
+        sch.compute_inline(reindex_a)
+        if b_contiguous:
+            sch.compute_inline(reindex_b)
+        else:  # one transposing copy so that the inner loop reads B contiguously
+            schedule_spatial_block(sch, reindex_b, FallbackKnobs(vector_lanes=knobs.vector_lanes))
+
+        # Step 2. Register tiles.
+        b, i, j, k = sch.get_loops(main)
+        lanes = knobs.vector_lanes
+        n_ext, m_ext = loop_extent(sch, j), loop_extent(sch, i)
+        nr_max = lanes * knobs.tile_vectors
+        if n_ext is not None and n_ext <= nr_max:
+            nr = n_ext
+        else:
+            vec_multiples = [lanes * v for v in range(knobs.tile_vectors, 0, -1)]
+            nr = pick_factor(n_ext, nr_max, [*vec_multiples, lanes // 2, lanes // 4])
+            if nr < max(lanes // 4, 2):
+                nr = nr_max  # no good divisor: a predicated tail beats a scalar kernel
+        mr = pick_factor(m_ext, knobs.tile_rows)
+        io, ii = sch.split(i, [None, mr])
+        jo, ji = sch.split(j, [None, nr])
+        k_loops = [k]
+        if knobs.k_block and (loop_extent(sch, k) or 0) > knobs.k_block:
+            k_loops = list(sch.split(k, [None, knobs.k_block]))
+        if len(k_loops) == 2:
+            sch.reorder(b, jo, io, k_loops[0], k_loops[1], ii, ji)
+        else:
+            sch.reorder(b, jo, io, k, ii, ji)
+        tile = sch.fuse(b, jo, io)
+        sch.parallel(tile)
+        sch.unroll(ii)
+        sch.vectorize(ji)
+        if knobs.unroll_k:
+            sch.annotate(k_loops[-1], "pragma_auto_unroll_max_step", knobs.unroll_k)
+            sch.annotate(k_loops[-1], "pragma_unroll_explicit", 1)
+
+        # Step 3. Accumulate in registers; the epilogue runs per tile from them.
+        acc = sch.cache_write(main, 0, "local")
+        auto_inline_consumer_chain(sch, acc)
+        sch.reverse_compute_at(acc, tile, preserve_unit_loops=True)
+        wi, wj = sch.get_loops(acc)[-2:]
+        sch.vectorize(wj)
+        sch.decompose_reduction(main, k_loops[0])
+        return sch
