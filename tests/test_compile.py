@@ -16,7 +16,9 @@ import tvm_sparse
 RTOL, ATOL = 1e-4, 1e-4
 
 
-def _export_onnx(model: torch.nn.Module, x: torch.Tensor, *, dynamic: bool = False) -> onnx.ModelProto:
+def _export_onnx(
+    model: torch.nn.Module, x: torch.Tensor, *, dynamic: bool = False
+) -> onnx.ModelProto:
     buffer = io.BytesIO()
     kwargs = {"dynamic_axes": {"x": {0: "batch"}, "y": {0: "batch"}}} if dynamic else {}
     torch.onnx.export(
@@ -129,9 +131,7 @@ def test_onnx_file_path(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(_export_onnx(model, x), path)
     compiled = tvm_sparse.compile(str(path), "x86")
-    np.testing.assert_allclose(
-        compiled(x.numpy()), model(x).detach().numpy(), rtol=RTOL, atol=ATOL
-    )
+    np.testing.assert_allclose(compiled(x.numpy()), model(x).detach().numpy(), rtol=RTOL, atol=ATOL)
 
 
 def test_export_library_and_load(tmp_path):

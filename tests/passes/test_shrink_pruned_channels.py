@@ -552,7 +552,7 @@ def _run(mod, x):
     exe = tvm.compile(mod, tvm.target.Target({"kind": "llvm"}))
     vm = relax.VirtualMachine(exe, tvm.cpu())
     out = vm["main"](tvm.runtime.tensor(x.numpy()))
-    return out[0].numpy() if isinstance(out, tvm.ir.container.Array | list | tuple) else out
+    return out[0].numpy() if not hasattr(out, "numpy") else out.numpy()
 
 
 def _weight_count(mod):

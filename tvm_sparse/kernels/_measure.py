@@ -81,10 +81,10 @@ def measure_bsr(
     bsr = to_bsr(weight, block, row_multiple=knobs.group)
     func = bsr_matmul(m, k, n, block, bsr.nnzb, bsr.block_rows, knobs=knobs)
     data = bsr.data_cr() if knobs.variant == "rows" else bsr.data
-    x = rng.standard_normal((m, k)).astype("float32")
-    seconds = time_prim_func(
-        func, target, [x, data, bsr.indices, bsr.indptr, np.zeros((m, n), "float32")]
-    )
+    lead = (1,) if knobs.variant == "m" else ()
+    x = rng.standard_normal((*lead, m, k)).astype("float32")
+    y = np.zeros((*lead, m, n), "float32")
+    seconds = time_prim_func(func, target, [x, data, bsr.indices, bsr.indptr, y])
     return 2.0 * m * max(bsr.data.size, 1) / seconds / 1e9
 
 

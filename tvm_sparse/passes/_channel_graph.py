@@ -473,7 +473,10 @@ class ChannelGraph:
         out_dims = [dst[a] for a in out_axes]
         ids = np.broadcast_to(xc.ids.reshape(view), full).reshape(out_dims)
         cv = np.broadcast_to(xc.cv.reshape(view), full).reshape(out_dims)
-        self.chan[var] = Chan(out_axes, ids, cv)
+        # A size-1 axis never loses channels on its own: drop it from the layout.
+        unit = tuple(i for i, d in enumerate(out_dims) if d == 1)
+        out_axes = tuple(a for i, a in enumerate(out_axes) if i not in unit)
+        self.chan[var] = Chan(out_axes, ids.squeeze(unit), cv.squeeze(unit))
         return True
 
     def _visit_batched_matmul(self, var: relax.Var, call: relax.Call) -> bool:
@@ -489,28 +492,33 @@ class ChannelGraph:
             return False
         batch_a = tuple(ax for ax in ca.axes if ax < r - 2)
         batch_b = tuple(ax for ax in cb.axes if ax < r - 2)
-        if r - 2 in ca.axes or r - 2 in cb.axes:
-            return False  # an atom on a row of A or a contracted row of B
-        if r - 1 in ca.axes:
-            return False  # an atom on the contracted axis of A
         if batch_a != batch_b or len(batch_a) > 1:
             return False
-        if batch_a:
-            # Per head: everything of A and B at that head is one class.
-            h = batch_a[0]
-            ia, ib = ca.axes.index(h), cb.axes.index(h)
-            heads = ca.ids.shape[ia]
-            for k in range(heads):
-                group = np.concatenate(
-                    [np.take(ca.ids, k, axis=ia).ravel(), np.take(cb.ids, k, axis=ib).ravel()]
-                )
-                self.uf.union(group[:-1], group[1:])
-        elif not cb.axes:
-            return False
-        cv = np.full_like(cb.cv, np.nan)
-        if ca.rows_sum_to_one:
-            cv = cb.cv  # rows of A sum to one, so a constant column of B comes out unchanged
-        self.chan[var] = Chan(cb.axes, cb.ids, cv)
+        if r - 2 in ca.axes:
+            return False  # an atom on a row of A
+        if not batch_a:
+            if r - 1 in ca.axes or r - 2 in cb.axes or not cb.axes:
+                return False  # a contracted atom without a head to remove it with
+            cv = cb.cv if ca.rows_sum_to_one else np.full_like(cb.cv, np.nan)
+            self.chan[var] = Chan(cb.axes, cb.ids, cv)
+            return True
+        # Per head: everything of A and B at that head is one class (so contracted atoms go
+        # only with the whole head).
+        h = batch_a[0]
+        ia, ib = ca.axes.index(h), cb.axes.index(h)
+        for k in range(ca.ids.shape[ia]):
+            group = np.concatenate(
+                [np.take(ca.ids, k, axis=ia).ravel(), np.take(cb.ids, k, axis=ib).ravel()]
+            )
+            self.uf.union(group[:-1], group[1:])
+        ids, cv = cb.ids, cb.cv
+        if r - 2 in cb.axes:
+            j = cb.axes.index(r - 2)
+            ids, cv = np.take(ids, 0, axis=j), np.full(np.take(cv, 0, axis=j).shape, np.nan)
+        elif not ca.rows_sum_to_one:
+            cv = np.full_like(cv, np.nan)
+        axes = tuple(ax for ax in cb.axes if ax != r - 2)
+        self.chan[var] = Chan(axes, ids, cv)
         return True
 
     def _visit_concat(self, var: relax.Var, call: relax.Call) -> bool:

@@ -411,10 +411,10 @@ class _SparseRewriter(PyExprMutator):
             super().visit_var_binding_(binding)
             return
         if isinstance(binding.var, relax.DataflowVar):
-            new_var = self.builder_.emit(new_value, name_hint=binding.var.name_hint)
+            new_var = self.builder_.emit(new_value, name_hint=binding.var.name)
         else:
-            new_var = self.builder_.emit_output(new_value, name_hint=binding.var.name_hint)
-        self.set_var_remap(binding.var.vid, new_var)
+            new_var = self.builder_.emit_output(new_value, name_hint=binding.var.name)
+        self.set_var_remap(binding.var, new_var)
 
     # -- per op -------------------------------------------------------------------------------
 
@@ -422,7 +422,7 @@ class _SparseRewriter(PyExprMutator):
         found = constant_weight_of(call, self._values)
         if found is None:
             return None, _Plan("dense", "dense", "weight is not a constant the pass can read")
-        weight, _info = found
+        weight, op_info = found
         info = WeightSparsity.from_attr(self._records[name])
         x = self.visit_expr(call.args[0])
         shape = _static_shape(x)
@@ -453,7 +453,7 @@ class _SparseRewriter(PyExprMutator):
             channels=channels,
             height=height,
             width=width,
-            kernel=tuple(int(v) for v in call.args[1].data.shape[2:]),
+            kernel=tuple(int(v) for v in op_info["kernel"]),
             strides=tuple(int(v) for v in attrs.strides),
             padding=tuple(int(v) for v in attrs.padding),
             dilation=tuple(int(v) for v in attrs.dilation),

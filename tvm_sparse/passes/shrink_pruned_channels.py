@@ -243,10 +243,15 @@ class _Shrinker(PyExprMutator):
         self.graph = plan.graph
         self.pending: dict[relax.Var, np.ndarray] = {}  # old weight-op var -> correction
 
-    def _emit(self, old: relax.Var, value: relax.Expr, name: str | None = None) -> relax.Var:
+    def _emit(
+        self, old: relax.Var, value: relax.Expr, name: str | None = None, inner: bool = False
+    ) -> relax.Var:
         value = self.builder_.normalize(value)
         name = name or old.name
-        cls = relax.DataflowVar if isinstance(old, relax.DataflowVar) else relax.Var
+        dataflow = isinstance(old, relax.DataflowVar) or (
+            inner and self.builder_.current_block_is_dataflow()
+        )
+        cls = relax.DataflowVar if dataflow else relax.Var
         new = cls(name, value.ty)
         self.builder_.emit_normalized(relax.VarBinding(new, value))
         return new
@@ -266,8 +271,9 @@ class _Shrinker(PyExprMutator):
             super().visit_var_binding_(binding)
             return
         corr = self.plan.corrections.get(var)
-        new = self._emit(var, new_value)
-        if corr is not None and var not in self.plan.fold_into:
+        separate = corr is not None and var not in self.plan.fold_into
+        new = self._emit(var, new_value, inner=separate)
+        if separate:
             corr = self._slice_out(var, corr)
             dtype = self.graph.weight_ops[var].weight.dtype
             folded = relax.op.add(new, relax.const(corr.astype(dtype)))

@@ -1,0 +1,88 @@
+"""Dense models: tvm_sparse against PyTorch and ONNX Runtime, measured in one run.
+
+Writes ``benchmarks/results/dense.json`` and ``dense.md``::
+
+    python benchmarks/dense.py [--repeat 20] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import time
+
+import numpy as np
+import torch
+
+import tvm_sparse
+from tvm_sparse.architectures import BertLayer, MobileNetV2, ResNet18, randomize_batch_norm
+from tvm_sparse.benchmarking import time_onnxruntime, time_torch, write_results
+
+MODELS = {
+    "resnet18 1x3x224x224": (lambda: randomize_batch_norm(ResNet18()), (1, 3, 224, 224)),
+    "mobilenetv2 1x3x224x224": (lambda: randomize_batch_norm(MobileNetV2()), (1, 3, 224, 224)),
+    "bert-base layer 1x128x768": (BertLayer, (1, 128, 768)),
+}
+
+
+def _onnx(model: torch.nn.Module, x: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (x,), buffer, input_names=["x"], dynamo=False)
+    return buffer.getvalue()
+
+
+def run(repeat: int, out_dir: str, target: str) -> list[dict]:
+    import onnx
+
+    rows = []
+    for name, (factory, shape) in MODELS.items():
+        torch.manual_seed(0)
+        model, x = factory().eval(), torch.randn(*shape)
+        print(f"[dense] {name}: compiling", flush=True)
+        start = time.perf_counter()
+        compiled = tvm_sparse.compile(model, target, example_inputs=(x,), sparsity="off")
+        compile_s = time.perf_counter() - start
+        with torch.no_grad():
+            expected = model(x).numpy()
+        error = float(np.abs(compiled(x.numpy()) - expected).max())
+        print(f"[dense] {name}: measuring", flush=True)
+        tvm_ms = compiled.benchmark(x.numpy(), repeat=repeat)["median_ms"]
+        torch_ms = time_torch(model, (x,), repeat=repeat)["median_ms"]
+        ort_ms = time_onnxruntime(
+            onnx.load_from_string(_onnx(model, x)), [x.numpy()], repeat=repeat
+        )["median_ms"]
+        rows.append(
+            {
+                "model": name,
+                "tvm_sparse_ms": tvm_ms,
+                "pytorch_ms": torch_ms,
+                "onnxruntime_ms": ort_ms,
+                "vs_pytorch": torch_ms / tvm_ms,
+                "vs_onnxruntime": ort_ms / tvm_ms,
+                "compile_s": compile_s,
+                "max_abs_error": error,
+            }
+        )
+        print(f"[dense] {rows[-1]}", flush=True)
+    write_results(
+        "dense",
+        rows,
+        ["model", "tvm_sparse_ms", "pytorch_ms", "onnxruntime_ms", "vs_pytorch",
+         "vs_onnxruntime", "compile_s", "max_abs_error"],
+        out_dir=out_dir,
+        notes="Median latency in ms; vs_X is X's latency over tvm_sparse's (above 1: faster).",
+    )  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--target", default="x86")
+    args = parser.parse_args()
+    run(args.repeat, args.out, args.target)
+
+
+if __name__ == "__main__":
+    main()

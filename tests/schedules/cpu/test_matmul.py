@@ -1,0 +1,113 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import tvm
+from conftest import TARGET, assert_parallel_vectorized, run_and_compare
+from tvm.script import tirx as T
+
+from tvm_sparse.schedules.cpu import Fallback, Matmul, MatmulKnobs, default_rules
+
+
+class LinearAct(torch.nn.Module):
+    def __init__(self, k, n, act):
+        super().__init__()
+        self.lin = torch.nn.Linear(k, n)
+        self.act = act
+
+    def forward(self, x):
+        y = self.lin(x)
+        return {"relu": F.relu, "gelu": F.gelu, "none": lambda t: t}[self.act](y)
+
+
+class BatchMatmul(torch.nn.Module):
+    def forward(self, a, b):
+        return a @ b
+
+
+@pytest.mark.parametrize(
+    "shape,k,n,act",
+    [((20, 64), 64, 96, "relu"), ((7, 33), 33, 10, "gelu"), ((2, 5, 50), 50, 130, "none")],
+)
+def test_linear_epilogue_is_claimed_and_correct(shape, k, n, act):
+    model = LinearAct(k, n, act)
+    claimed, mod = run_and_compare(model, [torch.randn(*shape)], [Matmul(), Fallback()])
+    names = [name for name in claimed if "matmul" in name]
+    assert names and all(claimed[name] == "Matmul" for name in names)
+    assert_parallel_vectorized(mod[names[0]])
+
+
+@pytest.mark.parametrize(
+    "a,b", [((2, 4, 10, 16), (2, 4, 16, 10)), ((3, 37, 16), (3, 16, 45)), ((1, 8, 8), (1, 8, 19))]
+)
+def test_batched_matmul(a, b):
+    claimed, _ = run_and_compare(BatchMatmul(), [torch.randn(*a), torch.randn(*b)], [Matmul(), Fallback()])
+    assert claimed["matmul"] == "Matmul"
+
+
+@T.prim_func(private=True, s_tir=True)
+def matmul_transposed_b(
+    a: T.Buffer((2, 24, 40), "float32"),
+    b: T.Buffer((2, 36, 40), "float32"),
+    c: T.Buffer((2, 24, 36), "float32"),
+):
+    for s, i, j, k in T.grid(2, 24, 36, 40):
+        with T.sblock("matmul"):
+            vs, vi, vj, vk = T.axis.remap("SSSR", [s, i, j, k])
+            with T.init():
+                c[vs, vi, vj] = T.float32(0)
+            c[vs, vi, vj] = c[vs, vi, vj] + a[vs, vi, vk] * b[vs, vj, vk]
+
+
+def test_transposed_b():
+    sch = Matmul(MatmulKnobs(tile_rows=4, tile_vectors=1)).apply(matmul_transposed_b, TARGET, False)
+    assert sch is not None
+    func = sch.mod["main"]
+    assert_parallel_vectorized(func)
+    lib = tvm.compile(func.with_attr("global_symbol", "main"), TARGET)
+    a = np.random.randn(2, 24, 40).astype("float32")
+    b = np.random.randn(2, 36, 40).astype("float32")
+    c = tvm.runtime.tensor(np.zeros((2, 24, 36), "float32"))
+    lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b), c)
+    np.testing.assert_allclose(c.numpy(), a @ b.transpose(0, 2, 1), rtol=1e-4, atol=1e-4)
+
+
+def test_not_a_matmul_is_declined():
+    @T.prim_func(private=True, s_tir=True)
+    def row_sum(a: T.Buffer((8, 32), "float32"), c: T.Buffer((8,), "float32")):
+        for i, k in T.grid(8, 32):
+            with T.sblock("sum"):
+                vi, vk = T.axis.remap("SR", [i, k])
+                with T.init():
+                    c[vi] = T.float32(0)
+                c[vi] = c[vi] + a[vi, vk]
+
+    assert Matmul().apply(row_sum, TARGET, False) is None
+
+
+def test_dynamic_batch_is_scheduled():
+    @T.prim_func(private=True, s_tir=True)
+    def dyn(var_a: T.handle, b: T.Buffer((64, 48), "float32"), var_c: T.handle):
+        m = T.int64()
+        a = T.match_buffer(var_a, (m, 64), "float32")
+        c = T.match_buffer(var_c, (m, 48), "float32")
+        for i, j, k in T.grid(m, 48, 64):
+            with T.sblock("matmul"):
+                vi, vj, vk = T.axis.remap("SSR", [i, j, k])
+                with T.init():
+                    c[vi, vj] = T.float32(0)
+                c[vi, vj] = c[vi, vj] + a[vi, vk] * b[vk, vj]
+
+    for rule in default_rules(TARGET):
+        sch = rule.apply(dyn, TARGET, False)
+        if sch is not None:
+            break
+    assert sch is not None
+    func = sch.mod["main"]
+    assert_parallel_vectorized(func)
+    lib = tvm.compile(func.with_attr("global_symbol", "main"), TARGET)
+    a = np.random.randn(13, 64).astype("float32")
+    b = np.random.randn(64, 48).astype("float32")
+    c = tvm.runtime.tensor(np.zeros((13, 48), "float32"))
+    lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b), c)
+    np.testing.assert_allclose(c.numpy(), a @ b, rtol=1e-4, atol=1e-4)
