@@ -89,6 +89,7 @@ def pipeline(
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
+            fusion,
             relax.transform.FuseOps(),
             fusion,
             relax.transform.FuseTIR(),

@@ -412,7 +412,7 @@ def test_decisions_merge_with_existing():
     assert "lv" in decisions
 
 
-# --- numerics against PyTorch ----------------------------------------------------------------------
+# --- numerics against PyTorch ---------------------------------------------------------------
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

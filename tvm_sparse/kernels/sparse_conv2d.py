@@ -62,23 +62,25 @@ def im2col(geom: Conv2DGeometry, dtype: str = "float32") -> tirx.PrimFunc:
     @T.prim_func(private=True)
     def kernel(x: T.Buffer((b, c, h, w), dtype), col: T.Buffer((b, rows, oh * ow), dtype)):
         T.func_attr({"tirx.noalias": True})
-        for bi in range(b):
-            for row in T.parallel(rows):
-                for y in range(oh):
-                    for xo in range(ow):
-                        col[bi, row, y * ow + xo] = T.if_then_else(
-                            0 <= y * sh + (row % (kh * kw)) // kw * dh - top
-                            and y * sh + (row % (kh * kw)) // kw * dh - top < h
-                            and 0 <= xo * sw + row % kw * dw - left
-                            and xo * sw + row % kw * dw - left < w,
-                            x[
-                                bi,
-                                row // (kh * kw),
-                                T.max(T.min(y * sh + (row % (kh * kw)) // kw * dh - top, h - 1), 0),
-                                T.max(T.min(xo * sw + row % kw * dw - left, w - 1), 0),
-                            ],
-                            zero,
-                        )
+        # A root block: RewriteDataflowReshape inspects every call_tir callee for one.
+        with T.sblock("root"):
+            for bi in range(b):
+                for row in T.parallel(rows):
+                    for y in range(oh):
+                        for xo in range(ow):
+                            col[bi, row, y * ow + xo] = T.if_then_else(
+                                0 <= y * sh + (row % (kh * kw)) // kw * dh - top
+                                and y * sh + (row % (kh * kw)) // kw * dh - top < h
+                                and 0 <= xo * sw + row % kw * dw - left
+                                and xo * sw + row % kw * dw - left < w,
+                                x[
+                                    bi,
+                                    row // (kh * kw),
+                                    T.max(T.min(y * sh + (row % (kh * kw)) // kw * dh - top, h - 1), 0),
+                                    T.max(T.min(xo * sw + row % kw * dw - left, w - 1), 0),
+                                ],
+                                zero,
+                            )
 
     return kernel.with_attrs(
         {"tirx.is_scheduled": True, "tvm_sparse.kernel": "im2col", "op_pattern": 8}

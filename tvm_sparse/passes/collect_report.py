@@ -114,33 +114,83 @@ def _nbytes(const: tvm.ir.Constant) -> int:
     return _numel(_dims(ty)) * np.dtype(str(ty.dtype)).itemsize
 
 
+def _call_tir_bindings(func: relax.Function):
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            call = binding.value
+            if isinstance(call, relax.Call) and call.op == call_tir:
+                yield binding, call.args[0], list(call.args[1].fields)
+
+
 @tvm.transform.module_pass(opt_level=0, name="CollectFusionGroups")
 class CollectFusionGroups:
-    """Remember, per fused function, the bindings it absorbed.
+    """Remember which legalized kernel computes each binding and how ``FuseOps`` groups them.
 
-    ``FuseOps`` keeps the names of a group's inner bindings but renames its result (``gv``) and
-    the bindings of ``main``; the result is matched later by operator and output shape.
+    Run it twice: after ``LegalizeOps`` (each binding of ``main`` calls a PrimFunc named after
+    its op) and after ``FuseOps`` (each fused function lists the PrimFuncs it absorbed).
+    ``FuseOps`` renames bindings, so bindings are matched to groups by the PrimFuncs they call
+    and the PrimFuncs that produce their arguments.
     """
 
     def __init__(self, report: CompileReport):
         self.report = report
+        self.prim_of: dict[str, str] = {}
+        self.producers_of: dict[str, list[str]] = {}
         self.groups: dict[str, list[str]] = {}
+        self._assigned: dict[str, str | None] = {}
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        self.groups.clear()
-        for gvar, func in mod.functions_items():
-            if not isinstance(func, relax.Function) or not func.attrs:
-                continue
-            if not func.attrs.get("Primitive", False):
-                continue
-            output = func.body.body
-            self.groups[gvar.name_hint] = [
-                b.var.name
-                for block in func.body.blocks
-                for b in block.bindings
-                if not b.var.same_as(output)
-            ]
+        fused = {
+            gvar.name_hint: func
+            for gvar, func in mod.functions_items()
+            if isinstance(func, relax.Function) and func.attrs and func.attrs.get("Primitive")
+        }
+        if not fused:
+            for binding, gvar, args in _call_tir_bindings(mod["main"]):
+                self.prim_of[binding.var.name] = gvar.name_hint
+                self.producers_of[binding.var.name] = [
+                    a.name for a in args if isinstance(a, relax.Var)
+                ]
+            return mod
+        self.groups = {
+            name: [gvar.name_hint for _, gvar, _ in _call_tir_bindings(func)]
+            for name, func in fused.items()
+        }
+        self._assigned.clear()
         return mod
+
+    def group_of(self, name: str) -> str | None:
+        """The fused function that computes binding ``name``, if it was fused.
+
+        Ask in program order: a group is connected, so a binding joins its producer's group
+        when that group calls its PrimFunc.
+        """
+        if name not in self._assigned:
+            self._assigned[name] = self._find_group(name)
+        return self._assigned[name]
+
+    def _find_group(self, name: str) -> str | None:
+        prim = self.prim_of.get(name)
+        if prim is None:
+            return None
+        candidates = [g for g, members in self.groups.items() if prim in members]
+        if not candidates:
+            return None
+        for producer in self.producers_of.get(name, []):
+            group = self._assigned.get(producer)
+            if group in candidates:
+                return group
+        # Several groups call the same PrimFunc (same op, same shapes): prefer the group that
+        # also holds the kernels of this binding's producers and consumers, then the smallest.
+        neighbours = [self.prim_of.get(p) for p in self.producers_of.get(name, [])]
+        neighbours += [self.prim_of[n] for n, args in self.producers_of.items() if name in args]
+
+        def score(group: str) -> tuple[int, int]:
+            members = self.groups[group]
+            return (-sum(n in members for n in neighbours), len(members))
+
+        return min(candidates, key=score)
 
 
 @tvm.transform.module_pass(opt_level=0, name="CollectKernelReport")
@@ -152,32 +202,21 @@ class CollectKernelReport:
         self.fusion = fusion
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        kernel_of: dict[str, tuple[str, str]] = {}
-        by_result: list[tuple[str, list[int | str], str]] = []
-        call_tir = tvm.ir.Op.get("relax.call_tir")
-        for block in mod["main"].body.blocks:
-            for binding in block.bindings:
-                call = binding.value
-                if not isinstance(call, relax.Call) or call.op != call_tir:
-                    continue
-                gvar = call.args[0]
-                prim = mod[gvar]
-                kernel = str(prim.attrs.get(KERNEL_ATTR, "")) if prim.attrs else ""
-                name = gvar.name_hint
-                if name in self.fusion.groups:
-                    for member in self.fusion.groups[name]:
-                        kernel_of[member] = (kernel, name)
-                else:
-                    kernel_of.setdefault(binding.var.name, (kernel, ""))
-                by_result.append((name, _dims(binding.var.ty), kernel))
+        kernels = {
+            gvar.name_hint: str(func.attrs.get(KERNEL_ATTR, "")) if func.attrs else ""
+            for gvar, func in mod.functions_items()
+            if isinstance(func, tirx.PrimFunc)
+        }
         unscheduled = []
         for row in self.report.rows:
-            kernel, fused = kernel_of.get(row.name) or _match_result(row, by_result)
+            group = self.fusion.group_of(row.name)
+            prim = group or self.fusion.prim_of.get(row.name, "")
+            kernel = kernels.get(prim, "")
             if kernel and (not row.kernel or row.kernel == "dense"):
                 row.kernel = kernel
             elif not row.kernel:
                 row.kernel = "vm builtin" if row.flops == 0 else ""
-            row.fused_into = fused if fused and fused != row.kernel else ""
+            row.fused_into = group or ""
             if kernel == UNSCHEDULED:
                 unscheduled.append(row.name)
         if unscheduled:
@@ -185,12 +224,3 @@ class CollectKernelReport:
                 f"no schedule rule claimed {', '.join(unscheduled)}: these run as plain loops"
             )
         return mod
-
-
-def _match_result(row: OpRecord, results: list[tuple[str, list[int | str], str]]):
-    """The kernel whose name holds the row's op and whose result has the row's shape."""
-    op = row.op.rsplit(".", 1)[-1]
-    for name, shape, kernel in results:
-        if shape == row.output_shape and (name == op or f"_{op}" in name or name.startswith(op)):
-            return kernel, name if name.startswith("fused_") else ""
-    return "", ""

@@ -29,7 +29,9 @@ class ShrinkPrunedChannels:
     flatten (a channel is a contiguous run of features), permute, residual add (only channels
     removable in *every* operand), concat (offsets), depthwise and grouped conv (equal counts per
     group), and attention written as ``softmax(Q K^T) V`` (a head is removed when its V
-    projection is constant or its output-projection columns are zero). A removed channel that
+    projection is constant or its output-projection columns are zero; the importer's
+    ``scaled_dot_product_attention`` lowering, LayerNorm over channels and unknown ops pin the
+    channels they touch, with a reason). A removed channel that
     still carries a constant (``ReLU(bias)``, a batch-norm shift) is folded exactly into each
     consumer: into its bias for matmul and unpadded conv, and as a constant
     ``(1, O, H_out, W_out)`` map for padded convs, whose borders see zero padding.

@@ -41,7 +41,9 @@ def test_linear_epilogue_is_claimed_and_correct(shape, k, n, act):
     "a,b", [((2, 4, 10, 16), (2, 4, 16, 10)), ((3, 37, 16), (3, 16, 45)), ((1, 8, 8), (1, 8, 19))]
 )
 def test_batched_matmul(a, b):
-    claimed, _ = run_and_compare(BatchMatmul(), [torch.randn(*a), torch.randn(*b)], [Matmul(), Fallback()])
+    claimed, _ = run_and_compare(
+        BatchMatmul(), [torch.randn(*a), torch.randn(*b)], [Matmul(), Fallback()]
+    )
     assert claimed["matmul"] == "Matmul"
 
 
@@ -87,22 +89,21 @@ def test_not_a_matmul_is_declined():
 
 def test_dynamic_batch_is_scheduled():
     @T.prim_func(private=True, s_tir=True)
-    def dyn(var_a: T.handle, b: T.Buffer((64, 48), "float32"), var_c: T.handle):
+    def dyn(var_a: T.handle, b: T.Buffer((T.int64(64), T.int64(48)), "float32"), var_c: T.handle):
         m = T.int64()
-        a = T.match_buffer(var_a, (m, 64), "float32")
-        c = T.match_buffer(var_c, (m, 48), "float32")
-        for i, j, k in T.grid(m, 48, 64):
+        a = T.match_buffer(var_a, (m, T.int64(64)), "float32")
+        c = T.match_buffer(var_c, (m, T.int64(48)), "float32")
+        for i, j, k in T.grid(m, T.int64(48), T.int64(64)):
             with T.sblock("matmul"):
                 vi, vj, vk = T.axis.remap("SSR", [i, j, k])
                 with T.init():
                     c[vi, vj] = T.float32(0)
                 c[vi, vj] = c[vi, vj] + a[vi, vk] * b[vk, vj]
 
-    for rule in default_rules(TARGET):
-        sch = rule.apply(dyn, TARGET, False)
-        if sch is not None:
-            break
-    assert sch is not None
+    rules = default_rules(TARGET)
+    claimed = next(rule for rule in rules if rule.apply(dyn, TARGET, False) is not None)
+    assert type(claimed).__name__ == "Matmul"
+    sch = claimed.apply(dyn, TARGET, False)
     func = sch.mod["main"]
     assert_parallel_vectorized(func)
     lib = tvm.compile(func.with_attr("global_symbol", "main"), TARGET)

@@ -48,9 +48,7 @@ class CPUScheduleRule(ScheduleRule):
         """Whether ``target`` is a CPU target this rule can schedule for."""
         return target.kind.name == "llvm"
 
-    def apply(
-        self, func: tirx.PrimFunc, target: Target, tunable: bool
-    ) -> s_tir.Schedule | None:
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         """Schedule ``func`` for ``target``, or return ``None`` when the rule does not apply."""
         del tunable  # knobs are fixed per target; the autotuner varies them from outside
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):

@@ -111,7 +111,9 @@ def find_conv2d_block(sch: s_tir.Schedule) -> tuple[SBlockRV, int]:
         raise NotApplicable("expects exactly one reduction block")
     main = reductions[0]
     stmt = sch.get(main)
-    kinds = "".join("R" if iv.iter_type == tirx.IterVar.CommReduce else "S" for iv in stmt.iter_vars)
+    kinds = "".join(
+        "R" if iv.iter_type == tirx.IterVar.CommReduce else "S" for iv in stmt.iter_vars
+    )
     if kinds != "SSSSRRR" or len(stmt.reads) != 2 or len(stmt.writes) != 1:
         raise NotApplicable("not an NCHW conv2d iteration space")
     n, f, y, x = (iv.var for iv in stmt.iter_vars[:4])

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import try_inline
 from tvm.s_tir.dlight.analysis import get_root_block, get_sblock_info
+from tvm.s_tir.dlight.base import try_inline
 from tvm.s_tir.schedule import SBlockRV
 from tvm.target import Target
 

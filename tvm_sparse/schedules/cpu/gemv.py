@@ -35,7 +35,16 @@ from tvm.s_tir.dlight.gpu.matmul import (
 from tvm.target import Target
 
 from .base import CPUScheduleRule, NotApplicable, loop_extent, pick_factor, vector_lanes
-from .matmul import _I, _J, _K, _S, _innermost_kind, _var_kinds, detect_iter_traits, find_matmul_block
+from .matmul import (
+    _I,
+    _J,
+    _K,
+    _S,
+    _innermost_kind,
+    _var_kinds,
+    detect_iter_traits,
+    find_matmul_block,
+)
 
 __all__ = ["GEMV", "GEMVKnobs"]
 
@@ -95,8 +104,12 @@ class GEMV(CPUScheduleRule):
         reindex_a = sch.reindex(main, ("read", 0))
         reindex_b = sch.reindex(main, ("read", 1))
         reindex_c = sch.reindex(main, ("write", 0))
-        sch.transform_layout(reindex_a, ("write", 0), make_iter_fusion_index_map(a_traits, [_S, _K]))
-        sch.transform_layout(reindex_b, ("write", 0), make_iter_fusion_index_map(b_traits, [_S, _J, _K]))
+        sch.transform_layout(
+            reindex_a, ("write", 0), make_iter_fusion_index_map(a_traits, [_S, _K])
+        )
+        sch.transform_layout(
+            reindex_b, ("write", 0), make_iter_fusion_index_map(b_traits, [_S, _J, _K])
+        )
         sch.transform_layout(reindex_c, ("read", 0), make_iter_fusion_index_map(c_traits, [_S, _J]))
         sch.transform_block_layout(main, make_iter_fusion_index_map(block_traits, [_S, _J, _K]))
         sch.compute_inline(reindex_a)

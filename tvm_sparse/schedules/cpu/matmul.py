@@ -37,14 +37,14 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.gpu.matmul import (
     IterKind,
+    IterTrait,
     auto_inline_consumer_chain,
     auto_inline_producers,
-    IterTrait,
     make_iter_fusion_index_map,
 )
-from tvm.tirx.analysis import undefined_vars
 from tvm.s_tir.schedule import SBlockRV
 from tvm.target import Target
+from tvm.tirx.analysis import undefined_vars
 
 from .base import (
     CPUScheduleRule,
@@ -205,9 +205,15 @@ class Matmul(CPUScheduleRule):
         reindex_a = sch.reindex(main, ("read", 0))
         reindex_b = sch.reindex(main, ("read", 1))
         reindex_c = sch.reindex(main, ("write", 0))
-        sch.transform_layout(reindex_a, ("write", 0), make_iter_fusion_index_map(a_traits, [_S, _I, _K]))
-        sch.transform_layout(reindex_b, ("write", 0), make_iter_fusion_index_map(b_traits, [_S, _K, _J]))
-        sch.transform_layout(reindex_c, ("read", 0), make_iter_fusion_index_map(c_traits, [_S, _I, _J]))
+        sch.transform_layout(
+            reindex_a, ("write", 0), make_iter_fusion_index_map(a_traits, [_S, _I, _K])
+        )
+        sch.transform_layout(
+            reindex_b, ("write", 0), make_iter_fusion_index_map(b_traits, [_S, _K, _J])
+        )
+        sch.transform_layout(
+            reindex_c, ("read", 0), make_iter_fusion_index_map(c_traits, [_S, _I, _J])
+        )
         sch.transform_block_layout(main, make_iter_fusion_index_map(block_traits, [_S, _I, _J, _K]))
         sch.compute_inline(reindex_a)
         if b_contiguous:

@@ -1,0 +1,42 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import assert_parallel_vectorized, run_and_compare
+
+from tvm_sparse.schedules.cpu import Conv2d, Fallback
+
+
+class ConvBlock(torch.nn.Module):
+    def __init__(self, cin, cout, k, stride, pad, groups, residual):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(cin, cout, k, stride, pad, groups=groups)
+        self.bn = torch.nn.BatchNorm2d(cout)
+        self.bn.running_mean.uniform_(-1, 1)
+        self.bn.running_var.uniform_(0.5, 2)
+        self.residual = residual
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        if self.residual:
+            y = y + x
+        return F.relu(y)
+
+
+@pytest.mark.parametrize(
+    "cin,cout,k,stride,pad,groups,residual,hw",
+    [
+        (16, 16, 3, 1, 1, 1, True, 14),  # ResNet basic block shape, residual epilogue
+        (3, 13, 3, 2, 1, 1, False, 17),  # stride 2, odd channels and size
+        (16, 24, 1, 1, 0, 1, False, 9),  # 1x1: no padding stage
+        (16, 32, 3, 1, 1, 4, False, 12),  # grouped
+        (16, 16, 3, 2, 1, 16, False, 13),  # depthwise, stride 2
+        (8, 8, 5, 1, 2, 1, False, 40),  # width wider than one vector
+    ],
+)
+def test_conv2d_claimed_and_correct(cin, cout, k, stride, pad, groups, residual, hw):
+    model = ConvBlock(cin, cout, k, stride, pad, groups, residual)
+    x = torch.randn(1 if cin != 3 else 2, cin, hw, hw + 1)
+    claimed, mod = run_and_compare(model, [x], [Conv2d(), Fallback()])
+    conv = [name for name in claimed if "conv2d" in name]
+    assert len(conv) == 1 and claimed[conv[0]] == "Conv2d"
+    assert_parallel_vectorized(mod[conv[0]])

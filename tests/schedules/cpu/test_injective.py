@@ -1,0 +1,32 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import assert_parallel_vectorized, run_and_compare
+
+from tvm_sparse.schedules.cpu import Fallback, Injective
+
+
+class Elementwise(torch.nn.Module):
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x, y):
+        if self.kind == "gelu":
+            return F.gelu(x) + y
+        if self.kind == "tanh":
+            return torch.tanh(x) * y
+        if self.kind == "transpose":
+            return (x + y).transpose(-1, -2).reshape(x.shape[0], -1)
+        return torch.cat([x, y * 2], dim=-1)
+
+
+@pytest.mark.parametrize("kind", ["gelu", "tanh", "transpose", "concat"])
+@pytest.mark.parametrize("shape", [(4, 48, 64), (1, 7, 13)])
+def test_injective_claimed_and_correct(kind, shape):
+    claimed, mod = run_and_compare(
+        Elementwise(kind), [torch.randn(*shape), torch.randn(*shape)], [Injective(), Fallback()]
+    )
+    assert set(claimed.values()) == {"Injective"}
+    for name in claimed:
+        assert_parallel_vectorized(mod[name], vectorized=shape[-1] % 2 == 0)
