@@ -93,7 +93,9 @@ def train(model, data, *, epochs: int, lr: float = 1e-3, pruner: Pruner | None =
     steps_at = set()
     if pruner is not None:  # prune over the first half, fine-tune with the masks in the second
         span = max(epochs // 2, 1)
-        steps_at = {round((i + 1) * span / pruner.total_steps) - 1 for i in range(pruner.total_steps)}
+        steps_at = {
+            round((i + 1) * span / pruner.total_steps) - 1 for i in range(pruner.total_steps)
+        }
     for epoch in range(epochs):
         model.train()
         for batch in torch.randperm(len(train_y), generator=generator).split(64):
@@ -212,9 +214,7 @@ def write(points: list[Point], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for label in dict.fromkeys(p.pattern for p in points):
         series = sorted((p for p in points if p.pattern == label), key=lambda p: p.latency_ms)
-        ax.plot(
-            [p.latency_ms for p in series], [p.accuracy for p in series], "o-", label=label
-        )
+        ax.plot([p.latency_ms for p in series], [p.accuracy for p in series], "o-", label=label)
         for p in series:
             ax.annotate(f"{p.sparsity:.2f}", (p.latency_ms, p.accuracy), fontsize=7)
     ax.set_xlabel(f"latency, ms ({points[0].runtime}, batch of the example)")

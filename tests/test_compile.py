@@ -38,6 +38,9 @@ def test_zoo_from_pytorch_matches_pytorch(name):
     np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=RTOL, atol=ATOL)
     # numpy in, numpy out
     assert isinstance(compiled(x.numpy()), np.ndarray)
+    # every kernel got a real schedule
+    assert all(row.kernel != "unscheduled" for row in compiled.report.rows)
+    assert not [n for n in compiled.report.notes if "no schedule rule" in n]
 
 
 @pytest.mark.parametrize("name", sorted(zoo.ZOO))

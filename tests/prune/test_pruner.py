@@ -76,7 +76,9 @@ def _channel_pruned(model, group):
         alive = torch.zeros(group.num_channels + 1, dtype=torch.bool)
         index = s.channel_map.reshape(-1) % (group.num_channels + 1)
         alive.scatter_reduce_(0, index, value.reshape(-1).ne(0), "amax")
-        sets.append((s.tensor_fqn, s.role, frozenset(torch.nonzero(~alive[:-1]).flatten().tolist())))
+        sets.append(
+            (s.tensor_fqn, s.role, frozenset(torch.nonzero(~alive[:-1]).flatten().tolist()))
+        )
     return sets
 
 

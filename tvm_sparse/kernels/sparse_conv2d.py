@@ -40,6 +40,11 @@ class Conv2DGeometry:
         ow = (self.width + left + right - dw * (kw - 1) - 1) // sw + 1
         return oh, ow
 
+    def as_array(self):
+        import numpy as np
+
+        return np.array([*self.kernel, *self.strides, *self.padding[:2], *self.dilation], "int32")
+
     @property
     def is_pointwise(self) -> bool:
         """A 1x1, stride-1, unpadded convolution: a plain matmul over ``NCHW``."""
@@ -49,7 +54,12 @@ class Conv2DGeometry:
 
 
 def im2col(geom: Conv2DGeometry, dtype: str = "float32") -> tirx.PrimFunc:
-    """A scheduled PrimFunc ``(x: (B, C, H, W)) -> (B, C*kh*kw, OH*OW)`` (im2col, ``KM``)."""
+    """A scheduled PrimFunc ``(x: (B, C, H, W), geometry) -> (B, C*kh*kw, OH*OW)``.
+
+    ``geometry`` (:meth:`Conv2DGeometry.as_array`) is not read: Relax's
+    ``RewriteDataflowReshape`` takes any single-input ``call_tir`` callee for a possible
+    reshape and requires a block-structured body, which this hand-scheduled kernel lacks.
+    """
     b, c, h, w = geom.batch, geom.channels, geom.height, geom.width
     kh, kw = geom.kernel
     sh, sw = geom.strides
@@ -60,27 +70,29 @@ def im2col(geom: Conv2DGeometry, dtype: str = "float32") -> tirx.PrimFunc:
     zero = tirx.const(0, dtype)
 
     @T.prim_func(private=True)
-    def kernel(x: T.Buffer((b, c, h, w), dtype), col: T.Buffer((b, rows, oh * ow), dtype)):
+    def kernel(
+        x: T.Buffer((b, c, h, w), dtype),
+        geometry: T.Buffer((8,), "int32"),
+        col: T.Buffer((b, rows, oh * ow), dtype),
+    ):
         T.func_attr({"tirx.noalias": True})
-        # A root block: RewriteDataflowReshape inspects every call_tir callee for one.
-        with T.sblock("root"):
-            for bi in range(b):
-                for row in T.parallel(rows):
-                    for y in range(oh):
-                        for xo in range(ow):
-                            col[bi, row, y * ow + xo] = T.if_then_else(
-                                0 <= y * sh + (row % (kh * kw)) // kw * dh - top
-                                and y * sh + (row % (kh * kw)) // kw * dh - top < h
-                                and 0 <= xo * sw + row % kw * dw - left
-                                and xo * sw + row % kw * dw - left < w,
-                                x[
-                                    bi,
-                                    row // (kh * kw),
-                                    T.max(T.min(y * sh + (row % (kh * kw)) // kw * dh - top, h - 1), 0),
-                                    T.max(T.min(xo * sw + row % kw * dw - left, w - 1), 0),
-                                ],
-                                zero,
-                            )
+        for bi in range(b):
+            for row in T.parallel(rows):
+                for y in range(oh):
+                    for xo in range(ow):
+                        col[bi, row, y * ow + xo] = T.if_then_else(
+                            0 <= y * sh + (row % (kh * kw)) // kw * dh - top
+                            and y * sh + (row % (kh * kw)) // kw * dh - top < h
+                            and 0 <= xo * sw + row % kw * dw - left
+                            and xo * sw + row % kw * dw - left < w,
+                            x[
+                                bi,
+                                row // (kh * kw),
+                                T.max(T.min(y * sh + (row % (kh * kw)) // kw * dh - top, h - 1), 0),
+                                T.max(T.min(xo * sw + row % kw * dw - left, w - 1), 0),
+                            ],
+                            zero,
+                        )
 
     return kernel.with_attrs(
         {"tirx.is_scheduled": True, "tvm_sparse.kernel": "im2col", "op_pattern": 8}

@@ -183,12 +183,12 @@ def find_attention_groups(model: nn.Module, specs: list[AttentionSpec]) -> list[
                 for part in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
                     w = prefix + part
                     hmap = _head_map(params[w].shape[0], spec.num_heads)
-                    slices.append(
-                        ParamSlice(w, hmap[:, None].expand_as(params[w]).clone(), "out")
-                    )
+                    slices.append(ParamSlice(w, hmap[:, None].expand_as(params[w]).clone(), "out"))
             if module.in_proj_bias is not None:
                 b = prefix + "in_proj_bias"
-                slices.append(ParamSlice(b, _head_map(params[b].shape[0], spec.num_heads, packed=3), "out"))
+                slices.append(
+                    ParamSlice(b, _head_map(params[b].shape[0], spec.num_heads, packed=3), "out")
+                )
             ow = prefix + "out_proj.weight"
             omap = _head_map(params[ow].shape[1], spec.num_heads)
             slices.append(ParamSlice(ow, omap[None, :].expand_as(params[ow]).clone(), "in"))

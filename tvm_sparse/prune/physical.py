@@ -14,7 +14,9 @@ __all__ = ["remove_pruned_channels"]
 logger = logging.getLogger("tvm_sparse.prune")
 
 
-def remove_pruned_channels(model: nn.Module, example_inputs: torch.Tensor | tuple) -> dict[str, int]:
+def remove_pruned_channels(
+    model: nn.Module, example_inputs: torch.Tensor | tuple
+) -> dict[str, int]:
     """Remove every channel whose producers are all zero, across its coupled group.
 
     A channel is removed when the rows of every conv or linear layer producing it, their biases
@@ -34,7 +36,9 @@ def remove_pruned_channels(model: nn.Module, example_inputs: torch.Tensor | tupl
     dict[str, int]
         Group root -> number of channels removed.
     """
-    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    inputs = (
+        (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    )
     graph = trace(model, inputs)
     groups, _ = _groups_of(graph, model, set())
     modules = dict(model.named_modules())

@@ -215,7 +215,9 @@ class Pruner:
             )
             self.skipped.update(skipped)
         elif self.scheme.name == "head":
-            specs = [s for s in find_attention_modules(model) if s.module not in self.ignored_layers]
+            specs = [
+                s for s in find_attention_modules(model) if s.module not in self.ignored_layers
+            ]
             if not specs:
                 raise ValueError(
                     "pattern='head' found no attention module: it needs nn.MultiheadAttention "
@@ -395,9 +397,7 @@ class Pruner:
         with torch.no_grad():
             for fqn, mask in masks.items():
                 _masks.set_mask(self.model, fqn, mask)
-        self.history.append(
-            {"step": self.step_count, "sparsity": target, "layers": layer_sparsity}
-        )
+        self.history.append({"step": self.step_count, "sparsity": target, "layers": layer_sparsity})
         logger.info(
             "pruning step %d/%d: %s sparsity %.3f", self.step_count, self.total_steps,
             self.scheme.name, target,
@@ -493,9 +493,7 @@ class Pruner:
                 pooled.append((group, channel_scores, channel_scores / mean if mean > 0 else
                                channel_scores, group_round))  # fmt: skip
             else:
-                kept = group.num_channels - math.floor(
-                    self.current_sparsity() * group.num_channels
-                )
+                kept = group.num_channels - math.floor(self.current_sparsity() * group.num_channels)
                 plans.append((group, channel_scores, _round_kept(kept, group, round_to)))
         if pooled:
             normalised = torch.cat([n for _, _, n, _ in pooled])
@@ -585,9 +583,7 @@ class Pruner:
                 "sparsity": self.sparsity,
                 "criterion": self.criterion.name,
                 "scope": self.scope,
-                "config": [
-                    {k: v for k, v in o.items() if k != "scheme"} for o in self.config
-                ],
+                "config": [{k: v for k, v in o.items() if k != "scheme"} for o in self.config],
                 "ignored_layers": sorted(self.ignored_layers),
                 "schedule": self._schedule_name,
                 "total_steps": self.total_steps,
@@ -667,4 +663,3 @@ def _round_kept(kept: int, group: ChannelGroup, round_to: int) -> int:
     if round_to > 1:
         kept = math.ceil(kept / round_to) * round_to
     return min(kept, group.num_channels)
-

@@ -166,7 +166,7 @@ def block_loop_kinds(sch: s_tir.Schedule, block: SBlockRV) -> list[str]:
     for loop in sch.get_loops(block):
         var = sch.get(loop).loop_var
         used = set()
-        for iv, value in zip(iter_vars, realize.iter_values):
+        for iv, value in zip(iter_vars, realize.iter_values, strict=True):
             if _uses_var(value, var):
                 used.add("R" if iv.iter_type == tirx.IterVar.CommReduce else "S")
         kinds.append("M" if len(used) > 1 else (used.pop() if used else "S"))

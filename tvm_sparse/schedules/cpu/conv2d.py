@@ -98,7 +98,7 @@ def _pads(sch: s_tir.Schedule, block: SBlockRV) -> bool:
     out = stmt.writes[0].source.shape
     return any(
         len(r.source.shape) == len(out)
-        and any(not _same_extent(a, b) for a, b in zip(r.source.shape, out))
+        and any(not _same_extent(a, b) for a, b in zip(r.source.shape, out, strict=True))
         for r in stmt.reads
     )
 
@@ -118,7 +118,9 @@ def find_conv2d_block(sch: s_tir.Schedule) -> tuple[SBlockRV, int]:
         raise NotApplicable("not an NCHW conv2d iteration space")
     n, f, y, x = (iv.var for iv in stmt.iter_vars[:4])
     out_idx = [r.min for r in stmt.writes[0].region]
-    if len(out_idx) != 4 or any(not i.same_as(v) for i, v in zip(out_idx, (n, f, y, x))):
+    if len(out_idx) != 4 or any(
+        not i.same_as(v) for i, v in zip(out_idx, (n, f, y, x), strict=True)
+    ):
         raise NotApplicable("output is not indexed [n, f, y, x]")
     data_pos = None
     for pos, read in enumerate(stmt.reads):

@@ -150,7 +150,7 @@ def detect_iter_traits(block: s_tir.SBlock):
 
 
 def _var_kinds(block: s_tir.SBlock, traits) -> dict[tirx.Var, IterKind]:
-    return {iv.var: t.kind for iv, t in zip(block.iter_vars, traits)}
+    return {iv.var: t.kind for iv, t in zip(block.iter_vars, traits, strict=True)}
 
 
 def _innermost_kind(region, kinds: dict[tirx.Var, IterKind]) -> IterKind | None:
