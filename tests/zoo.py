@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tvm_sparse.architectures import BasicBlock, randomize_batch_norm
+
 
 class MLP(nn.Module):
     def __init__(self, d_in: int = 64, hidden: int = 128, d_out: int = 10):
@@ -21,28 +23,6 @@ class MLP(nn.Module):
         x = torch.relu(self.fc1(x))
         x = torch.relu(self.fc2(x))
         return self.fc3(x)
-
-
-class BasicBlock(nn.Module):
-    """A ResNet basic block: two 3x3 convs with batch norm and a residual add."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.downsample = None
-        if stride != 1 or c_in != c_out:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
-            )
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return torch.relu(out + identity)
 
 
 class ResNetSmall(nn.Module):
@@ -115,17 +95,6 @@ class EncoderLayer(nn.Module):
         return self.ln2(x + self.ff2(nn.functional.gelu(self.ff1(x))))
 
 
-def _randomise_batch_norm(model: nn.Module, generator: torch.Generator) -> nn.Module:
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=generator) * 0.1)
-    return model
-
-
 ZOO: dict[str, tuple[type[nn.Module], tuple[int, ...]]] = {
     "mlp": (MLP, (4, 64)),
     "cnn": (ResNetSmall, (2, 3, 16, 16)),
@@ -138,6 +107,6 @@ def make(name: str, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor, ...]]
     """Build a zoo model in eval mode with seeded random weights and an example input."""
     factory, shape = ZOO[name]
     torch.manual_seed(seed)
+    model = randomize_batch_norm(factory(), seed).eval()
     generator = torch.Generator().manual_seed(seed)
-    model = _randomise_batch_norm(factory(), generator).eval()
     return model, (torch.randn(*shape, generator=generator),)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "BasicBlock",
     "BertFFN",
     "BertLayer",
     "MobileNetV2",
@@ -33,8 +34,10 @@ class BertFFN(nn.Module):
         return self.fc2(nn.functional.gelu(self.fc1(x)))
 
 
-class _BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int):
+class BasicBlock(nn.Module):
+    """A ResNet basic block: two 3x3 convs with batch norm and a residual add."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(c_out)
@@ -63,7 +66,7 @@ class ResNet18(nn.Module):
         layers, c_in = [], width
         for i, c in enumerate([width, 2 * width, 4 * width, 8 * width]):
             stride = 1 if i == 0 else 2
-            layers.append(nn.Sequential(_BasicBlock(c_in, c, stride), _BasicBlock(c, c, 1)))
+            layers.append(nn.Sequential(BasicBlock(c_in, c, stride), BasicBlock(c, c, 1)))
             c_in = c
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.fc = nn.Linear(c_in, num_classes)

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tvm import tirx
-from tvm.script import tirx as T
+from tvm import s_tir, te, tirx
 
 __all__ = ["Conv2DGeometry", "im2col"]
 
@@ -54,11 +53,10 @@ class Conv2DGeometry:
 
 
 def im2col(geom: Conv2DGeometry, dtype: str = "float32") -> tirx.PrimFunc:
-    """A scheduled PrimFunc ``(x: (B, C, H, W), geometry) -> (B, C*kh*kw, OH*OW)``.
+    """A scheduled PrimFunc ``(x: (B, C, H, W)) -> (B, C*kh*kw, OH*OW)`` (im2col, ``KM``).
 
-    ``geometry`` (:meth:`Conv2DGeometry.as_array`) is not read: Relax's
-    ``RewriteDataflowReshape`` takes any single-input ``call_tir`` callee for a possible
-    reshape and requires a block-structured body, which this hand-scheduled kernel lacks.
+    Built block-structured (TE, then a parallel outer loop) since Relax passes such as
+    ``RewriteDataflowReshape`` inspect single-input ``call_tir`` callees for blocks.
     """
     b, c, h, w = geom.batch, geom.channels, geom.height, geom.width
     kh, kw = geom.kernel
@@ -66,34 +64,23 @@ def im2col(geom: Conv2DGeometry, dtype: str = "float32") -> tirx.PrimFunc:
     dh, dw = geom.dilation
     top, left = geom.padding[0], geom.padding[1]
     oh, ow = geom.out_hw
-    rows = c * kh * kw
-    zero = tirx.const(0, dtype)
+    x = te.placeholder((b, c, h, w), dtype, name="x")
 
-    @T.prim_func(private=True)
-    def kernel(
-        x: T.Buffer((b, c, h, w), dtype),
-        geometry: T.Buffer((8,), "int32"),
-        col: T.Buffer((b, rows, oh * ow), dtype),
-    ):
-        T.func_attr({"tirx.noalias": True})
-        for bi in range(b):
-            for row in T.parallel(rows):
-                for y in range(oh):
-                    for xo in range(ow):
-                        col[bi, row, y * ow + xo] = T.if_then_else(
-                            0 <= y * sh + (row % (kh * kw)) // kw * dh - top
-                            and y * sh + (row % (kh * kw)) // kw * dh - top < h
-                            and 0 <= xo * sw + row % kw * dw - left
-                            and xo * sw + row % kw * dw - left < w,
-                            x[
-                                bi,
-                                row // (kh * kw),
-                                T.max(T.min(y * sh + (row % (kh * kw)) // kw * dh - top, h - 1), 0),
-                                T.max(T.min(xo * sw + row % kw * dw - left, w - 1), 0),
-                            ],
-                            zero,
-                        )
+    def value(bi, row, pos):
+        iy = pos // ow * sh + row % (kh * kw) // kw * dh - top
+        ix = pos % ow * sw + row % kw * dw - left
+        inside = tirx.all(iy >= 0, iy < h, ix >= 0, ix < w)
+        return tirx.if_then_else(
+            inside,
+            x[bi, row // (kh * kw), tirx.max(tirx.min(iy, h - 1), 0), tirx.max(tirx.min(ix, w - 1), 0)],
+            tirx.const(0, dtype),
+        )
 
-    return kernel.with_attrs(
+    col = te.compute((b, c * kh * kw, oh * ow), value, name="im2col")
+    sch = s_tir.Schedule(te.create_prim_func([x, col]))
+    block = sch.get_sblock("im2col")
+    bi, row, _ = sch.get_loops(block)
+    sch.parallel(sch.fuse(bi, row))
+    return sch.mod["main"].with_attrs(
         {"tirx.is_scheduled": True, "tvm_sparse.kernel": "im2col", "op_pattern": 8}
-    )
+    ).without_attr("global_symbol")
