@@ -28,11 +28,13 @@ from tvm_sparse.prune import Pruner
 logger = logging.getLogger("tvm_sparse.benchmarks.pareto")
 
 #: pattern label -> (pattern, options, sparsities); ``None`` sparsity: implied by the pattern.
+#: The first conv (9 weights per filter) is left dense for weight patterns, as usual.
+_FIRST = {"ignored_layers": ["features.0.0"]}
 GRID: dict[str, tuple[str, dict, tuple[float | None, ...]]] = {
     "channel": ("channel", {"round_to": 8}, (0.25, 0.5, 0.75)),
-    "block16x1": ("block", {"block_shape": (16, 1)}, (0.5, 0.75, 0.9)),
-    "2:4": ("n:m", {"n_m": (2, 4)}, (None,)),
-    "unstructured": ("unstructured", {}, (0.5, 0.75, 0.9)),
+    "block16x1": ("block", {"block_shape": (16, 1), **_FIRST}, (0.5, 0.75, 0.9)),
+    "2:4": ("n:m", {"n_m": (2, 4), **_FIRST}, (None,)),
+    "unstructured": ("unstructured", _FIRST, (0.5, 0.75, 0.9)),
 }
 
 

@@ -41,8 +41,12 @@ def _cases() -> list[dict]:
     ]:
         name = pattern if isinstance(pattern, str) else f"{pattern[0]}x{pattern[1]} blocks"
         cases.append(
-            {"name": f"FFN {rows}x768 @ 768x3072, 90% {name}", "m": rows, "pattern": pattern,
-             "choice": choice}
+            {
+                "name": f"FFN {rows}x768 @ 768x3072, 90% {name}",
+                "m": rows,
+                "pattern": pattern,
+                "choice": choice,
+            }
         )
     return cases
 
@@ -54,9 +58,7 @@ def _weight(pattern, n: int, k: int, density: float, rng) -> np.ndarray:
 
         prune.l1_unstructured(linear, "weight", amount=1 - density)
         return linear.weight.detach().numpy().astype("float32")
-    return (rng.standard_normal((n, k)) * block_mask(n, k, pattern, density, rng)).astype(
-        "float32"
-    )
+    return (rng.standard_normal((n, k)) * block_mask(n, k, pattern, density, rng)).astype("float32")
 
 
 def _module(weight: np.ndarray, m: int) -> tvm.IRModule:
@@ -190,7 +192,9 @@ def main() -> None:
     if cnn is not None:
         rows.append(cnn)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sparse.json").write_text(json.dumps({"target": str(target), "rows": rows}, indent=1))
+    (args.out / "sparse.json").write_text(
+        json.dumps({"target": str(target), "rows": rows}, indent=1)
+    )
     table = _markdown(rows)
     (args.out / "sparse.md").write_text(table)
     print(table)

@@ -139,7 +139,7 @@ class CompiledModel:
         path = os.fspath(path)
         kwargs = {}
         if self.preset.cross_compiler and not is_host_target(self.target.host or self.target):
-            from tvm.contrib import cc
+            from tvm.support import cc
 
             kwargs["fcompile"] = cc.cross_compiler(self.preset.cross_compiler)
         self.executable.export_library(path, **kwargs)
@@ -154,6 +154,17 @@ class CompiledModel:
         with open(path + _META_SUFFIX, "w") as f:
             json.dump(meta, f, indent=1)
         return path
+
+    def to_remote(self, session: Any, *, device: tvm.runtime.Device | None = None) -> Any:
+        """Upload to a TVM RPC device and return a model that runs there.
+
+        ``session`` comes from ``tvm.rpc.connect`` or ``tvm.rpc.connect_tracker(...).request``;
+        ``device`` defaults to the session's CPU (its GPU for CUDA targets). See
+        :class:`tvm_sparse.remote.RemoteModel`.
+        """
+        from .remote import RemoteModel
+
+        return RemoteModel(self, session, device=device)
 
     def __repr__(self) -> str:
         ins = ", ".join(s.describe() for s in self.inputs)

@@ -62,7 +62,10 @@ def _run(mod: tvm.IRModule, *inputs: np.ndarray) -> np.ndarray:
 
 
 def _decisions(mod: tvm.IRModule) -> dict:
-    return {str(k): {str(a): str(b) for a, b in v.items()} for k, v in mod["main"].attrs[DECISIONS_ATTR].items()}
+    return {
+        str(k): {str(a): str(b) for a, b in v.items()}
+        for k, v in mod["main"].attrs[DECISIONS_ATTR].items()
+    }
 
 
 def _kernels(mod: tvm.IRModule) -> list[str]:
@@ -202,7 +205,13 @@ def test_config_forces_dense_and_sparse():
         "float32"
     )
     mod = _linear_module(weight, (8, 32))
-    name = next(iter(DetectSparsity()(relax.transform.FoldConstant()(mod))["main"].attrs["tvm_sparse.weights"]))
+    name = next(
+        iter(
+            DetectSparsity()(relax.transform.FoldConstant()(mod))["main"].attrs[
+                "tvm_sparse.weights"
+            ]
+        )
+    )
     dense = _rewrite(mod, sparsity={name: "dense"})
     assert _kernels(dense) == [] and "requested" in _decisions(dense)[name]["reason"]
     forced = _rewrite(mod, sparsity={name: "unstructured"})
@@ -315,7 +324,13 @@ def test_transformer_ffn_numerics():
 
 @pytest.mark.parametrize(
     "kernel, stride, padding, block",
-    [(1, 1, 0, (16, 1)), (3, 1, 1, (16, 1)), (3, 2, 1, (1, 4)), (1, 2, 0, (4, 4)), (3, 1, 0, (1, 1))],
+    [
+        (1, 1, 0, (16, 1)),
+        (3, 1, 1, (16, 1)),
+        (3, 2, 1, (1, 4)),
+        (1, 2, 0, (4, 4)),
+        (3, 1, 0, (1, 1)),
+    ],
 )
 def test_conv2d_numerics(kernel, stride, padding, block):
     rng = np.random.default_rng(4)

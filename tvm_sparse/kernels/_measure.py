@@ -74,9 +74,7 @@ def measure_bsr(
 ) -> float:
     """GFLOP/s (over stored values) of the BSR kernel at ``density`` of ``block`` blocks."""
     rng = np.random.default_rng(0)
-    weight = (rng.standard_normal((n, k)) * block_mask(n, k, block, density, rng)).astype(
-        "float32"
-    )
+    weight = (rng.standard_normal((n, k)) * block_mask(n, k, block, density, rng)).astype("float32")
     knobs = BSRMatmulKnobs.for_target(target).resolve(block, m)
     bsr = to_bsr(weight, block, row_multiple=knobs.group)
     func = bsr_matmul(m, k, n, block, bsr.nnzb, bsr.block_rows, knobs=knobs)

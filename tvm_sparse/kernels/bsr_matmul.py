@@ -164,9 +164,7 @@ def bsr_matmul(
     else:
         if block_rows % knobs.group:
             raise ValueError(f"block_rows {block_rows} is not a multiple of group {knobs.group}")
-        func = _m_kernel(
-            batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout, dtype
-        )
+        func = _m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout, dtype)
     return func.with_attrs(
         {
             "tirx.is_scheduled": True,
@@ -270,23 +268,31 @@ def _gemv_kernel(k, n, block, nnzb, block_rows, lanes, dtype):
                     total[0] = zero
                     for jo in range((indptr[i + 1] - indptr[i]) * c // lanes):
                         for v in T.vectorized(lanes):
-                            acc[v] = acc[v] + data[
-                                (indptr[i] * c + jo * lanes + v) // c, rr, (indptr[i] * c + jo * lanes + v) % c
-                            ] * x[
-                                0,
-                                T.min(
-                                    indices[(indptr[i] * c + jo * lanes + v) // c] * c
-                                    + (indptr[i] * c + jo * lanes + v) % c,
-                                    k - 1,
-                                ),
-                            ]
+                            acc[v] = (
+                                acc[v]
+                                + data[
+                                    (indptr[i] * c + jo * lanes + v) // c,
+                                    rr,
+                                    (indptr[i] * c + jo * lanes + v) % c,
+                                ]
+                                * x[
+                                    0,
+                                    T.min(
+                                        indices[(indptr[i] * c + jo * lanes + v) // c] * c
+                                        + (indptr[i] * c + jo * lanes + v) % c,
+                                        k - 1,
+                                    ),
+                                ]
+                            )
                     for e in range(
                         indptr[i] * c + (indptr[i + 1] - indptr[i]) * c // lanes * lanes,
                         indptr[i + 1] * c,
                     ):
-                        total[0] = total[0] + data[e // c, rr, e % c] * x[
-                            0, T.min(indices[e // c] * c + e % c, k - 1)
-                        ]
+                        total[0] = (
+                            total[0]
+                            + data[e // c, rr, e % c]
+                            * x[0, T.min(indices[e // c] * c + e % c, k - 1)]
+                        )
                     for v in range(lanes):
                         total[0] = total[0] + acc[v]
                     y[0, i * r + rr] = total[0]

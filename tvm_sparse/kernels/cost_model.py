@@ -237,16 +237,20 @@ def calibrate(
     save : bool
         Store the table.
     """
-    from ._measure import measure_dense, measure_nm, measure_bsr
+    from ._measure import measure_bsr, measure_dense, measure_nm
 
     dense = {m: measure_dense(target, m, n, k) for m in ms}
     sparse: dict[str, dict[int, dict[float, float]]] = {}
     for block in blocks:
         key = f"bsr_matmul[{block[0]}x{block[1]}]"
-        sparse[key] = {m: {d: measure_bsr(target, m, n, k, block, d) for d in densities} for m in ms}
+        sparse[key] = {
+            m: {d: measure_bsr(target, m, n, k, block, d) for d in densities} for m in ms
+        }
     for n_keep, m_group in nm:
         key = f"nm_matmul[{n_keep}:{m_group}]"
-        sparse[key] = {m: {n_keep / m_group: measure_nm(target, m, n, k, (n_keep, m_group))} for m in ms}
+        sparse[key] = {
+            m: {n_keep / m_group: measure_nm(target, m, n, k, (n_keep, m_group))} for m in ms
+        }
     table = Calibration(
         host=host_class(target), dense=dense, sparse=sparse, source=f"measured on {target}"
     )

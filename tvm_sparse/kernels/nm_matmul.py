@@ -109,9 +109,9 @@ def nm_matmul(
                 acc[mi] = zero
             for e in range(per_row):
                 for mi in T.vectorized(w):
-                    acc[mi] = acc[mi] + values[t * group + g, e] * xt[
-                        columns[t * group + g, e], m0 + mi
-                    ]
+                    acc[mi] = (
+                        acc[mi] + values[t * group + g, e] * xt[columns[t * group + g, e], m0 + mi]
+                    )
             for mi in T.unroll(w):
                 out[mi, g] = acc[mi]
         if t < full_tasks:

@@ -47,9 +47,7 @@ class Conv2DGeometry:
     @property
     def is_pointwise(self) -> bool:
         """A 1x1, stride-1, unpadded convolution: a plain matmul over ``NCHW``."""
-        return (
-            self.kernel == (1, 1) and self.strides == (1, 1) and not any(self.padding)
-        )
+        return self.kernel == (1, 1) and self.strides == (1, 1) and not any(self.padding)
 
 
 def im2col(geom: Conv2DGeometry, dtype: str = "float32") -> tirx.PrimFunc:
@@ -72,7 +70,12 @@ def im2col(geom: Conv2DGeometry, dtype: str = "float32") -> tirx.PrimFunc:
         inside = tirx.all(iy >= 0, iy < h, ix >= 0, ix < w)
         return tirx.if_then_else(
             inside,
-            x[bi, row // (kh * kw), tirx.max(tirx.min(iy, h - 1), 0), tirx.max(tirx.min(ix, w - 1), 0)],
+            x[
+                bi,
+                row // (kh * kw),
+                tirx.max(tirx.min(iy, h - 1), 0),
+                tirx.max(tirx.min(ix, w - 1), 0),
+            ],
             tirx.const(0, dtype),
         )
 
@@ -81,6 +84,8 @@ def im2col(geom: Conv2DGeometry, dtype: str = "float32") -> tirx.PrimFunc:
     block = sch.get_sblock("im2col")
     bi, row, _ = sch.get_loops(block)
     sch.parallel(sch.fuse(bi, row))
-    return sch.mod["main"].with_attrs(
-        {"tirx.is_scheduled": True, "tvm_sparse.kernel": "im2col", "op_pattern": 8}
-    ).without_attr("global_symbol")
+    return (
+        sch.mod["main"]
+        .with_attrs({"tirx.is_scheduled": True, "tvm_sparse.kernel": "im2col", "op_pattern": 8})
+        .without_attr("global_symbol")
+    )

@@ -499,9 +499,7 @@ class _SparseRewriter(PyExprMutator):
         else:
             gv_col = self.builder_.add_func(im2col(geom), "im2col")
             cols = self.builder_.emit(
-                relax.call_tir(
-                    gv_col, [x], out_ty=relax.TensorType((geom.batch, k, hw), "float32")
-                )
+                relax.call_tir(gv_col, [x], out_ty=relax.TensorType((geom.batch, k, hw), "float32"))
             )
         knobs = self.knobs.resolve(plan.block, hw, batch=geom.batch, x_layout="KM", y_layout="NM")
         bsr = _nonempty_bsr(weight, plan.block, knobs.group)

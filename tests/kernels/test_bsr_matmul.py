@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import tvm
+
+from tvm_sparse.kernels import BSRMatmulKnobs, NMMatmulKnobs, bsr_matmul, nm_matmul, to_bsr, to_nm
+from tvm_sparse.kernels._measure import block_mask, nm_mask
+
+TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver4", "num-cores": 2})
+AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
+
+
+def _call(func, args):
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), TARGET)
+    tensors = [tvm.runtime.tensor(a) for a in args]
+    lib.jit()["main"](*tensors)
+    return tensors[-1].numpy()
+
+
+@pytest.mark.parametrize("block", [(16, 1), (1, 4), (4, 4), (1, 1), (32, 1), (16, 16)])
+@pytest.mark.parametrize("m, k, n", [(37, 70, 100), (1, 64, 48), (128, 96, 64)])
+def test_bsr_formats_roundtrip_and_kernel(block, m, k, n):
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((n, k)) * block_mask(n, k, block, 0.3, rng)).astype("float32")
+    knobs = BSRMatmulKnobs.for_target(TARGET).resolve(block, m)
+    bsr = to_bsr(weight, block, row_multiple=knobs.group)
+    np.testing.assert_array_equal(bsr.to_dense(), weight)
+    func = bsr_matmul(m, k, n, block, max(bsr.nnzb, 1), bsr.block_rows, knobs=knobs)
+    if bsr.nnzb == 0:
+        pytest.skip("no blocks drawn")
+    assert func.attrs["tirx.is_scheduled"] and func.attrs["tvm_sparse.kernel"]
+    x = rng.standard_normal((m, k)).astype("float32")
+    lead = (1,) if knobs.variant == "m" else ()
+    data = bsr.data_cr() if knobs.variant == "rows" else bsr.data
+    out = _call(
+        func,
+        [x.reshape(*lead, m, k), data, bsr.indices, bsr.indptr, np.zeros((*lead, m, n), "float32")],
+    )
+    np.testing.assert_allclose(out.reshape(m, n), x @ weight.T, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("y_layout", ["MN", "NM"])
+def test_bsr_batched_km_layout(y_layout):
+    rng = np.random.default_rng(1)
+    b, m, k, n, block = 3, 20, 30, 40, (4, 4)
+    weight = (rng.standard_normal((n, k)) * block_mask(n, k, block, 0.4, rng)).astype("float32")
+    knobs = BSRMatmulKnobs.for_target(TARGET).resolve(
+        block, m, batch=b, x_layout="KM", y_layout=y_layout
+    )
+    bsr = to_bsr(weight, block, row_multiple=knobs.group)
+    func = bsr_matmul(
+        m,
+        k,
+        n,
+        block,
+        bsr.nnzb,
+        bsr.block_rows,
+        knobs=knobs,
+        batch=b,
+        x_layout="KM",
+        y_layout=y_layout,
+    )
+    x = rng.standard_normal((b, k, m)).astype("float32")
+    shape = (b, m, n) if y_layout == "MN" else (b, n, m)
+    out = _call(func, [x, bsr.data, bsr.indices, bsr.indptr, np.zeros(shape, "float32")])
+    ref = np.einsum("bkm,nk->bmn", x, weight)
+    got = out if y_layout == "MN" else out.transpose(0, 2, 1)
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_knobs_follow_target_vector_width():
+    assert BSRMatmulKnobs.for_target(TARGET).lanes == 16
+    assert BSRMatmulKnobs.for_target(AVX2).lanes == 8
+    assert BSRMatmulKnobs.for_target(AVX2).resolve((16, 1), 128).variant == "rows"
+    assert BSRMatmulKnobs.for_target(TARGET).resolve((1, 4), 128).variant == "m"
+    assert BSRMatmulKnobs.for_target(TARGET).resolve((1, 4), 1).variant == "gemv"
+    with pytest.raises(ValueError, match="variant"):
+        BSRMatmulKnobs(variant="fast")
+
+
+def test_nm_kernel():
+    rng = np.random.default_rng(2)
+    m, k, n = 37, 70, 100
+    weight = (rng.standard_normal((n, k)) * nm_mask(n, k, (2, 4), rng)).astype("float32")
+    knobs = NMMatmulKnobs.for_target(TARGET).resolve(m)
+    mat = to_nm(weight, (2, 4), row_multiple=knobs.group)
+    np.testing.assert_array_equal(mat.to_dense(), weight)
+    func = nm_matmul(m, k, n, (2, 4), mat.values.shape[0], knobs=knobs)
+    x = rng.standard_normal((m, k)).astype("float32")
+    out = _call(func, [x, mat.values, mat.columns, np.zeros((m, n), "float32")])
+    np.testing.assert_allclose(out, x @ weight.T, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="2:4"):
+        to_nm(np.ones((4, 8), "float32"), (2, 4))
