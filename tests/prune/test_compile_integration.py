@@ -73,4 +73,7 @@ def test_compiled_pruned_model_matches_pytorch(name, pattern):
         expected = model(*x).numpy()
     np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-4, atol=1e-4)
     rows = compiled.report.rows
-    assert any(r.pattern != "dense" for r in rows), compiled.report.table()
+    # The report shows the channels removed or the sparse kernels chosen; 2:4 has no x86 kernel,
+    # so there the report must at least name the pattern it found and why it stayed dense.
+    evidence = [r for r in rows if r.pattern != "dense" or (pattern in r.reason)]
+    assert evidence, compiled.report.table()

@@ -2,6 +2,7 @@
 
 import importlib.util
 import pathlib
+import sys
 
 import pytest
 
@@ -13,6 +14,7 @@ _PATH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "pareto.py"
 def _pareto():
     spec = importlib.util.spec_from_file_location("pareto", _PATH)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being built
     spec.loader.exec_module(module)
     return module
 

@@ -1,0 +1,211 @@
+"""Arm (aarch64 + NEON): build for ``arm-cortex-a72``, inspect the code, run over TVM RPC.
+
+The tests marked ``arm`` run on the emulated aarch64 device of ``../shared/arm-device``
+(qemu-user in a chroot, served by TVM's own ``rpc_server``). Its first-time setup installs host
+packages and a 600 MB root filesystem (2.5-6 min, root only), so it only runs when asked for::
+
+    python -m pytest -m arm tests/test_arm_rpc.py      # sets the device up if needed
+
+A plain ``pytest`` run uses the device when it is already set up and skips otherwise. The tests
+without the marker need no device: they build for the target and read the assembly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zoo
+from torch import nn
+
+import tvm_sparse
+
+RTOL, ATOL = 1e-4, 1e-4
+TARGET = "arm-cortex-a72"
+_NEON_FMA = re.compile(r"\bfmla\s+v\d+\.4s")
+
+
+def _arm_device_dir() -> Path:
+    default = Path(__file__).resolve().parents[2] / "shared" / "arm-device"
+    return Path(os.environ.get("TVM_SPARSE_ARM_DEVICE", default))
+
+
+def _rootfs() -> Path:
+    return Path(os.environ.get("ARM_ROOTFS", "/tmp/arm-rootfs"))
+
+
+def _free_port_pair() -> int:
+    """A port P with P and P + 1 free (``start.sh`` gives the server the range P..P+1)."""
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port >= 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free pair of ports on 127.0.0.1")
+
+
+@pytest.fixture(scope="module")
+def arm_server(request):
+    """Start the emulated aarch64 RPC server for this module; yields ``(host, port)``."""
+    scripts = _arm_device_dir()
+    if not (scripts / "setup.sh").is_file():
+        pytest.skip(f"no emulated Arm device scripts in {scripts}")
+    if os.name != "posix" or os.geteuid() != 0:
+        pytest.skip("the emulated Arm device needs root (binfmt_misc, chroot, unshare)")
+    if os.uname().machine != "x86_64":
+        pytest.skip(f"the emulated Arm device is made for x86_64 hosts, not {os.uname().machine}")
+    selected = "arm" in (request.config.getoption("markexpr", "") or "")
+    ready = (_rootfs() / ".arm-device-debootstrap").is_file()
+    if not selected and not ready:
+        pytest.skip("emulated Arm device not set up: run `pytest -m arm` to set it up (minutes)")
+    setup = subprocess.run(
+        [str(scripts / "setup.sh")], capture_output=True, text=True, timeout=1200, check=False
+    )
+    if setup.returncode != 0:
+        pytest.skip(f"emulated Arm device setup failed: {setup.stderr.strip()[-800:]}")
+    port = _free_port_pair()
+    start = subprocess.run(
+        [str(scripts / "start.sh"), str(port)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if start.returncode != 0:
+        pytest.skip(f"emulated Arm device did not start: {start.stderr.strip()[-800:]}")
+    pid = start.stdout.strip().splitlines()[-1]
+    try:
+        yield "127.0.0.1", port
+    finally:
+        subprocess.run([str(scripts / "stop.sh"), pid], timeout=60, check=False)
+
+
+@pytest.fixture
+def arm_session(arm_server):
+    from tvm import rpc
+
+    host, port = arm_server
+    return rpc.connect(host, port, session_timeout=600)
+
+
+def _assert_matches(model: nn.Module, x: torch.Tensor, got: torch.Tensor) -> None:
+    with torch.no_grad():
+        expected = model(x)
+    assert isinstance(got, torch.Tensor)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=RTOL, atol=ATOL)
+
+
+def _assert_every_kernel_recorded(report: tvm_sparse.CompileReport) -> None:
+    assert report.target == TARGET
+    missing = [r.name for r in report.rows if not r.kernel or r.kernel == "unscheduled"]
+    assert not missing, f"ops without a scheduled kernel on {TARGET}: {missing}"
+
+
+# -- on the emulated device ---------------------------------------------------------------------
+
+
+@pytest.mark.arm
+@pytest.mark.parametrize("name", sorted(zoo.ZOO))
+def test_zoo_runs_on_arm_over_rpc(name, arm_session):
+    model, (x,) = zoo.make(name)
+    compiled = tvm_sparse.compile(model, TARGET, example_inputs=(x,))
+    remote = compiled.to_remote(arm_session)
+    _assert_matches(model, x, remote(x))
+    assert isinstance(remote(x.numpy()), np.ndarray)
+    _assert_every_kernel_recorded(compiled.report)
+
+
+@pytest.mark.arm
+@pytest.mark.parametrize(
+    ("name", "prune_kwargs"),
+    [
+        ("cnn", {"pattern": "channel", "sparsity": 0.5}),
+        ("mlp", {"pattern": "block", "block_shape": (16, 1), "sparsity": 0.9}),
+    ],
+    ids=["channel-cnn", "block16x1-mlp"],
+)
+def test_pruned_model_runs_on_arm_over_rpc(name, prune_kwargs, arm_session):
+    model, (x,) = zoo.make(name)
+    tvm_sparse.prune(model, (x,), **prune_kwargs)
+    compiled = tvm_sparse.compile(model, TARGET, example_inputs=(x,))
+    _assert_matches(model, x, compiled.to_remote(arm_session)(x))
+    _assert_every_kernel_recorded(compiled.report)
+    if prune_kwargs["pattern"] == "block":
+        # 90% of the weights are zero: at least one layer runs a sparse kernel on the Arm CPU
+        sparse = [r for r in compiled.report.rows if r.op.startswith(("bsr_matmul", "nm_matmul"))]
+        assert sparse, f"no sparse kernel in the report:\n{compiled.report}"
+        assert any("faster" in r.reason for r in compiled.report.rows)
+
+
+class _TwoOutputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 8)
+
+    def forward(self, x):
+        y = self.fc(x)
+        return {"logits": y, "pair": (torch.relu(y), y.sum(dim=1))}
+
+
+@pytest.mark.arm
+def test_nested_outputs_and_benchmark_over_rpc(arm_session):
+    torch.manual_seed(0)
+    model = _TwoOutputs().eval()
+    x = torch.randn(2, 16)
+    remote = tvm_sparse.compile(model, TARGET, example_inputs=(x,)).to_remote(arm_session)
+    got = remote(x)
+    with torch.no_grad():
+        expected = model(x)
+    assert set(got) == {"logits", "pair"} and isinstance(got["pair"], tuple)
+    torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
+    with pytest.raises(ValueError, match="dimension 0 is 3"):
+        remote(torch.randn(3, 16))
+    timing = remote.benchmark(x, warmup=1, repeat=2)
+    assert timing["repeat"] == 2 and timing["min_ms"] > 0
+
+
+# -- no device: the build for the target ---------------------------------------------------------
+
+
+def test_arm_build_uses_neon_fma():
+    """The dense CPU rules vectorise to 128-bit NEON: fused multiply-adds on 4 fp32 lanes."""
+    model, (x,) = zoo.make("mlp")
+    compiled = tvm_sparse.compile(model, TARGET, example_inputs=(x,), sparsity="off")
+    (device_code,) = compiled.executable.mod.imports
+    assert device_code.kind == "llvm"
+    asm = device_code.inspect_source("asm")
+    assert _NEON_FMA.search(asm), "no `fmla vN.4s` in the aarch64 assembly"
+    assert not re.search(r"\b(ymm|zmm|xmm)\d+", asm), "x86 registers in an aarch64 build"
+    assert any(r.kernel.startswith("Matmul") for r in compiled.report.rows)
+
+
+@pytest.mark.skipif(
+    not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("aarch64-linux-gnu-objdump")),
+    reason="no aarch64 cross toolchain (../shared/arm-device/setup.sh installs it)",
+)
+def test_exported_arm_library_is_aarch64_with_neon(tmp_path):
+    model, (x,) = zoo.make("transformer")
+    compiled = tvm_sparse.compile(model, TARGET, example_inputs=(x,))
+    path = compiled.export_library(tmp_path / "model.so")
+    header = Path(path).read_bytes()[:20]
+    assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183  # EM_AARCH64
+    disassembly = subprocess.run(
+        ["aarch64-linux-gnu-objdump", "-d", path], capture_output=True, text=True, check=True
+    ).stdout
+    assert _NEON_FMA.search(disassembly)
+    again = tvm_sparse.load(path)
+    assert again.report.target == TARGET and again.preset.name == TARGET
