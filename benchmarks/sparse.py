@@ -25,8 +25,9 @@ import tvm_sparse
 from tvm_sparse.kernels._measure import block_mask
 from tvm_sparse.passes.detect_sparsity import DetectSparsity
 from tvm_sparse.passes.rewrite_to_sparse import DECISIONS_ATTR, RewriteToSparse
+from tvm_sparse.targets import get_preset
 
-TARGET = {"kind": "llvm", "mcpu": "znver4", "num-cores": 2}
+TARGET = "x86"  # the host CPU preset
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -186,7 +187,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    target = tvm.target.Target(TARGET)
+    target = get_preset(TARGET).tvm_target()
     rows = [run_case(case, target) for case in _cases()]
     cnn = cnn_case(target)
     if cnn is not None:

@@ -10,8 +10,9 @@ import tvm
 from tvm import relax, s_tir, tirx
 
 from tvm_sparse.schedules.cpu.base import iter_stmts
+from tvm_sparse.targets import get_preset
 
-TARGET = tvm.target.Target({"kind": "llvm", "mcpu": "znver4", "num-cores": 2})
+TARGET = get_preset("x86").tvm_target()  # the host CPU: tests run the code they build
 
 FUSION = [
     relax.transform.DecomposeOpsForInference(),
