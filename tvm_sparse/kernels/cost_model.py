@@ -41,6 +41,8 @@ __all__ = [
 ]
 
 _PACKAGE_TABLES = Path(__file__).parent / "calibration"
+# How far above the densest calibrated point an estimate may reach.
+_EXTRAPOLATION = 1.25
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,14 @@ class Calibration:
         return 2.0 * m * n * k / (rate * 1e9)
 
     def sparse_seconds(self, kernel: str, m: int, stored: int, density: float) -> float:
-        """Seconds for ``kernel`` over ``stored`` values (explicit zeros in blocks included)."""
+        """Seconds for ``kernel`` over ``stored`` values (explicit zeros in blocks included).
+
+        Infinite above the densest point measured: a sparse kernel is chosen only on evidence.
+        """
         table = self.sparse[kernel]
+        measured = max(d for by_d in table.values() for d in by_d)
+        if density > measured * _EXTRAPOLATION:
+            return math.inf
         rate = _interp_m(table, m, lambda by_d: _interp_density(by_d, density))
         return 2.0 * m * max(stored, 1) / (rate * 1e9)
 

@@ -99,8 +99,27 @@ class CollectOpReport:
                         reason=str(decision.get("reason", "")),
                     )
                 )
+        _attach_decisions_to_kernels(rows)
         self.report.rows = rows
         return mod
+
+
+def _attach_decisions_to_kernels(rows: list[OpRecord]) -> None:
+    """Move a sparse decision from the binding that kept the layer's name to its kernel's row.
+
+    ``RewriteToSparse`` keeps the original binding name on the layer's result, which may be a
+    reshape after the sparse kernel; the report shows the decision on the kernel itself.
+    """
+    for i, row in enumerate(rows):
+        if not row.kernel or row.kernel == row.op or row.kernel.startswith("dense"):
+            continue
+        for kernel_row in reversed(rows[max(0, i - 3) : i]):
+            if kernel_row.op == row.kernel and kernel_row.pattern == "dense":
+                kernel_row.kernel, kernel_row.pattern = row.kernel, row.pattern
+                kernel_row.reason = row.reason
+                row.kernel, row.pattern = "", "dense"
+                row.reason = f"layout of {kernel_row.name}'s result"
+                break
 
 
 def _is_tensor(expr: relax.Expr) -> bool:

@@ -76,6 +76,9 @@ from .detect_sparsity import WEIGHTS_ATTR, WeightSparsity, constant_weight_of
 
 __all__ = ["DECISIONS_ATTR", "LayerChoice", "RewriteToSparse", "SparsityConfig"]
 
+#: PrimFunc attribute: FLOPs the sparse kernel performs (stored values only), for the report.
+FLOPS_ATTR = "tvm_sparse.flops"
+
 DECISIONS_ATTR = "tvm_sparse.decisions"
 CHOICES = ("auto", "dense", "bsr", "bsr:RxC", "unstructured", "nm", "nm:N:M")
 
@@ -341,6 +344,12 @@ def _decide(
             block,
             nm,
         )
+    if est.sparse_s == float("inf"):
+        return _Plan(
+            "dense",
+            "dense",
+            f"density {density:.2f} {where}: denser than any calibrated sparse kernel, kept dense",
+        )
     return _Plan(
         "dense",
         "dense",
@@ -405,6 +414,7 @@ class _SparseRewriter(PyExprMutator):
         if name is None or name not in self._records:
             super().visit_var_binding_(binding)
             return
+        self._layer = name  # intermediate bindings are named after the layer they compute
         new_value, plan = self._rewrite(name, binding.value)
         self._decisions[name] = plan.record()
         if new_value is None:
@@ -466,40 +476,48 @@ class _SparseRewriter(PyExprMutator):
             plan = _Plan(bsr_matmul_kernel_name((1, 1)), plan.pattern, plan.reason, (1, 1))
         return self._conv2d(x, geom, out_shape, weight, plan), plan
 
+    def _emit(self, expr: relax.Expr, suffix: str) -> relax.Var:
+        return self.builder_.emit(expr, name_hint=f"{self._layer}_{suffix}")
+
     def _matmul(self, x, x_shape, out_shape, weight, m, plan: _Plan) -> relax.Expr:
         n, k = weight.shape
-        x2 = x if len(x_shape) == 2 else self.builder_.emit(relax.op.reshape(x, (m, k)))
+        x2 = x if len(x_shape) == 2 else self._emit(relax.op.reshape(x, (m, k)), "x2d")
         if plan.nm is not None:
             knobs = self.nm_knobs.resolve(m)
             mat = to_nm(weight, plan.nm, row_multiple=knobs.group)
             func = nm_matmul(m, k, n, plan.nm, mat.values.shape[0], knobs=knobs)
+            func = func.with_attr(FLOPS_ATTR, 2 * m * int(mat.values.size))
             gv = self.builder_.add_func(func, _func_name(plan.kernel))
             args = [x2, relax.const(mat.values), relax.const(mat.columns)]
         else:
             knobs = self.knobs.resolve(plan.block, m)
             bsr = _nonempty_bsr(weight, plan.block, knobs.group)
             func = bsr_matmul(m, k, n, plan.block, bsr.nnzb, bsr.block_rows, knobs=knobs)
+            func = func.with_attr(FLOPS_ATTR, 2 * m * int(bsr.data.size))
             gv = self.builder_.add_func(func, _func_name(plan.kernel))
             data = bsr.data_cr() if knobs.variant == "rows" else bsr.data
             if knobs.variant == "m":
-                x2 = self.builder_.emit(relax.op.reshape(x2, (1, m, k)))
+                x2 = self._emit(relax.op.reshape(x2, (1, m, k)), "x3d")
             args = [x2, relax.const(data), relax.const(bsr.indices), relax.const(bsr.indptr)]
         y_shape = (1, m, n) if plan.nm is None and knobs.variant == "m" else (m, n)
         y = relax.call_tir(gv, args, out_ty=relax.TensorType(y_shape, "float32"))
         if list(y_shape) == list(out_shape):
             return y
-        return relax.op.reshape(self.builder_.emit(y), out_shape)
+        return relax.op.reshape(self._emit(y, "sparse"), out_shape)
 
     def _conv2d(self, x, geom: Conv2DGeometry, out_shape, weight, plan: _Plan) -> relax.Expr:
         n, k = weight.shape
         oh, ow = geom.out_hw
         hw = oh * ow
         if geom.is_pointwise:
-            cols = self.builder_.emit(relax.op.reshape(x, (geom.batch, k, hw)))
+            cols = self._emit(relax.op.reshape(x, (geom.batch, k, hw)), "cols")
         else:
             gv_col = self.builder_.add_func(im2col(geom), "im2col")
-            cols = self.builder_.emit(
-                relax.call_tir(gv_col, [x], out_ty=relax.TensorType((geom.batch, k, hw), "float32"))
+            cols = self._emit(
+                relax.call_tir(
+                    gv_col, [x], out_ty=relax.TensorType((geom.batch, k, hw), "float32")
+                ),
+                "cols",
             )
         knobs = self.knobs.resolve(plan.block, hw, batch=geom.batch, x_layout="KM", y_layout="NM")
         bsr = _nonempty_bsr(weight, plan.block, knobs.group)
@@ -515,13 +533,15 @@ class _SparseRewriter(PyExprMutator):
             x_layout="KM",
             y_layout="NM",
         )
+        func = func.with_attr(FLOPS_ATTR, 2 * geom.batch * hw * int(bsr.data.size))
         gv = self.builder_.add_func(func, _func_name(plan.kernel))
-        y = self.builder_.emit(
+        y = self._emit(
             relax.call_tir(
                 gv,
                 [cols, relax.const(bsr.data), relax.const(bsr.indices), relax.const(bsr.indptr)],
                 out_ty=relax.TensorType((geom.batch, n, hw), "float32"),
-            )
+            ),
+            "sparse",
         )
         return relax.op.reshape(y, out_shape)
 

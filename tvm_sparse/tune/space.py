@@ -1,0 +1,236 @@
+"""Search spaces: the knobs the default schedules expose, and the workload keys of the cache.
+
+Sparse kernels
+    Their knobs (:class:`~tvm_sparse.kernels.BSRMatmulKnobs`, :class:`~tvm_sparse.kernels.NMMatmulKnobs`)
+    are Python-level: the TVMScript is generated from them. :func:`sparse_spec` recovers from a
+    generated PrimFunc the arguments it was generated with (checked by regenerating it), and
+    :func:`sparse_candidates` lists the knob sets that keep the kernel's signature, so a tuned
+    kernel replaces the default one in place: the register tile ``m_tile``, the store group
+    ``group`` where it divides the stored rows, the vector width of the ``gemv`` variant. The
+    variant itself (``rows`` / ``m`` / ``gemv``) is not searched: it changes the layout of the
+    operands, which ``RewriteToSparse`` decides.
+Dense ops
+    The CPU rules' knobs are fixed per target and their ``apply`` does not sample yet, so dense
+    PrimFuncs are tuned in MetaSchedule's own design space (``PostOrderApply`` with the default
+    llvm rules, XGBoost cost model, evolutionary search). The rule's default schedule is
+    measured first under the same builder and runner, and a tuned schedule is used only when it
+    beats it (:data:`~tvm_sparse.tune.cache.MIN_GAIN`), so tuning never makes an op slower.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import tvm
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from ..kernels.bsr_matmul import BSRMatmulKnobs, bsr_matmul
+from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul
+from ..schedules.apply_schedules import KERNEL_ATTR
+from ..schedules.cpu.base import iter_stmts, vector_lanes
+
+__all__ = [
+    "SparseSpec",
+    "dense_workload_key",
+    "is_dense_tunable",
+    "sparse_candidates",
+    "sparse_spec",
+    "sparse_workload_key",
+]
+
+KNOBS_ATTR = "tvm_sparse.knobs"
+_BSR = re.compile(r"^bsr_matmul\[(\d+)x(\d+)\]")
+_NM = re.compile(r"^nm_matmul\[(\d+):(\d+)\]")
+
+
+@dataclass(frozen=True)
+class SparseSpec:
+    """The generator arguments of a sparse kernel, without its knobs."""
+
+    kernel: str  # "bsr" or "nm"
+    name: str
+    m: int
+    k: int
+    n: int
+    pattern: tuple[int, int]  # block (r, c) or (N, M)
+    stored: int  # nnzb (BSR) or rows of values (N:M)
+    block_rows: int = 0
+    batch: int = 1
+    x_layout: str = "MK"
+    y_layout: str = "MN"
+    dtype: str = "float32"
+    #: Positions of the index arrays among the kernel's parameters (they key the workload).
+    index_args: tuple[int, ...] = ()
+
+    def build(self, knobs: dict) -> tirx.PrimFunc:
+        """The kernel generated with ``knobs`` (a dict as in the ``tvm_sparse.knobs`` attr)."""
+        if self.kernel == "nm":
+            return nm_matmul(
+                self.m,
+                self.k,
+                self.n,
+                self.pattern,
+                self.stored,
+                knobs=NMMatmulKnobs(**knobs),
+                dtype=self.dtype,
+            )
+        return bsr_matmul(
+            self.m,
+            self.k,
+            self.n,
+            self.pattern,
+            self.stored,
+            self.block_rows,
+            knobs=BSRMatmulKnobs(**knobs),
+            batch=self.batch,
+            x_layout=self.x_layout,
+            y_layout=self.y_layout,
+            dtype=self.dtype,
+        )
+
+
+def _shapes(func: tirx.PrimFunc) -> list[tuple[int, ...]]:
+    return [tuple(int(d) for d in func.buffer_map[p].shape) for p in func.params]
+
+
+def _knobs_of(func: tirx.PrimFunc) -> dict | None:
+    attrs = func.attrs
+    if attrs is None or KNOBS_ATTR not in attrs or KERNEL_ATTR not in attrs:
+        return None
+    return {str(k): (str(v) if isinstance(v, str) else int(v)) for k, v in attrs[KNOBS_ATTR].items()}
+
+
+def sparse_spec(func: tirx.PrimFunc) -> SparseSpec | None:
+    """Recover the generator arguments of a project sparse kernel, or ``None``.
+
+    Every reading of the buffer shapes that fits is regenerated with the function's own knobs;
+    the one that reproduces ``func`` exactly wins, so a kernel this module does not understand
+    is left alone rather than replaced by a different computation.
+    """
+    knobs = _knobs_of(func)
+    if knobs is None:
+        return None
+    name = str(func.attrs[KERNEL_ATTR]).removesuffix(" (tuned)")
+    try:
+        shapes = _shapes(func)
+        dtype = str(func.buffer_map[func.params[0]].dtype)
+    except (TypeError, ValueError, AttributeError):
+        return None  # symbolic shapes
+    for spec in _readings(name, shapes, knobs, dtype):
+        try:
+            again = spec.build(knobs)
+        except (ValueError, TypeError):
+            continue
+        if tvm.ir.structural_equal(again.without_attr(KERNEL_ATTR), func.without_attr(KERNEL_ATTR)):
+            return spec
+    return None
+
+
+def _readings(name: str, shapes, knobs: dict, dtype: str) -> list[SparseSpec]:
+    if (match := _NM.match(name)) and len(shapes) == 4:
+        (m, k), (rows, _), _, (_, n) = shapes
+        nm = (int(match[1]), int(match[2]))
+        return [SparseSpec("nm", name, m, k, n, nm, rows, dtype=dtype, index_args=(2,))]
+    if not (match := _BSR.match(name)) or len(shapes) != 5:
+        return []
+    block = (int(match[1]), int(match[2]))
+    x, _, (nnzb,), (indptr,), y = shapes
+    common = dict(kernel="bsr", name=name, pattern=block, stored=nnzb, block_rows=indptr - 1)
+    common.update(dtype=dtype, index_args=(2, 3))
+    if len(x) == 2:  # "rows" and "gemv": (M, K) in, (M, N) out
+        return [SparseSpec(m=x[0], k=x[1], n=y[1], **common)]
+    out = []
+    (batch, p, q), (_, u, v) = x, y
+    for x_layout, y_layout in (("MK", "MN"), ("KM", "NM"), ("MK", "NM"), ("KM", "MN")):
+        m, k = (p, q) if x_layout == "MK" else (q, p)
+        n = v if y_layout == "MN" else u
+        if (u if y_layout == "MN" else v) == m:
+            out.append(
+                SparseSpec(m=m, k=k, n=n, batch=batch, x_layout=x_layout, y_layout=y_layout, **common)
+            )
+    return out
+
+
+def sparse_candidates(spec: SparseSpec, knobs: dict, target: Target) -> list[dict]:
+    """Knob sets to try for ``spec``: the default ``knobs`` first, then signature-keeping ones.
+
+    Each candidate is generated once here; ones the generator refuses are left out.
+    """
+    lanes = int(knobs.get("lanes", vector_lanes(target)))
+    options: list[dict] = []
+    if spec.kernel == "nm":
+        tiles = [lanes // 2, lanes, 2 * lanes, 4 * lanes, 8 * lanes]
+        groups = [g for g in (4, 8, 16, 32) if spec.stored % g == 0]
+        options = [{"m_tile": t, "group": g} for t in tiles for g in groups]
+    elif knobs.get("variant") == "gemv":
+        options = [{"lanes": v} for v in (4, 8, 16, 32, 64)]
+    elif knobs.get("variant") == "rows":
+        options = [{"m_tile": t} for t in (1, 2, 3, 4, 5, 6, 8, 12, 16)]
+    else:
+        tiles = [lanes // 2, lanes, 2 * lanes, 3 * lanes, 4 * lanes, 8 * lanes]
+        groups = [1] if spec.y_layout == "NM" else [1, 2, 4, 8, 16]
+        groups = [g for g in groups if spec.block_rows % g == 0]
+        options = [{"m_tile": t, "group": g} for t in tiles for g in groups]
+    out, seen = [dict(knobs)], {_canon(knobs)}
+    for option in options:
+        cand = {**knobs, **option}
+        if cand.get("m_tile", 1) > spec.m or cand.get("m_tile", 1) < 1:
+            continue
+        if _canon(cand) in seen:
+            continue
+        try:
+            built = spec.build(cand)
+        except (ValueError, TypeError, ZeroDivisionError):
+            continue
+        # ``resolve`` may clamp a knob; keep the knobs the kernel really got.
+        actual = _knobs_of(built) or cand
+        if _canon(actual) not in seen:
+            seen.add(_canon(actual))
+            out.append(actual)
+    return out
+
+
+def _canon(knobs: dict) -> str:
+    return json.dumps(knobs, sort_keys=True)
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha1()
+    for part in parts:
+        h.update(part)
+    return h.hexdigest()[:20]
+
+
+def sparse_workload_key(spec: SparseSpec, index_arrays: Sequence[np.ndarray]) -> str:
+    """Kernel, shapes and the hash of the nonzero pattern (the index arrays, not the values)."""
+    fields = {k: v for k, v in asdict(spec).items() if k != "index_args"}
+    head = json.dumps(fields, sort_keys=True).encode()
+    return "sparse:" + _digest(head, *(np.ascontiguousarray(a).tobytes() for a in index_arrays))
+
+
+def dense_workload_key(func: tirx.PrimFunc) -> str:
+    """The structural hash of the PrimFunc (as ``ApplySchedules`` would receive it)."""
+    return f"dense:{tvm.ir.structural_hash(func) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def is_dense_tunable(func: tirx.PrimFunc) -> bool:
+    """Whether a dense PrimFunc is worth tuning: static shapes and a reduction (matmul, conv).
+
+    Elementwise and layout kernels are memory bound; the default schedules already vectorise
+    and parallelise them, and tuning them would spend trials for nothing.
+    """
+    if func.attrs is not None and func.attrs.get("tirx.is_scheduled", False):
+        return False
+    if any(not isinstance(d, tirx.IntImm) for p in func.params for d in func.buffer_map[p].shape):
+        return False
+    return any(
+        isinstance(node, s_tir.SBlockRealize)
+        and any(iv.iter_type == tirx.IterVar.CommReduce for iv in node.block.iter_vars)
+        for node in iter_stmts(func.body)
+    )
