@@ -8,7 +8,9 @@ from .compiled_model import CompiledModel, load  # noqa: E402
 from .frontend import ModelImportError, UnsupportedOperatorError  # noqa: E402
 from .pipeline import pipeline  # noqa: E402
 from .prune import SPARSITY_SCHEMES, Pruner, PruneResult, prune  # noqa: E402
+from .remote import RemoteModel, to_remote  # noqa: E402
 from .report import CompileReport, OpRecord  # noqa: E402
+from .tune import autotune  # noqa: E402
 
 __all__ = [
     "SPARSITY_SCHEMES",
@@ -18,11 +20,14 @@ __all__ = [
     "OpRecord",
     "PruneResult",
     "Pruner",
+    "RemoteModel",
     "UnsupportedOperatorError",
     "__version__",
+    "autotune",
     "compile",
     "load",
     "pipeline",
     "prune",
     "targets",
+    "to_remote",
 ]

@@ -240,13 +240,19 @@ def load(path: str | os.PathLike, device: tvm.runtime.Device | None = None) -> C
         )
     with open(meta_path) as f:
         meta = json.load(f)
+    if meta["preset"] != "custom":
+        preset = resolve_target(meta["preset"])
+    else:
+        text = meta["target"]
+        preset = resolve_target(json.loads(text) if text.startswith("{") else text)
+    target = preset.tvm_target()
+    if not is_host_target(target.host or target) and device is None:
+        raise RuntimeError(
+            f"{path!r} is built for {meta['preset']} ({target.kind.name}, "
+            f"{target.host or target}), not this machine: load it on the device, or compile "
+            "the model here and run it there with CompiledModel.to_remote(session)"
+        )
     executable = tvm.runtime.load_module(path)
-    target = tvm.target.Target(
-        json.loads(meta["target"]) if meta["target"].startswith("{") else meta["target"]
-    )
-    preset = (
-        resolve_target(meta["preset"]) if meta["preset"] != "custom" else resolve_target(target)
-    )
     inputs = [
         InputSpec(name, tuple(d if isinstance(d, int) else str(d) for d in shape), dtype)
         for name, shape, dtype in meta["inputs"]

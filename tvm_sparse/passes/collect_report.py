@@ -231,7 +231,9 @@ class CollectKernelReport:
             group = self.fusion.group_of(row.name)
             prim = group or self.fusion.prim_of.get(row.name, "")
             kernel = kernels.get(prim, "")
-            if kernel and (not row.kernel or row.kernel == "dense"):
+            if kernel and row.kernel == "dense-shrunk":
+                row.kernel = f"{kernel} (shrunk)"
+            elif kernel and (not row.kernel or row.kernel == "dense"):
                 row.kernel = kernel
             elif not row.kernel:
                 row.kernel = "vm builtin" if row.flops == 0 else ""

@@ -209,11 +209,26 @@ class RewriteToSparse:
                 f"sparsity: {unknown} are not sparsity candidates of this model; "
                 f"candidates are {sorted(candidates)}"
             )
+        if self.target.kind.name != "llvm":
+            return _record_dense(mod, f"no sparse kernel for {self.target.kind.name} yet: dense")
         rewriter = _SparseRewriter(mod, self.target, self.config, calibration)
         for gv, func in list(mod.functions_items()):
             if isinstance(func, relax.Function) and func.attrs and WEIGHTS_ATTR in func.attrs:
                 rewriter.rewrite_function(gv, func)
         return rewriter.builder_.get()
+
+
+def _record_dense(mod: IRModule, reason: str) -> IRModule:
+    """Leave every candidate dense and say why in ``"tvm_sparse.decisions"``."""
+    for gv, func in list(mod.functions_items()):
+        if not (isinstance(func, relax.Function) and func.attrs and WEIGHTS_ATTR in func.attrs):
+            continue
+        decisions = {str(k): dict(v) for k, v in (func.attrs.get(DECISIONS_ATTR) or {}).items()}
+        for name in map(str, func.attrs[WEIGHTS_ATTR]):
+            if decisions.get(name, {}).get("kernel", "dense") == "dense":
+                decisions[name] = _Plan("dense", "dense", reason).record()
+        mod[gv] = func.with_attr(DECISIONS_ATTR, decisions)
+    return mod
 
 
 def _as_target(target: Target | str | dict | None) -> Target:
