@@ -68,6 +68,7 @@ class CompiledModel:
             device = self._device
             if device is None:
                 device = tvm.cuda(0) if self.target.kind.name == "cuda" else tvm.cpu(0)
+            _use_all_cores(self.target)
             self._vm = relax.VirtualMachine(self.executable, device)
             self._device = device
         return self._vm
@@ -169,6 +170,20 @@ class CompiledModel:
     def __repr__(self) -> str:
         ins = ", ".join(s.describe() for s in self.inputs)
         return f"CompiledModel(target={self.preset.name!r}, inputs=[{ins}])"
+
+
+def _use_all_cores(target: tvm.target.Target) -> None:
+    """Give TVM's thread pool one worker per core of the target, unless the user chose.
+
+    Unset, TVM starts half as many workers as logical CPUs on x86 (it assumes two hardware
+    threads per core), so a 2-core machine computes on one. The pool reads the variable when
+    its first parallel kernel runs.
+    """
+    if "TVM_NUM_THREADS" in os.environ:
+        return
+    host = target.host or target
+    cores = host.attrs.get("num-cores") if host.kind.name == "llvm" else None
+    os.environ["TVM_NUM_THREADS"] = str(int(cores) if cores else os.cpu_count())
 
 
 def _check_input(arg: np.ndarray, spec: InputSpec, symbols: dict[str, int]) -> None:

@@ -40,3 +40,38 @@ def test_conv2d_claimed_and_correct(cin, cout, k, stride, pad, groups, residual,
     conv = [name for name in claimed if "conv2d" in name]
     assert len(conv) == 1 and claimed[conv[0]] == "Conv2d"
     assert_parallel_vectorized(mod[conv[0]])
+
+
+def _has_layout_rewrite(func) -> bool:
+    from tvm import s_tir
+
+    from tvm_sparse.schedules.cpu.base import iter_stmts
+    from tvm_sparse.schedules.cpu.conv2d import LAYOUT_REWRITE_ATTR
+
+    return any(
+        isinstance(node, s_tir.SBlock) and LAYOUT_REWRITE_ATTR in node.annotations
+        for node in iter_stmts(func.body)
+    )
+
+
+@pytest.mark.parametrize(
+    "knobs,packed",
+    [
+        ({}, True),  # output-channel vectors, OIHW16o weight copy
+        ({"pack_weights": False}, False),  # output-channel vectors on the OIHW weight
+        ({"channel_vectors": 0}, False),  # column vectors
+        ({"channel_vectors": 4, "accumulators": 28}, True),  # knobs the autotuner may pick
+    ],
+)
+def test_dense_conv_paths(knobs, packed):
+    from tvm_sparse.schedules.cpu import Conv2dKnobs
+    from tvm_sparse.targets import get_preset
+
+    base = Conv2dKnobs.for_target(get_preset("x86").tvm_target())
+    rule = Conv2d(Conv2dKnobs(**{**base.__dict__, **knobs}))
+    model = ConvBlock(24, 32, 3, 2, 1, 1, False)
+    claimed, mod = run_and_compare(model, [torch.randn(1, 24, 15, 15)], [rule, Fallback()])
+    conv = next(name for name in claimed if "conv2d" in name)
+    assert claimed[conv] == "Conv2d"
+    assert_parallel_vectorized(mod[conv])
+    assert _has_layout_rewrite(mod[conv]) == packed

@@ -112,3 +112,22 @@ def test_dynamic_batch_is_scheduled():
     c = tvm.runtime.tensor(np.zeros((13, 48), "float32"))
     lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b), c)
     np.testing.assert_allclose(c.numpy(), a @ b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("pack_b", [True, False])
+def test_weight_panels(pack_b):
+    from tvm import s_tir
+
+    from tvm_sparse.schedules.cpu.base import iter_stmts
+    from tvm_sparse.schedules.cpu.conv2d import LAYOUT_REWRITE_ATTR
+
+    knobs = MatmulKnobs.for_target(TARGET)
+    knobs.pack_b = pack_b
+    model = LinearAct(48, 4 * knobs.vector_lanes * knobs.tile_vectors, "relu")
+    claimed, mod = run_and_compare(model, [torch.randn(9, 48)], [Matmul(knobs), Fallback()])
+    name = next(n for n in claimed if "matmul" in n)
+    packed = any(
+        isinstance(node, s_tir.SBlock) and LAYOUT_REWRITE_ATTR in node.annotations
+        for node in iter_stmts(mod[name].body)
+    )
+    assert packed == pack_b

@@ -74,6 +74,14 @@ def schedule_spatial_block(sch: s_tir.Schedule, block: SBlockRV, knobs: Fallback
     if factor >= knobs.min_vector_lanes:
         outer, vec = sch.split(loops[-1], [None, factor])
         outer_loops = [*loops[:-1], outer]
+    elif (
+        len(loops) > 1
+        and inner_ext is not None
+        and knobs.min_vector_lanes <= inner_ext <= 16 * knobs.vector_lanes
+    ):
+        # a whole row as one vector (LLVM splits it into registers plus a tail): fusing first
+        # would vectorise across rows, turning each lane's index into a division and a gather
+        vec, outer_loops = loops[-1], loops[:-1]
     else:
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         factor = _pow2_factor(loop_extent(sch, fused), knobs.vector_lanes)

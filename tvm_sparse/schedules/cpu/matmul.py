@@ -54,6 +54,7 @@ from .base import (
     pick_factor,
     vector_lanes,
 )
+from .conv2d import LAYOUT_REWRITE_ATTR
 from .fallback import FallbackKnobs, schedule_spatial_block
 
 __all__ = ["Matmul", "MatmulKnobs"]
@@ -77,6 +78,10 @@ class MatmulKnobs:
         Split of the reduction axis for L1 reuse; 0 keeps the whole ``K`` in one loop.
     unroll_k : int
         ``pragma_auto_unroll_max_step`` on the innermost ``k`` loop (0 disables).
+    pack_b : bool
+        Read a 2-D ``B`` that is a function parameter (a weight) through a ``[N / nr, K, nr]``
+        copy marked as a layout rewrite, which ``PackWeights`` moves to compile time for
+        constant weights: each tile then streams one contiguous panel.
     """
 
     vector_lanes: int = 16
@@ -84,6 +89,7 @@ class MatmulKnobs:
     tile_vectors: int = 4
     k_block: int = 0
     unroll_k: int = 0
+    pack_b: bool = True
 
     @classmethod
     def for_target(cls, target: Target) -> MatmulKnobs:
@@ -163,6 +169,25 @@ def _innermost_kind(region, kinds: dict[tirx.Var, IterKind]) -> IterKind | None:
     return None
 
 
+def _pack_weight_panels(sch: s_tir.Schedule, main: SBlockRV, nr: int) -> None:
+    """Read ``B[k, n]`` (a 2-D parameter) as panels ``B[n // nr, k, n % nr]``."""
+    read = sch.get(main).reads[1]
+    computed = any(
+        w.source.same_as(read.source)
+        for blk in sch.get_producers(main)
+        for w in sch.get(blk).writes
+    )
+    if computed or len(read.source.shape) != 2:
+        return  # only a parameter can be packed ahead of time
+    idx = [rng.min for rng in read.region]
+    if not all(isinstance(v, tirx.Var) for v in idx):
+        return
+    packed = sch.cache_read(main, 1, "global")
+    sch.transform_layout(packed, ("write", 0), lambda kk, nn: (nn // nr, kk, nn % nr))
+    sch.annotate(packed, LAYOUT_REWRITE_ATTR, 1)
+    sch.parallel(sch.get_loops(packed)[0])
+
+
 def find_matmul_block(sch: s_tir.Schedule) -> SBlockRV:
     """The single reduction block of a matmul-like function; raises when there is none."""
     blocks = sch.get_child_blocks(get_root_block(sch))
@@ -234,6 +259,8 @@ class Matmul(CPUScheduleRule):
             if nr < max(lanes // 4, 2):
                 nr = nr_max  # no good divisor: a predicated tail beats a scalar kernel
         mr = pick_factor(m_ext, knobs.tile_rows)
+        if knobs.pack_b and b_contiguous and n_ext is not None and n_ext > nr and n_ext % nr == 0:
+            _pack_weight_panels(sch, main, nr)
         io, ii = sch.split(i, [None, mr])
         jo, ji = sch.split(j, [None, nr])
         k_loops = [k]
