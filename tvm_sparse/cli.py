@@ -100,6 +100,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .tune import autotune
+
+    result = autotune(
+        _load_model(args.model),
+        args.target,
+        trials=args.trials,
+        sparsity=args.sparsity,
+        dynamic_batch=args.dynamic_batch,
+        cache=args.cache or True,
+        rpc=args.rpc,
+        kinds=tuple(args.kinds.split(",")),
+        max_workers=args.workers,
+    )
+    print(result.table())
+    return 0
+
+
 def cmd_targets(_args: argparse.Namespace) -> int:
     from .targets import get_preset, list_presets
 
@@ -146,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=30)
     p.add_argument("--dim", action="append", default=[], help="size of a dynamic dim, NAME=SIZE")
     p.set_defaults(func=cmd_bench)
+    p = model_command("tune", "tune the model's kernels for the target; compile uses the records")
+    p.add_argument("--trials", type=int, default=32, help="candidates per workload")
+    p.add_argument("--cache", help="cache directory or .jsonl file (default ~/.cache/...)")
+    p.add_argument("--rpc", help="measure on boards of an RPC tracker: HOST:PORT:KEY[:DEVICES]")
+    p.add_argument("--kinds", default="dense,sparse", help="workloads to tune: dense,sparse")
+    p.add_argument("--workers", type=int, default=1, help="parallel builds")
+    p.set_defaults(func=cmd_tune)
     p = sub.add_parser("targets", help="list the target presets")
     p.set_defaults(func=cmd_targets)
     p = sub.add_parser("example", help="compile the built-in pruned example and compare speed")

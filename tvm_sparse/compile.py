@@ -27,6 +27,7 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
     dynamic_batch: bool = False,
     sparsity: str | dict = "auto",
     device: tvm.runtime.Device | None = None,
+    tuning_cache: Any = True,
 ) -> CompiledModel:
     """Compile ``model`` for ``target`` and return a callable :class:`CompiledModel`.
 
@@ -47,6 +48,10 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
         ``"off"`` compiles the model dense, a dict gives per-layer choices.
     device : tvm.runtime.Device, optional
         Where to run; by default the target's device 0 on this machine.
+    tuning_cache : bool | str | os.PathLike | TuningCache | None
+        Records of :func:`tvm_sparse.autotune` to use; ``True`` (default) reads the default
+        cache (``~/.cache/tvm_sparse/tuning``, or the one entered with ``with TuningCache``),
+        ``None`` / ``False`` ignore tuning records. The report marks tuned ops ``(tuned)``.
 
     Returns
     -------
@@ -68,7 +73,9 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
     executable = tvm.compile(
         imported.mod,
         preset.tvm_target(),
-        relax_pipeline=pipeline(preset, sparsity=sparsity, report=report),
+        relax_pipeline=pipeline(
+            preset, sparsity=sparsity, report=report, tuning_cache=tuning_cache
+        ),
     )
     report.notes.append(f"compiled in {time.perf_counter() - start:.1f} s")
     return CompiledModel(

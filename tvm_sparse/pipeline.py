@@ -13,12 +13,13 @@ from tvm import relax
 from tvm.target import Target
 
 from .passes.collect_report import CollectFusionGroups, CollectKernelReport, CollectOpReport
+from .passes.pack_weights import PackWeights
 from .passes.uniquify_binding_names import UniquifyBindingNames
 from .report import CompileReport
 from .schedules import ApplySchedules, schedule_rules
 from .targets import TargetPreset, resolve_target
 
-__all__ = ["pipeline", "prepare_passes", "sparsity_passes"]
+__all__ = ["pipeline", "prepare_passes", "schedule_input_passes", "sparsity_passes"]
 
 
 def prepare_passes() -> list[tvm.transform.Pass]:
@@ -45,6 +46,21 @@ def sparsity_passes(target: Target, sparsity: Any = "auto") -> list[tvm.transfor
     ]
 
 
+def _tuning_passes(
+    target: Target, tuning_cache: Any, report: CompileReport, fusion: CollectFusionGroups
+) -> list[tvm.transform.Pass]:
+    """Apply tuned records before ``ApplySchedules``, mark the tuned ops in the report after."""
+    from .tune.cache import resolve_cache
+
+    cache = resolve_cache(tuning_cache, target)
+    if cache is None:
+        return []
+    from .tune.apply_tuning_records import ApplyTuningRecords
+
+    apply = ApplyTuningRecords(cache, report=report)
+    return [apply, apply.mark_report(fusion)]
+
+
 def _lowering_passes(target: Target) -> list[tvm.transform.Pass]:
     if target.kind.name == "cuda":
         from tvm.relax.backend.cuda import pipeline as backend
@@ -53,11 +69,34 @@ def _lowering_passes(target: Target) -> list[tvm.transform.Pass]:
     return backend.dataflow_lower_passes(target) + backend.finalize_passes(target)
 
 
+def schedule_input_passes(
+    target: Target, sparsity: Any, report: CompileReport, fusion: CollectFusionGroups
+) -> list[tvm.transform.Pass]:
+    """Everything before scheduling: the PrimFuncs these leave are what schedules (and the
+    autotuner) see."""
+    return (
+        prepare_passes()
+        + sparsity_passes(target, sparsity)
+        + [
+            CollectOpReport(report),
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            fusion,
+            relax.transform.FuseOps(),
+            fusion,
+            relax.transform.FuseTIR(),
+            relax.transform.DeadCodeElimination(),
+        ]
+    )
+
+
 def pipeline(
     target: str | dict | Target | TargetPreset = "x86",
     *,
     sparsity: Any = "auto",
     report: CompileReport | None = None,
+    tuning_cache: Any = True,
 ) -> tvm.transform.Pass:
     """The project's Relax pipeline for ``target``.
 
@@ -70,6 +109,10 @@ def pipeline(
         ``"off"`` compiles dense; a dict gives per-layer choices (see ``RewriteToSparse``).
     report : CompileReport, optional
         Filled with one row per operator as the pipeline runs.
+    tuning_cache : bool | str | os.PathLike | TuningCache | None
+        Records of :func:`tvm_sparse.autotune` to apply before the default schedules. ``True``
+        (default): the cache entered with ``with TuningCache(...)``, else the default directory
+        ``~/.cache/tvm_sparse/tuning``; a directory or ``.jsonl`` path; ``None`` / ``False``: off.
 
     Returns
     -------
@@ -81,22 +124,13 @@ def pipeline(
     report = report if report is not None else CompileReport()
     report.target = preset.name if preset.name != "custom" else str(tvm_target)
     fusion = CollectFusionGroups(report)
+    tuned = _tuning_passes(tvm_target, tuning_cache, report, fusion)
     passes = (
-        prepare_passes()
-        + sparsity_passes(tvm_target, sparsity)
-        + [
-            CollectOpReport(report),
-            relax.transform.LegalizeOps(),
-            relax.transform.AnnotateTIROpPattern(),
-            relax.transform.FoldConstant(),
-            fusion,
-            relax.transform.FuseOps(),
-            fusion,
-            relax.transform.FuseTIR(),
-            relax.transform.DeadCodeElimination(),
-            ApplySchedules(schedule_rules(tvm_target)),
-            CollectKernelReport(report, fusion),
-        ]
+        schedule_input_passes(tvm_target, sparsity, report, fusion)
+        + tuned[:1]
+        + [ApplySchedules(schedule_rules(tvm_target)), CollectKernelReport(report, fusion)]
+        + tuned[1:]
+        + [PackWeights()]  # after the reports: splitting renames the kernels
         + _lowering_passes(tvm_target)
     )
 

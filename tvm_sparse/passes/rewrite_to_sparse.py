@@ -418,7 +418,13 @@ class _SparseRewriter(PyExprMutator):
         new_func = self.visit_expr(func)
         existing = func.attrs.get(DECISIONS_ATTR) if func.attrs else None
         merged = {str(k): dict(v) for k, v in (existing or {}).items()}
-        merged.update(self._decisions)
+        for name, record in self._decisions.items():
+            earlier = merged.get(name)
+            if record["kernel"] == "dense" and earlier and earlier.get("kernel") != "dense":
+                # a layer ShrinkPrunedChannels made smaller stays so; add why it is not sparse
+                earlier["reason"] = f"{earlier.get('reason', '')}; {record['reason']}"
+                continue
+            merged[name] = record
         for name in self._records:  # candidates this pass never reached keep a row too
             merged.setdefault(str(name), _Plan("dense", "dense", "op not found").record())
         new_func = new_func.with_attr(DECISIONS_ATTR, merged)

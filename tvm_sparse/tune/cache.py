@@ -10,13 +10,15 @@ Layout of ``<directory>/<kind>-<mcpu>-<hash of the target>.jsonl``::
     {"kind": "sparse", "workload": "<key>", "name": "bsr_matmul[16x1]", "source": "candidate",
      "knobs": {"variant": "rows", "lanes": 16, "m_tile": 4, "group": 1}, "latency_s": ..., ...}
 
-The first line is a header; every other line is one measured candidate. ``"source":
-"default"`` is the untuned schedule measured the same way, so a tuned record is applied only
-when it beats it. Lines are flushed and fsynced one at a time: a killed tuner loses at most the
-candidate it was measuring. When reading, a line that does not parse (a torn last line) or was
-written by other versions is skipped with a warning; a file that is not a tuning cache, or is
-one for another target or format version, raises :class:`TuningCacheError` when tuning would
-append to it and is skipped with a warning when compiling.
+The first line is a header; every other line is one measured candidate. ``"source": "default"``
+is the untuned schedule measured the same way, so a tuned record is applied only when it beats
+it; ``"confirm"`` is the winner measured again, interleaved with the default, after the search
+(the fastest of many noisy samples is flattered), and decides when present. Lines are flushed
+and fsynced one at a time: a killed tuner loses at most the candidate it was measuring. When
+reading, a line that does not parse (a torn last line) or was written by other versions is
+skipped with a warning; a file that is not a tuning cache, or is one for another target or
+format version, raises :class:`TuningCacheError` when tuning would append to it and is skipped
+with a warning when compiling.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import os
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ __all__ = [
 FORMAT = "tvm_sparse.tuning"
 FORMAT_VERSION = 1
 #: A tuned record must beat the measured default by this factor to be used (timing noise).
-MIN_GAIN = 0.98
+MIN_GAIN = 0.95
 
 
 class TuningCacheError(ValueError):
@@ -193,11 +194,13 @@ class TuningCache:
     def best(self, key: str) -> Record | None:
         """The fastest tuned record of ``key`` if it beats the measured default, else ``None``."""
         recs = self.for_workload(key)
-        defaults = [r.latency_s for r in recs if r.is_default]
+        defaults = [r.latency_s for r in recs if r.is_default and math.isfinite(r.latency_s)]
         tuned = [r for r in recs if not r.is_default and math.isfinite(r.latency_s)]
         if not defaults or not tuned:
-            return None  # no baseline: cannot show that tuning is not slower
-        winner = min(tuned, key=lambda r: r.latency_s)
+            return None  # no measured baseline: cannot show that tuning is not slower
+        # The fastest of many noisy samples is flattered; a re-measured winner is not.
+        confirmed = [r for r in tuned if r.source == "confirm"]
+        winner = min(confirmed or tuned, key=lambda r: r.latency_s)
         return winner if winner.latency_s < MIN_GAIN * min(defaults) else None
 
     def check(self) -> None:
@@ -299,6 +302,21 @@ def _lines(numbers: list[int]) -> str:
     return f"line {shown}" + (", ..." if len(numbers) > 5 else "")
 
 
+def encode_tvm_json(obj: Any) -> Any:
+    """FFI arrays, maps and numbers as JSON values; any other TVM object (the ``IndexMap`` of a
+    ``transform_layout`` in a trace) as its ``tvm.ir.save_json`` string, the form MetaSchedule's
+    ``JSONDatabase`` writes and ``TuningRecord.from_json`` reads back."""
+    if obj is None or isinstance(obj, (str, bool, int, float)):
+        return obj
+    if isinstance(obj, (tvm.tirx.IntImm, tvm.tirx.FloatImm)):
+        return obj.value
+    if isinstance(obj, (tvm.ir.Array, list, tuple)):
+        return [encode_tvm_json(v) for v in obj]
+    if isinstance(obj, (tvm.ir.Map, dict)):
+        return {str(k): encode_tvm_json(v) for k, v in obj.items()}
+    return tvm.ir.save_json(obj)
+
+
 def resolve_cache(cache: Any, target: Target) -> TuningCache | None:
     """Turn a ``tuning_cache=`` argument into a :class:`TuningCache` (or ``None``: disabled).
 
@@ -311,8 +329,10 @@ def resolve_cache(cache: Any, target: Target) -> TuningCache | None:
     if cache is True:
         current = TuningCache.current()
         if current is not None:
-            return current if str(current.target) == str(target) else TuningCache(
-                target, current.path.parent
+            return (
+                current
+                if str(current.target) == str(target)
+                else TuningCache(target, current.path.parent)
             )
         return TuningCache(target)
     if isinstance(cache, TuningCache):
@@ -326,10 +346,3 @@ def resolve_cache(cache: Any, target: Target) -> TuningCache | None:
         f"tuning_cache must be True, None, a directory, a .jsonl path or a TuningCache, "
         f"not {type(cache).__name__}"
     )
-
-
-@contextmanager
-def _no_warnings():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TuningCacheWarning)
-        yield

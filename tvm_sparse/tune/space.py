@@ -1,8 +1,8 @@
 """Search spaces: the knobs the default schedules expose, and the workload keys of the cache.
 
 Sparse kernels
-    Their knobs (:class:`~tvm_sparse.kernels.BSRMatmulKnobs`, :class:`~tvm_sparse.kernels.NMMatmulKnobs`)
-    are Python-level: the TVMScript is generated from them. :func:`sparse_spec` recovers from a
+    Their knobs (``BSRMatmulKnobs``, ``NMMatmulKnobs``) are Python-level: the TVMScript is
+    generated from them. :func:`sparse_spec` recovers from a
     generated PrimFunc the arguments it was generated with (checked by regenerating it), and
     :func:`sparse_candidates` lists the knob sets that keep the kernel's signature, so a tuned
     kernel replaces the default one in place: the register tile ``m_tile``, the store group
@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.target import Target
 
@@ -96,14 +97,16 @@ class SparseSpec:
 
 
 def _shapes(func: tirx.PrimFunc) -> list[tuple[int, ...]]:
-    return [tuple(int(d) for d in func.buffer_map[p].shape) for p in func.params]
+    return [tuple(int(d) for d in p.ty.shape) for p in func.params]
 
 
 def _knobs_of(func: tirx.PrimFunc) -> dict | None:
     attrs = func.attrs
     if attrs is None or KNOBS_ATTR not in attrs or KERNEL_ATTR not in attrs:
         return None
-    return {str(k): (str(v) if isinstance(v, str) else int(v)) for k, v in attrs[KNOBS_ATTR].items()}
+    return {
+        str(k): (str(v) if isinstance(v, str) else int(v)) for k, v in attrs[KNOBS_ATTR].items()
+    }
 
 
 def sparse_spec(func: tirx.PrimFunc) -> SparseSpec | None:
@@ -119,7 +122,7 @@ def sparse_spec(func: tirx.PrimFunc) -> SparseSpec | None:
     name = str(func.attrs[KERNEL_ATTR]).removesuffix(" (tuned)")
     try:
         shapes = _shapes(func)
-        dtype = str(func.buffer_map[func.params[0]].dtype)
+        dtype = str(func.params[0].ty.dtype)
     except (TypeError, ValueError, AttributeError):
         return None  # symbolic shapes
     for spec in _readings(name, shapes, knobs, dtype):
@@ -127,9 +130,19 @@ def sparse_spec(func: tirx.PrimFunc) -> SparseSpec | None:
             again = spec.build(knobs)
         except (ValueError, TypeError):
             continue
-        if tvm.ir.structural_equal(again.without_attr(KERNEL_ATTR), func.without_attr(KERNEL_ATTR)):
+        if tvm_ffi.structural_equal(
+            keep_extra_attrs(again, func).without_attr(KERNEL_ATTR), func.without_attr(KERNEL_ATTR)
+        ):
             return spec
     return None
+
+
+def keep_extra_attrs(new: tirx.PrimFunc, old: tirx.PrimFunc) -> tirx.PrimFunc:
+    """``new`` with the attributes of ``old`` that the generator does not set (e.g. FLOPs)."""
+    for key, value in (old.attrs or {}).items():
+        if new.attrs is None or key not in new.attrs:
+            new = new.with_attr(key, value)
+    return new
 
 
 def _readings(name: str, shapes, knobs: dict, dtype: str) -> list[SparseSpec]:
@@ -152,7 +165,9 @@ def _readings(name: str, shapes, knobs: dict, dtype: str) -> list[SparseSpec]:
         n = v if y_layout == "MN" else u
         if (u if y_layout == "MN" else v) == m:
             out.append(
-                SparseSpec(m=m, k=k, n=n, batch=batch, x_layout=x_layout, y_layout=y_layout, **common)
+                SparseSpec(
+                    m=m, k=k, n=n, batch=batch, x_layout=x_layout, y_layout=y_layout, **common
+                )
             )
     return out
 
@@ -216,7 +231,7 @@ def sparse_workload_key(spec: SparseSpec, index_arrays: Sequence[np.ndarray]) ->
 
 def dense_workload_key(func: tirx.PrimFunc) -> str:
     """The structural hash of the PrimFunc (as ``ApplySchedules`` would receive it)."""
-    return f"dense:{tvm.ir.structural_hash(func) & 0xFFFFFFFFFFFFFFFF:016x}"
+    return f"dense:{tvm_ffi.structural_hash(func) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 def is_dense_tunable(func: tirx.PrimFunc) -> bool:
@@ -227,10 +242,57 @@ def is_dense_tunable(func: tirx.PrimFunc) -> bool:
     """
     if func.attrs is not None and func.attrs.get("tirx.is_scheduled", False):
         return False
-    if any(not isinstance(d, tirx.IntImm) for p in func.params for d in func.buffer_map[p].shape):
+    if any(not isinstance(d, tirx.IntImm) for p in func.params for d in p.ty.shape):
         return False
     return any(
         isinstance(node, s_tir.SBlockRealize)
         and any(iv.iter_type == tirx.IterVar.CommReduce for iv in node.block.iter_vars)
         for node in iter_stmts(func.body)
     )
+
+
+@dataclass
+class SparseSite:
+    """One call of a project sparse kernel with its constant operands."""
+
+    gvar: tvm.ir.GlobalVar
+    func: tirx.PrimFunc
+    spec: SparseSpec
+    knobs: dict
+    #: One entry per kernel parameter: the constant operand, or ``None`` (activations, output).
+    arrays: list[np.ndarray | None]
+
+    @property
+    def key(self) -> str:
+        return sparse_workload_key(self.spec, [self.arrays[i] for i in self.spec.index_args])
+
+
+def sparse_sites(mod: tvm.IRModule) -> list[SparseSite]:
+    """Every ``call_tir`` of a sparse kernel whose index arrays are constants of the module."""
+    from tvm import relax
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    specs: dict[str, tuple[SparseSpec, dict] | None] = {}
+    sites = []
+    for _, func in mod.functions_items():
+        if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
+            continue
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                call = binding.value
+                if not (isinstance(call, relax.Call) and call.op == call_tir):
+                    continue
+                gvar = call.args[0]
+                if gvar.name_hint not in specs:
+                    prim = mod[gvar]
+                    spec = sparse_spec(prim) if isinstance(prim, tirx.PrimFunc) else None
+                    specs[gvar.name_hint] = (spec, _knobs_of(prim)) if spec else None
+                if specs[gvar.name_hint] is None:
+                    continue
+                spec, knobs = specs[gvar.name_hint]
+                args = list(call.args[1].fields)
+                arrays = [a.value.numpy() if isinstance(a, tvm.ir.Constant) else None for a in args]
+                if any(arrays[i] is None for i in spec.index_args):
+                    continue
+                sites.append(SparseSite(gvar, mod[gvar], spec, knobs, [*arrays, None]))
+    return sites
