@@ -342,6 +342,8 @@ def _decide(
     est, kernel, block, nm = best
     pattern = _pattern_of(block, nm)
     where = f"in {block[0]}x{block[1]} blocks" if nm is None else f"as {nm[0]}:{nm[1]}"
+    if nm is None and info.nm:
+        where += f" (conforms to {info.nm[0]}:{info.nm[1]})"
     if forced:
         return _Plan(
             kernel,
