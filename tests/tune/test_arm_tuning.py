@@ -120,7 +120,8 @@ def test_tune_sparse_kernel_on_arm_then_compile(tracker, tmp_path):
         progress=False,
     )
     (workload,) = result.workloads
-    assert workload.measured == 3 and math.isfinite(workload.default_s), result.table()
+    # three candidates, plus two interleaved default/winner pairs when a candidate looked faster
+    assert workload.measured in (3, 7) and math.isfinite(workload.default_s), result.table()
     compiled = tvm_sparse.compile(net, TARGET, example_inputs=(x,), tuning_cache=tmp_path)
     tuned = [r for r in compiled.report.rows if r.kernel.endswith("(tuned)")]
     assert bool(tuned) == workload.tuned, compiled.report.table()
