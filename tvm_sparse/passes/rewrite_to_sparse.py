@@ -54,6 +54,7 @@ Configuration (``sparsity=``)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -75,6 +76,10 @@ from ._bindings import function_bindings, unique_binding_names
 from .detect_sparsity import WEIGHTS_ATTR, WeightSparsity, constant_weight_of
 
 __all__ = ["DECISIONS_ATTR", "LayerChoice", "RewriteToSparse", "SparsityConfig"]
+
+#: Effective bandwidth of im2col's copy: half the 27 GB/s measured by benchmarks/roofline.py on
+#: the 2-core reference host, since its reads are strided.
+_IM2COL_BYTES_PER_S = 13.7e9
 
 #: PrimFunc attribute: FLOPs the sparse kernel performs (stored values only), for the report.
 FLOPS_ATTR = "tvm_sparse.flops"
@@ -295,7 +300,9 @@ def _decide(
     m: int,
     config: SparsityConfig,
     calibration: Calibration,
+    overhead_s: float = 0.0,
 ) -> _Plan:
+    """Choose the kernel for one layer; ``overhead_s`` is time the sparse path adds (im2col)."""
     choice = config.choice_for(name)
     n, k = info.shape
     density = info.density
@@ -335,6 +342,7 @@ def _decide(
             key = _kernel_key(calibration, block)
             kernel = bsr_matmul_kernel_name(block)
         est = calibration.estimate(key, m, n, k, stored, stored / max(n * k, 1))
+        est = dataclasses.replace(est, sparse_s=est.sparse_s + overhead_s)
         if best is None or est.sparse_s < best[0].sparse_s:
             best = (est, kernel, block, nm)
     if best is None:
@@ -492,7 +500,13 @@ class _SparseRewriter(PyExprMutator):
             dilation=tuple(int(v) for v in attrs.dilation),
         )
         oh, ow = geom.out_hw
-        plan = _decide(name, info, weight, "conv2d", batch * oh * ow, self.config, self.calibration)
+        # im2col writes and the kernel reads a (K, OH*OW) copy of the input per image; the
+        # calibration (matmuls) does not include that traffic.
+        copy_bytes = 0 if geom.is_pointwise else 8 * batch * weight.shape[1] * oh * ow
+        plan = _decide(
+            name, info, weight, "conv2d", batch * oh * ow, self.config, self.calibration,
+            overhead_s=copy_bytes / _IM2COL_BYTES_PER_S,
+        )  # fmt: skip
         if plan.kernel == "dense":
             return None, plan
         if plan.nm is not None:  # N:M conv weights run through the 1x1 BSR kernel
