@@ -500,11 +500,12 @@ class _SparseRewriter(PyExprMutator):
             dilation=tuple(int(v) for v in attrs.dilation),
         )
         oh, ow = geom.out_hw
-        # im2col writes and the kernel reads a (K, OH*OW) copy of the input per image; the
-        # calibration (matmuls) does not include that traffic.
-        copy_bytes = 0 if geom.is_pointwise else 8 * batch * weight.shape[1] * oh * ow
+        # im2col writes and the kernel reads a (K, OH*OW) copy of each image; the calibration
+        # (matmuls) does not include that traffic.
+        # The kernel runs image by image, so its rate is the one for M = OH*OW rows.
+        copy_bytes = 0 if geom.is_pointwise else 8 * weight.shape[1] * oh * ow
         plan = _decide(
-            name, info, weight, "conv2d", batch * oh * ow, self.config, self.calibration,
+            name, info, weight, "conv2d", oh * ow, self.config, self.calibration,
             overhead_s=copy_bytes / _IM2COL_BYTES_PER_S,
         )  # fmt: skip
         if plan.kernel == "dense":
