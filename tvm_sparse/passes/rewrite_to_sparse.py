@@ -81,6 +81,9 @@ __all__ = ["DECISIONS_ATTR", "LayerChoice", "RewriteToSparse", "SparsityConfig"]
 #: the 2-core reference host, since its reads are strided.
 _IM2COL_BYTES_PER_S = 13.7e9
 
+#: Block shapes ``"auto"`` always weighs besides the detected one: the vector-friendly rows.
+_ROW_BLOCKS = ((16, 1), (8, 1))
+
 #: PrimFunc attribute: FLOPs the sparse kernel performs (stored values only), for the report.
 FLOPS_ATTR = "tvm_sparse.flops"
 
@@ -313,8 +316,13 @@ def _decide(
     if choice.kind in ("auto", "bsr"):
         block = choice.block or tuple(info.block_shape)
         options.append((block, None))
-        if choice.kind == "auto" and block != (1, 1):
-            options.append(((1, 1), None))
+        if choice.kind == "auto":
+            # Row blocks also pay off on patterns they do not fit exactly, e.g. 16x1 blocks
+            # shifted off the grid when ShrinkPrunedChannels removed some rows; the cost model
+            # weighs the zeros they store.
+            for extra in ((1, 1), *_ROW_BLOCKS):
+                if extra != block:
+                    options.append((extra, None))
     if choice.kind in ("auto", "nm"):
         wanted = choice.nm or info.nm
         if op != "matmul":
