@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import time
 
 import numpy as np
@@ -23,6 +22,8 @@ import torch
 import tvm_sparse
 from tvm_sparse.architectures import BertLayer, MobileNetV2, ResNet18, randomize_batch_norm
 from tvm_sparse.benchmarking import write_results
+from tvm_sparse.compiled_model import use_all_cores
+from tvm_sparse.targets import get_preset
 
 try:  # run as a script (python benchmarks/x86.py) or imported as benchmarks.x86
     from roofline import roofline
@@ -184,24 +185,15 @@ def run(*, repeat: int, out_dir: str, target: str, only: list[str] | None = None
     return rows
 
 
-def use_all_cores() -> None:
-    """Give TVM's thread pool every core ONNX Runtime and PyTorch get.
-
-    Unset, TVM sizes its pool to half the logical CPUs on x86 (it assumes hyper-threading), so on
-    a 2-vCPU host every kernel ran on one core. The variable is read when the pool is created, at
-    the first parallel kernel, so this must run before anything executes.
-    """
-    os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
-
-
 def main() -> None:
-    use_all_cores()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--target", default="x86")
     parser.add_argument("--only", default="", help="comma-separated words a case name must hold")
     args = parser.parse_args()
+    # before any kernel runs: the thread pool reads its size once
+    use_all_cores(get_preset(args.target).tvm_target())
     only = [w for w in args.only.split(",") if w]
     run(repeat=args.repeat, out_dir=args.out, target=args.target, only=only or None)
 

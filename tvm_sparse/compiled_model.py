@@ -14,7 +14,7 @@ from .frontend import InputSpec
 from .report import CompileReport
 from .targets import TargetPreset, is_host_target, resolve_target
 
-__all__ = ["CompiledModel", "load"]
+__all__ = ["CompiledModel", "load", "use_all_cores"]
 
 _META_SUFFIX = ".meta.json"
 
@@ -68,7 +68,7 @@ class CompiledModel:
             device = self._device
             if device is None:
                 device = tvm.cuda(0) if self.target.kind.name == "cuda" else tvm.cpu(0)
-            _use_all_cores(self.target)
+            use_all_cores(self.target)
             self._vm = relax.VirtualMachine(self.executable, device)
             self._device = device
         return self._vm
@@ -172,7 +172,7 @@ class CompiledModel:
         return f"CompiledModel(target={self.preset.name!r}, inputs=[{ins}])"
 
 
-def _use_all_cores(target: tvm.target.Target) -> None:
+def use_all_cores(target: tvm.target.Target) -> None:
     """Give TVM's thread pool one worker per core of the target, unless the user chose.
 
     Unset, TVM starts half as many workers as logical CPUs on x86 (it assumes two hardware
