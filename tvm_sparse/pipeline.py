@@ -36,10 +36,13 @@ def sparsity_passes(target: Target, sparsity: Any = "auto") -> list[tvm.transfor
     if sparsity == "off":
         return []
     from .passes import DetectSparsity, RewriteToSparse, ShrinkPrunedChannels
+    from .schedules.cpu.base import vector_lanes
 
+    # CPU schedules vectorise over output channels: keep counts a multiple of the SIMD width
+    multiple = vector_lanes(target) if target.kind.name == "llvm" else 1
     return [
         DetectSparsity(),
-        ShrinkPrunedChannels(),
+        ShrinkPrunedChannels(channel_multiple=multiple),
         relax.transform.FoldConstant(),
         DetectSparsity(),
         RewriteToSparse(target, sparsity=sparsity),

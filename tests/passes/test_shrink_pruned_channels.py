@@ -266,7 +266,8 @@ def test_residual_channel_zero_in_one_branch_stays():
                         "lv": {
                             "kernel": "dense-shrunk",
                             "pattern": "channel",
-                            "reason": "removed 1/3 output channels",
+                            "reason": "removed 1/3 output channels, kept 1 zero output channels: "
+                            "channels coupled through relax.add (lv2) to a branch that is not zero",
                         },
                         "lv1": {
                             "kernel": "dense-shrunk",
@@ -588,3 +589,50 @@ def test_numerics_against_torch(name):
     assert shrunk == (name not in ("dense", "grouped_unequal"))
     if name == "dense":
         tvm.ir.assert_structural_equal(after, before)
+
+
+def _shapes_of(mod, op_name):
+    shapes = []
+
+    def visit(e):
+        if isinstance(e, relax.Call) and e.op.name == op_name:
+            shapes.append(tuple(int(v) for v in e.args[1].ty.shape))
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return shapes
+
+
+@pytest.mark.parametrize(
+    ("out_channels", "zero", "kept"),
+    [
+        (64, 2, 64),  # 62 would be rounded back up: nothing removed
+        (64, 21, 48),  # 43 -> 48, 5 zero channels stay
+        (64, 48, 16),  # already a multiple
+        (10, 5, 5),  # 16 > 10 channels: no rounding possible, shrink fully
+    ],
+)
+def test_channel_multiple_rounds_kept_output_channels(out_channels, zero, kept):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(8, out_channels, 3, padding=1), nn.ReLU(), nn.Conv2d(out_channels, 16, 1)
+    ).eval()
+    _zero(model[0].weight, slice(0, 2 * zero, 2) if 2 * zero <= out_channels else slice(0, zero))
+    assert int((model[0].weight.flatten(1).abs().sum(1) == 0).sum()) == zero
+    x = torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    after = ShrinkPrunedChannels(channel_multiple=16)(DetectSparsity()(_import(model, x)))
+    first, second = _shapes_of(after, "relax.nn.conv2d")
+    assert first[0] == kept and second[1] == kept
+    np.testing.assert_allclose(_run(after, x), ref, rtol=1e-4, atol=1e-5)
+    if kept == out_channels:
+        assert "multiple of 16" in _decisions(after)["lv"]["reason"]
+    elif kept % 16 == 0 and kept > out_channels - zero:
+        reason = _decisions(after)["lv"]["reason"]
+        assert f"kept {kept - (out_channels - zero)} zero output channels" in reason
+        assert "multiple of 16 output channels" in reason
+
+
+def test_channel_multiple_must_be_positive():
+    with pytest.raises(ValueError, match="channel_multiple"):
+        ShrinkPrunedChannels(channel_multiple=0)

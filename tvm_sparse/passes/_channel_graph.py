@@ -548,8 +548,13 @@ class ChannelGraph:
 
     # --- decision ----------------------------------------------------------------------------
 
-    def removable_roots(self) -> tuple[set[int], dict[int, str]]:
-        """Classes that can be removed, and for blocked classes the first reason why not."""
+    def removable_roots(self, channel_multiple: int = 1) -> tuple[set[int], dict[int, str]]:
+        """Classes that can be removed, and for blocked classes the first reason why not.
+
+        With ``channel_multiple > 1``, zero output channels of dense conv2d / matmul ops are
+        kept until the kept count is a multiple of it (when the op has that many channels), so
+        that shrinking never leaves an op with a channel count its SIMD schedule handles badly.
+        """
         reasons: dict[int, str] = {}
 
         def block(ids: np.ndarray, reason: str) -> None:
@@ -579,6 +584,8 @@ class ChannelGraph:
         while True:
             removed = all_roots - set(reasons)
             extra = self._constraints(removed)
+            if channel_multiple > 1 and not set(extra) & removed:
+                extra = self._round_to_multiple(removed, channel_multiple)
             if not set(extra) & removed:
                 return removed, reasons
             for root, reason in extra.items():
@@ -590,6 +597,26 @@ class ChannelGraph:
             return None
         roots = self.uf.roots(c.ids)
         return ~np.isin(roots, list(removed))
+
+    def _round_to_multiple(self, removed: set[int], multiple: int) -> dict[int, str]:
+        """Removed classes to keep so that output channel counts are multiples of ``multiple``."""
+        extra: dict[int, str] = {}
+        for op in self.weight_ops.values():
+            if op.kind not in ("conv2d", "matmul"):
+                continue
+            roots = self.uf.roots(self.chan[op.var].ids).ravel()
+            gone = np.isin(roots, list(removed))
+            kept, total = int((~gone).sum()), roots.size
+            wanted = -(-kept // multiple) * multiple
+            if not gone.any() or kept == wanted or wanted > total:
+                continue
+            reason = (
+                f"kept so that {self._name(op.var)} has a multiple of {multiple} output channels"
+                " (the SIMD width)"
+            )
+            for root in list(dict.fromkeys(roots[gone].tolist()))[: wanted - kept]:
+                extra[root] = reason
+        return extra
 
     def _constraints(self, removed: set[int]) -> dict[int, str]:
         extra: dict[int, str] = {}
