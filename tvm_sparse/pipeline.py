@@ -25,6 +25,9 @@ __all__ = ["pipeline", "prepare_passes", "schedule_input_passes", "sparsity_pass
 def prepare_passes() -> list[tvm.transform.Pass]:
     """Bring imported models to inference form with constant weights the detectors can read."""
     return [
+        # batch norm after a conv becomes its weight scale and a bias add, which fuses with the
+        # activation and residual add that follow (decomposed, it left them out of the conv)
+        relax.transform.FoldBatchnormToConv2D(),
         relax.transform.DecomposeOpsForInference(),
         relax.transform.FoldConstant(),
         UniquifyBindingNames(),
