@@ -34,6 +34,15 @@ and larger ones through ``im2col``. Bias and activations stay separate Relax ops
 pass cannot handle (symbolic shapes, non-fp32, grouped convolution, other layouts) keeps its
 dense op and its decision row says why.
 
+CUDA targets use the kernels of :mod:`tvm_sparse.kernels.gpu` and, with no GPU to calibrate
+on, a fixed rule in place of the cost model (every reason starts "uncalibrated GPU rule"):
+BSR when a block of at least 8 rows (the detected one, 16x1 or 8x1) covers the weight at block
+density <= 0.3, else the compressed N:M kernel for a matmul weight that conforms to 2:4 or 4:8,
+else dense. Activations are reshaped to ``(1, M, K)`` for the kernels. Only 1x1, stride-1,
+unpadded ``NCHW`` convolutions go sparse (their activations are the kernel's ``KM`` input);
+others stay dense, there being no GPU im2col yet. Config choices are honoured as on CPUs. Other
+non-llvm targets keep every layer dense.
+
 Pipeline: after ``DetectSparsity`` (and ``ShrinkPrunedChannels`` with a second
 ``DetectSparsity``), before ``LegalizeOps``.
 
@@ -70,6 +79,7 @@ from tvm.target import Target
 from ..kernels.bsr_matmul import BSRMatmulKnobs, bsr_matmul, bsr_matmul_kernel_name
 from ..kernels.cost_model import Calibration, load_calibration
 from ..kernels.formats import to_bsr, to_nm
+from ..kernels.gpu import CUDATileKnobs, cuda_bsr_matmul, cuda_nm_matmul, nm_group_offsets
 from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul, nm_matmul_kernel_name
 from ..kernels.sparse_conv2d import Conv2DGeometry, im2col
 from ._bindings import function_bindings, unique_binding_names
@@ -217,7 +227,7 @@ class RewriteToSparse:
                 f"sparsity: {unknown} are not sparsity candidates of this model; "
                 f"candidates are {sorted(candidates)}"
             )
-        if self.target.kind.name != "llvm":
+        if self.target.kind.name not in ("llvm", "cuda"):
             return _record_dense(mod, f"no sparse kernel for {self.target.kind.name} yet: dense")
         rewriter = _SparseRewriter(mod, self.target, self.config, calibration)
         for gv, func in list(mod.functions_items()):
@@ -423,6 +433,8 @@ class _SparseRewriter(PyExprMutator):
         self.calibration = calibration
         self.knobs = BSRMatmulKnobs.for_target(target)
         self.nm_knobs = NMMatmulKnobs.for_target(target)
+        self.cuda_knobs = CUDATileKnobs()
+        self.cuda = target.kind.name == "cuda"
         self._names: dict[relax.Var, str] = {}
         self._values: dict[relax.Var, relax.Expr] = {}
         self._records: Mapping[str, Any] = {}
@@ -442,6 +454,8 @@ class _SparseRewriter(PyExprMutator):
                 # a layer ShrinkPrunedChannels made smaller stays so; add why it is not sparse
                 earlier["reason"] = f"{earlier.get('reason', '')}; {record['reason']}"
                 continue
+            if earlier and earlier.get("pattern") == "channel":  # why zero channels stayed
+                record = {**record, "reason": f"{record['reason']}; {earlier.get('reason', '')}"}
             merged[name] = record
         for name in self._records:  # candidates this pass never reached keep a row too
             merged.setdefault(str(name), _Plan("dense", "dense", "op not found").record())
@@ -485,6 +499,11 @@ class _SparseRewriter(PyExprMutator):
             if len(x_shape) < 1:
                 return None, _Plan("dense", "dense", "scalar activations")
             m = int(np.prod(x_shape[:-1])) if len(x_shape) > 1 else 1
+            if self.cuda:
+                plan = _decide_cuda(name, info, weight, "matmul", self.config)
+                if plan.kernel == "dense":
+                    return None, plan
+                return self._cuda_matmul(x, out_shape, weight, m, plan), plan
             plan = _decide(name, info, weight, "matmul", m, self.config, self.calibration)
             if plan.kernel == "dense":
                 return None, plan
@@ -507,6 +526,18 @@ class _SparseRewriter(PyExprMutator):
             padding=tuple(int(v) for v in attrs.padding),
             dilation=tuple(int(v) for v in attrs.dilation),
         )
+        if self.cuda:
+            if not geom.is_pointwise:
+                return None, _Plan(
+                    "dense",
+                    "dense",
+                    f"{_GPU_RULE}: only 1x1, stride-1, unpadded conv2d maps onto the GPU kernels "
+                    "(no GPU im2col kernel yet): dense",
+                )
+            plan = _decide_cuda(name, info, weight, "conv2d", self.config)
+            if plan.kernel == "dense":
+                return None, plan
+            return self._cuda_pointwise_conv2d(x, x_shape, out_shape, weight, plan), plan
         oh, ow = geom.out_hw
         # im2col writes and the kernel reads a (K, OH*OW) copy of each image; the calibration
         # (matmuls) does not include that traffic.
@@ -591,6 +622,55 @@ class _SparseRewriter(PyExprMutator):
         )
         return relax.op.reshape(y, out_shape)
 
+    def _cuda_matmul(self, x, out_shape, weight: np.ndarray, m: int, plan: _Plan) -> relax.Expr:
+        n, k = weight.shape
+        x3 = self._emit(relax.op.reshape(x, (1, m, k)), "x3d")
+        if plan.nm is not None:
+            mat = to_nm(weight, plan.nm)
+            func = cuda_nm_matmul(m, k, n, plan.nm, mat.values.shape[0], knobs=self.cuda_knobs)
+            stored = int(mat.values.size)
+            args = [x3, relax.const(mat.values), relax.const(nm_group_offsets(mat))]
+        else:
+            bsr = _nonempty_bsr(weight, plan.block, 1)
+            func = cuda_bsr_matmul(
+                m, k, n, plan.block, bsr.nnzb, bsr.block_rows, knobs=self.cuda_knobs
+            )
+            stored = int(bsr.data.size)
+            args = [x3, relax.const(bsr.data), relax.const(bsr.indices), relax.const(bsr.indptr)]
+        gv = self.builder_.add_func(
+            func.with_attr(FLOPS_ATTR, 2 * m * stored), _func_name(plan.kernel)
+        )
+        y = self._emit(
+            relax.call_tir(gv, args, out_ty=relax.TensorType((1, m, n), "float32")), "sparse"
+        )
+        return relax.op.reshape(y, out_shape)
+
+    def _cuda_pointwise_conv2d(self, x, x_shape, out_shape, weight: np.ndarray, plan: _Plan):
+        n, k = weight.shape
+        batch, _, height, width = x_shape
+        hw = height * width
+        cols = self._emit(relax.op.reshape(x, (batch, k, hw)), "cols")
+        bsr = _nonempty_bsr(weight, plan.block, 1)
+        func = cuda_bsr_matmul(
+            hw,
+            k,
+            n,
+            plan.block,
+            bsr.nnzb,
+            bsr.block_rows,
+            knobs=self.cuda_knobs,
+            batch=batch,
+            x_layout="KM",
+            y_layout="NM",
+        )
+        func = func.with_attr(FLOPS_ATTR, 2 * batch * hw * int(bsr.data.size))
+        gv = self.builder_.add_func(func, _func_name(plan.kernel))
+        args = [cols, relax.const(bsr.data), relax.const(bsr.indices), relax.const(bsr.indptr)]
+        y = self._emit(
+            relax.call_tir(gv, args, out_ty=relax.TensorType((batch, n, hw), "float32")), "sparse"
+        )
+        return relax.op.reshape(y, out_shape)
+
 
 def _func_name(kernel: str) -> str:
     """``bsr_matmul[16x1]`` -> ``bsr_matmul_16x1`` (a valid global symbol)."""
@@ -613,4 +693,101 @@ def _nonempty_bsr(weight: np.ndarray, block: tuple[int, int], row_multiple: int)
         indptr=indptr,
         shape=bsr.shape,
         block=bsr.block,
+    )
+
+
+# -- CUDA -------------------------------------------------------------------------------------
+# No GPU has calibrated the CUDA kernels yet, so the cost model is replaced by a fixed rule,
+# conservative on purpose: go sparse only where work and weight traffic shrink by far more than
+# the sparse kernels could plausibly lose against dlight's dense GPU schedules.
+
+_GPU_RULE = "uncalibrated GPU rule"
+#: BSR only for blocks of at least this many rows (a thread reuses one activation load for each)
+_GPU_MIN_BLOCK_ROWS = 8
+#: ... holding at most this fraction of the blocks.
+_GPU_MAX_BLOCK_DENSITY = 0.3
+#: N:M patterns the compressed kernel takes in "auto" (halving or better, int8 offsets).
+_GPU_NM = ((2, 4), (4, 8))
+#: Blocks "auto" weighs besides the detected one (fits block patterns shifted off the grid).
+_GPU_ROW_BLOCKS = ((16, 1), (8, 1))
+
+
+def _block_density(weight: np.ndarray, block: tuple[int, int]) -> float:
+    """Fraction of the ``block`` grid (over the real ``N x K``) holding a nonzero."""
+    bsr = to_bsr(weight, block)
+    n, k = weight.shape
+    return bsr.nnzb / max(-(-n // block[0]) * -(-k // block[1]), 1)
+
+
+def _decide_cuda(
+    name: str, info: WeightSparsity, weight: np.ndarray, op: str, config: SparsityConfig
+) -> _Plan:
+    """The GPU rule: BSR for blocks of >= 8 rows at block density <= 0.3, else the N:M kernel
+    for a matmul weight that conforms to 2:4 or 4:8, else dense. Config choices are honoured."""
+    choice = config.choice_for(name)
+    if choice.kind == "dense":
+        return _Plan("dense", "dense", f"{_GPU_RULE}: dense requested by the sparsity config")
+    if choice.kind == "bsr":
+        block = choice.block or tuple(info.block_shape)
+        pattern = _pattern_of(block, None)
+        return _Plan(
+            bsr_matmul_kernel_name(block),
+            pattern,
+            f"{_GPU_RULE}: {pattern} requested by the sparsity config (block density "
+            f"{_block_density(weight, block):.2f})",
+            block,
+        )
+    if choice.kind == "nm":
+        wanted = tuple(choice.nm or info.nm or ())
+        if op != "matmul":
+            return _Plan(
+                bsr_matmul_kernel_name((1, 1)),
+                _pattern_of((1, 1), None),
+                f"{_GPU_RULE}: N:M requested by the sparsity config; a convolution runs it "
+                "through the 1x1 BSR kernel",
+                (1, 1),
+            )
+        if not wanted or not _conforms(weight, wanted):
+            return _Plan(
+                "dense",
+                "dense",
+                f"{_GPU_RULE}: N:M requested but the weight is not {wanted or 'N:M'} sparse",
+            )
+        return _Plan(
+            nm_matmul_kernel_name(wanted),
+            _pattern_of(None, wanted),
+            f"{_GPU_RULE}: {wanted[0]}:{wanted[1]} requested by the sparsity config",
+            None,
+            wanted,
+        )
+    # "auto": the detected block if tall enough, and the row blocks patterns shifted off the
+    # grid still fit; the one storing fewest blocks wins.
+    blocks = {tuple(info.block_shape), *_GPU_ROW_BLOCKS}
+    tall = [b for b in blocks if b[0] >= _GPU_MIN_BLOCK_ROWS]
+    # ties go to the larger block: more FMAs per activation load, fewer indices
+    density, _, block = min((_block_density(weight, b), (-b[0], -b[1]), b) for b in tall)
+    where = f"block density {density:.2f} in {block[0]}x{block[1]} blocks"
+    if density <= _GPU_MAX_BLOCK_DENSITY:
+        return _Plan(
+            bsr_matmul_kernel_name(block),
+            _pattern_of(block, None),
+            f"{_GPU_RULE}: {where} (>= {_GPU_MIN_BLOCK_ROWS} rows, <= "
+            f"{_GPU_MAX_BLOCK_DENSITY}): BSR kernel",
+            block,
+        )
+    nm = tuple(info.nm) if info.nm else None
+    if op == "matmul" and nm in _GPU_NM:
+        return _Plan(
+            nm_matmul_kernel_name(nm),
+            _pattern_of(None, nm),
+            f"{_GPU_RULE}: {where} too dense for BSR; conforms to {nm[0]}:{nm[1]}: "
+            "compressed N:M kernel",
+            None,
+            nm,
+        )
+    why_not_nm = "not 2:4 or 4:8" if op == "matmul" else "N:M is for matmuls"
+    return _Plan(
+        "dense",
+        "dense",
+        f"{_GPU_RULE}: {where} (BSR needs <= {_GPU_MAX_BLOCK_DENSITY}), {why_not_nm}: dense",
     )

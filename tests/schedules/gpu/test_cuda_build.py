@@ -4,6 +4,8 @@ TVM 0.27 keeps CUDA C in the built module (``fmt="cuda"``) and compiles it when 
 loaded on the device, so these tests compile the source here with ``nvcc`` (when present) for
 the preset's architecture and inspect the schedule: every kernel bound to ``blockIdx`` and
 ``threadIdx``, matmuls staged through ``__shared__`` memory, nothing left on the host CPU.
+``sm_72``, which CUDA 13's ``nvcc`` no longer targets, is checked by building the same schedules
+with TVM's NVPTX backend and assembling them with CUDA 12's ``ptxas`` (see ``cuda_testing``).
 Running on a GPU is the ``gpu``-marked test at the end.
 """
 
@@ -11,14 +13,21 @@ from __future__ import annotations
 
 import functools
 import re
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
 import torch
 import tvm
 import zoo
+from cuda_testing import (
+    device_ptx,
+    nvcc,
+    nvcc_arches,
+    nvptx_build,
+    nvptx_target,
+    ptxas,
+    skip_reason_sm72,
+)
 
 import tvm_sparse
 
@@ -68,13 +77,20 @@ def _computed_on_host(compiled: tvm_sparse.CompiledModel) -> list[str]:
     )
 
 
-def _nvcc_arches() -> set[str]:
-    if shutil.which("nvcc") is None:
-        return set()
-    listed = subprocess.run(
-        ["nvcc", "--list-gpu-arch"], capture_output=True, text=True, check=False
-    ).stdout
-    return {a.replace("compute_", "sm_") for a in listed.split()}
+@functools.cache
+def _nvptx_build(name: str, preset: str) -> tvm.runtime.Module:
+    """The dense build of ``_build`` with TVM's NVPTX backend instead of CUDA C: the same
+    Relax pipeline and GPU schedules (for the preset's CUDA target), PTX for its architecture."""
+    model, example = zoo.make(name)
+    mod = tvm_sparse.frontend.import_model(model, example).mod
+    cuda = tvm_sparse.targets.get_preset(preset).tvm_target()
+    with nvptx_build():
+        executable = tvm.compile(
+            mod,
+            nvptx_target(str(cuda.attrs["arch"]), host=cuda.host),
+            relax_pipeline=tvm_sparse.pipeline(preset, sparsity="off"),
+        )
+    return executable.mod
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -109,24 +125,20 @@ def test_matmul_kernels_stage_tiles_in_shared_memory(preset):
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 @pytest.mark.parametrize("name", sorted(zoo.ZOO))
-def test_cuda_source_compiles_with_nvcc(name, preset, tmp_path):
+def test_kernels_compile_for_the_preset_arch(name, preset, tmp_path):
     arch = PRESETS[preset]
-    arches = _nvcc_arches()
-    if not arches:
-        pytest.skip("nvcc is not on PATH")
-    if arch not in arches:
-        pytest.skip(f"this nvcc cannot target {arch} (CUDA 13 dropped Volta); it has {arches}")
-    source = tmp_path / f"{name}.cu"
-    source.write_text(_cuda_source(_build(name, preset)))
-    result = subprocess.run(
-        ["nvcc", f"-arch={arch}", "-cubin", "-o", str(tmp_path / f"{name}.cubin"), str(source)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / f"{name}.cubin").stat().st_size > 0
+    kernels = set(_kernels(_cuda_source(_build(name, preset))))
+    if arch in nvcc_arches():
+        built = nvcc(_cuda_source(_build(name, preset)), arch, tmp_path)
+    elif arch == "sm_72":  # CUDA 13 dropped Volta: TVM's NVPTX backend and CUDA 12's ptxas
+        if reason := skip_reason_sm72():
+            pytest.skip(reason)
+        built = ptxas(device_ptx(_nvptx_build(name, preset)), arch, tmp_path)
+    else:
+        pytest.skip(f"no nvcc on PATH that targets {arch}")
+    assert set(built) == kernels
+    for kernel, resources in built.items():
+        assert resources["registers"] <= 255 and resources["smem_bytes"] <= 48 * 1024, kernel
 
 
 def test_pruned_model_keeps_every_op_on_the_gpu():
@@ -134,7 +146,14 @@ def test_pruned_model_keeps_every_op_on_the_gpu():
     tvm_sparse.prune(model, (x,), pattern="block", block_shape=(16, 1), sparsity=0.9)
     compiled = tvm_sparse.compile(model, "jetson-orin-nano", example_inputs=(x,))
     assert not _computed_on_host(compiled)
-    assert not compiled.report.find(kernel="bsr_matmul")
+    # pruned layers run the CUDA sparse kernels (threads bound, activations in shared memory)
+    sparse = {r.kernel for r in compiled.report.rows if r.kernel.endswith("]")}
+    assert {k.split("[")[0] for k in sparse} & {"bsr_matmul", "nm_matmul"}, compiled.report
+    kernels = _kernels(_cuda_source(compiled))
+    for name in sparse:
+        symbol = name.replace("[", "_").replace("]", "").replace(":", "_")
+        body = kernels[f"{symbol}_kernel"]
+        assert "threadIdx." in body and "__shared__" in body, name
     # zero channels are removed on any target; what stays gets a dense GPU kernel and a reason
     assert compiled.report.find(kernel="(shrunk)")
 
