@@ -13,13 +13,13 @@ without the marker need no device: they build for the target and read the assemb
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import socket
 import subprocess
 from pathlib import Path
 
+import arm_device
 import numpy as np
 import pytest
 import torch
@@ -31,15 +31,6 @@ import tvm_sparse
 RTOL, ATOL = 1e-4, 1e-4
 TARGET = "arm-cortex-a72"
 _NEON_FMA = re.compile(r"\bfmla\s+v\d+\.4s")
-
-
-def _arm_device_dir() -> Path:
-    default = Path(__file__).resolve().parents[2] / "shared" / "arm-device"
-    return Path(os.environ.get("TVM_SPARSE_ARM_DEVICE", default))
-
-
-def _rootfs() -> Path:
-    return Path(os.environ.get("ARM_ROOTFS", "/tmp/arm-rootfs"))
 
 
 def _free_port_pair() -> int:
@@ -62,37 +53,13 @@ def _free_port_pair() -> int:
 @pytest.fixture(scope="module")
 def arm_server(request):
     """Start the emulated aarch64 RPC server for this module; yields ``(host, port)``."""
-    scripts = _arm_device_dir()
-    if not (scripts / "setup.sh").is_file():
-        pytest.skip(f"no emulated Arm device scripts in {scripts}")
-    if os.name != "posix" or os.geteuid() != 0:
-        pytest.skip("the emulated Arm device needs root (binfmt_misc, chroot, unshare)")
-    if os.uname().machine != "x86_64":
-        pytest.skip(f"the emulated Arm device is made for x86_64 hosts, not {os.uname().machine}")
-    selected = "arm" in (request.config.getoption("markexpr", "") or "")
-    ready = (_rootfs() / ".arm-device-debootstrap").is_file()
-    if not selected and not ready:
-        pytest.skip("emulated Arm device not set up: run `pytest -m arm` to set it up (minutes)")
-    setup = subprocess.run(
-        [str(scripts / "setup.sh")], capture_output=True, text=True, timeout=1200, check=False
-    )
-    if setup.returncode != 0:
-        pytest.skip(f"emulated Arm device setup failed: {setup.stderr.strip()[-800:]}")
+    scripts = arm_device.prepare(request)
     port = _free_port_pair()
-    start = subprocess.run(
-        [str(scripts / "start.sh"), str(port)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if start.returncode != 0:
-        pytest.skip(f"emulated Arm device did not start: {start.stderr.strip()[-800:]}")
-    pid = start.stdout.strip().splitlines()[-1]
+    pid = arm_device.start(scripts, port)
     try:
         yield "127.0.0.1", port
     finally:
-        subprocess.run([str(scripts / "stop.sh"), pid], timeout=60, check=False)
+        arm_device.stop(scripts, pid)
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+import arm_device
 import numpy as np
 import pytest
 
@@ -25,11 +25,6 @@ from tvm_sparse.tune import RPCTracker, autotune
 TARGET = "arm-cortex-a72"
 KEY = "tvm-sparse-tune-arm"
 TRACKER_PORT, DEVICE_PORT = 9390, 9290  # apart from the ports of tests/test_arm_rpc.py
-
-
-def _arm_device_dir() -> Path:
-    default = Path(__file__).resolve().parents[3] / "shared" / "arm-device"
-    return Path(os.environ.get("TVM_SPARSE_ARM_DEVICE", default))
 
 
 def _port_free(port: int) -> bool:
@@ -54,20 +49,7 @@ def _wait_listening(port: int, seconds: float) -> bool:
 @pytest.fixture(scope="module")
 def tracker(request):
     """A tracker on 127.0.0.1 with one emulated board under ``KEY``; yields an RPCTracker."""
-    scripts = _arm_device_dir()
-    if not (scripts / "start.sh").is_file():
-        pytest.skip(f"no emulated Arm device scripts in {scripts}")
-    if os.name != "posix" or os.geteuid() != 0 or os.uname().machine != "x86_64":
-        pytest.skip("the emulated Arm device needs root on an x86_64 host")
-    rootfs = Path(os.environ.get("ARM_ROOTFS", "/tmp/arm-rootfs"))
-    selected = "arm" in (request.config.getoption("markexpr", "") or "")
-    if not selected and not (rootfs / ".arm-device-debootstrap").is_file():
-        pytest.skip("emulated Arm device not set up: run `pytest -m arm` to set it up")
-    setup = subprocess.run(
-        [str(scripts / "setup.sh")], capture_output=True, text=True, timeout=1200, check=False
-    )
-    if setup.returncode != 0:
-        pytest.skip(f"emulated Arm device setup failed: {setup.stderr.strip()[-800:]}")
+    scripts = arm_device.prepare(request)
     if not (_port_free(TRACKER_PORT) and _port_free(DEVICE_PORT) and _port_free(DEVICE_PORT + 1)):
         pytest.skip(f"ports {TRACKER_PORT} / {DEVICE_PORT} are taken")
     tracker_proc = subprocess.Popen(
@@ -81,21 +63,12 @@ def tracker(request):
     try:
         if not _wait_listening(TRACKER_PORT, 60):
             pytest.skip("the RPC tracker did not start")
-        start = subprocess.run(
-            [str(scripts / "start.sh"), str(DEVICE_PORT), f"127.0.0.1:{TRACKER_PORT}", KEY],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if start.returncode != 0:
-            pytest.skip(f"emulated Arm device did not start: {start.stderr.strip()[-800:]}")
-        device_pid = start.stdout.strip().splitlines()[-1]
+        device_pid = arm_device.start(scripts, DEVICE_PORT, f"127.0.0.1:{TRACKER_PORT}", KEY)
         time.sleep(2)  # registration with the tracker
         yield RPCTracker("127.0.0.1", TRACKER_PORT, KEY, devices=1, session_timeout_s=300)
     finally:
         if device_pid is not None:
-            subprocess.run([str(scripts / "stop.sh"), device_pid], timeout=60, check=False)
+            arm_device.stop(scripts, device_pid)
         # The tracker serves from a child process: end its whole session.
         os.killpg(tracker_proc.pid, signal.SIGKILL)
         tracker_proc.wait()

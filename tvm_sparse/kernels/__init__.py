@@ -1,8 +1,9 @@
-"""Sparse TIR kernels for CPUs, built already scheduled, and the cost model that picks them.
+"""Sparse TIR kernels, built already scheduled, and the cost model that picks them on CPUs.
 
-``formats`` compresses pruned weights (BSR, N:M); ``bsr_matmul`` and ``nm_matmul`` are the
+``formats`` compresses pruned weights (BSR, N:M); ``bsr_matmul`` and ``nm_matmul`` are the CPU
 matmul kernels with their knobs; ``sparse_conv2d`` lowers convolutions onto them;
-``cost_model`` decides per layer whether sparse beats dense on a target.
+``cost_model`` decides per layer whether sparse beats dense on a target. ``gpu`` holds the CUDA
+kernels for the same formats.
 """
 
 from .bsr_matmul import BSRMatmulKnobs, bsr_matmul, bsr_matmul_kernel_name
