@@ -92,7 +92,7 @@ class CompiledModel:
                     f"not {type(arg).__name__}"
                 )
             _check_input(arg, spec, symbols)
-            converted.append(tvm.runtime.tensor(np.ascontiguousarray(arg), self.vm_device))
+            converted.append(_to_tvm(np.ascontiguousarray(arg), self.vm_device))
         return converted, as_torch
 
     @property
@@ -210,14 +210,30 @@ def _check_input(arg: np.ndarray, spec: InputSpec, symbols: dict[str, int]) -> N
             )
 
 
+#: TVM takes host memory without a copy only at this alignment.
+_ZERO_COPY_ALIGNMENT = 64
+
+
+def _to_tvm(array: np.ndarray, device: tvm.runtime.Device) -> tvm.runtime.Tensor:
+    """A contiguous array as a TVM tensor: shared with numpy where the memory allows it."""
+    if device.dlpack_device_type() == tvm.cpu().dlpack_device_type() and (
+        array.ctypes.data % _ZERO_COPY_ALIGNMENT == 0 and array.size
+    ):
+        return tvm.runtime.from_dlpack(array)
+    return tvm.runtime.tensor(array, device)
+
+
 def _to_numpy(tensor: tvm.runtime.Tensor) -> np.ndarray:
+    """The result as numpy: host tensors are shared (the array keeps them alive), not copied."""
+    if tensor.device.dlpack_device_type() == tvm.cpu().dlpack_device_type():
+        return np.from_dlpack(tensor)
     return tensor.numpy()
 
 
 def _to_torch(tensor: tvm.runtime.Tensor) -> Any:
     import torch
 
-    return torch.from_numpy(tensor.numpy())
+    return torch.from_numpy(_to_numpy(tensor))
 
 
 def _map_structure(result: Any, convert: Any) -> Any:
