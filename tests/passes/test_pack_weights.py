@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import tvm
+from schedule_testing import FUSION
 from tvm import relax, tirx
 
 from tvm_sparse.passes.pack_weights import PackWeights, _rewrites_layout
@@ -18,15 +19,7 @@ def _scheduled(model: torch.nn.Module, x: torch.Tensor) -> tvm.IRModule:
 
     with torch.no_grad():
         mod = from_exported_program(torch.export.export(model.eval(), (x,)))
-    passes = [
-        relax.transform.DecomposeOpsForInference(),
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-        ApplySchedules(schedule_rules(TARGET)),
-    ]
+    passes = [*FUSION, ApplySchedules(schedule_rules(TARGET))]
     with TARGET:
         return tvm.transform.Sequential(passes)(mod)
 

@@ -5,15 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tvm
+from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
 import tvm_sparse
 from tvm_sparse.schedules import ApplySchedules, schedule_rules
 from tvm_sparse.targets import resolve_target
-from tvm_sparse.tune import ApplyTuningRecords
+from tvm_sparse.tune import ApplyTuningRecords, TuningCache
 from tvm_sparse.tune.autotune import _json, _schedule_input
 from tvm_sparse.tune.cache import Record
-from tvm_sparse.tune.space import _knobs_of, dense_workload_key, sparse_sites
+from tvm_sparse.tune.space import (
+    _knobs_of,
+    dense_workload_key,
+    rule_space,
+    sparse_sites,
+    tunable_rule,
+)
 
 
 def _input_module(model):
@@ -54,6 +61,37 @@ def test_pass_replaces_kernels_that_have_faster_records(model, cache, target):
     with target:
         scheduled = ApplySchedules(schedule_rules(target))(out)
     assert str(scheduled["matmul"].attrs["tvm_sparse.kernel"]) == "metaschedule (tuned)"
+
+
+def test_a_record_of_the_rule_space_replays_to_the_rule_schedule(model, cache, target):
+    mod = _input_module(model)
+    func = mod["matmul"]
+    rule = tunable_rule(func, target)
+    point = rule_space(rule, func, target)[-1]
+    assert any(point.decisions)
+    # What MetaSchedule measures and commits for that design space: its simplified trace,
+    # replayed on the task, then post-processed (no postprocs in the rule space).
+    task = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
+    sch = s_tir.Schedule(task)
+    point.sch.trace.simplified(remove_postproc=True).apply_to_schedule(sch, remove_postproc=True)
+    sch.enter_postproc()
+    record = ms.database.TuningRecord(sch.trace, ms.database.Workload(task), [1e-5], target, [])
+    key = dense_workload_key(func)
+    cache.append(Record("dense", key, "default", 2e-5, name="matmul"))
+    extra = {"space": "Matmul"}
+    cache.append(
+        Record(
+            "dense", key, "metaschedule", 1e-5, knobs=point.knobs, record=_json(record), extra=extra
+        )
+    )
+    with target:  # read back from the file, as compile does
+        out = ApplyTuningRecords(TuningCache(target, path=cache.path))(mod)
+    replayed = out["matmul"]
+    assert str(replayed.attrs["tvm_sparse.kernel"]) == "Matmul (tuned)"
+    tvm.ir.assert_structural_equal(
+        replayed.without_attr("tirx.is_scheduled").without_attr("tvm_sparse.kernel"),
+        point.sch.mod["main"],
+    )
 
 
 def test_slower_records_are_not_used(model, cache, target):

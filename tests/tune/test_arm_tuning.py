@@ -77,7 +77,7 @@ def tracker(request):
 @pytest.mark.arm
 @pytest.mark.tuning
 def test_tune_sparse_kernel_on_arm_then_compile(tracker, tmp_path):
-    from conftest import make_model
+    from tuning_testing import make_model
 
     net, x = make_model(rows=8)
     result = autotune(

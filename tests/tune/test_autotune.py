@@ -12,10 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import tvm
+from torch import nn
 
 import tvm_sparse
+from tvm_sparse.targets import resolve_target
 from tvm_sparse.tune import TuningCache, TuningCacheError, autotune
+from tvm_sparse.tune.apply_tuning_records import _replay
+from tvm_sparse.tune.autotune import _schedule_input
 from tvm_sparse.tune.cache import Record
+from tvm_sparse.tune.space import dense_workload_key, rule_space, tunable_rule
 
 pytestmark = [pytest.mark.tuning, pytest.mark.slow]
 
@@ -45,6 +52,54 @@ def test_autotune_then_compile_is_never_slower(model, cache):
     assert again.trials == 0
 
 
+class ConvLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 6 * 6, 32)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def _searched(cache: TuningCache) -> list[Record]:
+    return [r for recs in cache.records().values() for r in recs if r.source == "metaschedule"]
+
+
+def test_dense_ops_are_tuned_in_the_knobs_of_their_rules(cache):
+    torch.manual_seed(0)
+    net, x = ConvLinear().eval(), torch.randn(2, 8, 6, 6)
+    options = dict(example_inputs=(x,), cache=cache, kinds=("dense",), progress=False)
+    result = autotune(net, "x86", trials=4, **options)
+    assert sorted(w.space for w in result.workloads) == ["Conv2d", "Matmul"]
+    searched = _searched(cache)
+    assert {r.workload for r in searched} == {w.key for w in result.workloads}
+    assert len(searched) <= 6  # 3 trials per workload besides the default
+    assert all(r.extra["space"] in ("Conv2d", "Matmul") and r.knobs for r in searched)
+
+    # Each stored record replays to its rule's schedule with the knobs it names.
+    mod = _schedule_input(net, resolve_target("x86"), (x,), None, False, "auto")
+    prims = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    funcs = {dense_workload_key(f): f for f in prims}
+    for record in searched:
+        func = funcs[record.workload]
+        rule = tunable_rule(func, cache.target)
+        point = next(p for p in rule_space(rule, func, cache.target) if p.knobs == record.knobs)
+        tvm.ir.assert_structural_equal(_replay(func, record).mod["main"], point.sch.mod["main"])
+
+    # A resumed run with more trials measures knob sets not measured before, and only those.
+    again = autotune(net, "x86", trials=6, **options)
+    knobs = [(r.workload, json.dumps(r.knobs, sort_keys=True)) for r in _searched(cache)]
+    assert len(knobs) == len(set(knobs)) > len(searched)
+    compiled = tvm_sparse.compile(net, "x86", example_inputs=(x,), tuning_cache=cache.path)
+    tuned = {r.kernel for r in compiled.report.rows if r.kernel.endswith("(tuned)")}
+    assert tuned <= {"Conv2d (tuned)", "Matmul (tuned)"}
+    assert len(tuned) == sum(w.tuned for w in again.workloads)
+    np.testing.assert_allclose(
+        compiled(x).detach().numpy(), net(x).detach().numpy(), rtol=1e-4, atol=1e-4
+    )
+
+
 def test_autotune_refuses_a_foreign_cache_file(model, cache):
     net, x = model
     cache.path.parent.mkdir(parents=True)
@@ -57,7 +112,7 @@ def test_autotune_refuses_a_foreign_cache_file(model, cache):
 _TUNE_SCRIPT = """
 import sys, time
 sys.path.insert(0, {here!r})
-from conftest import make_model
+from tuning_testing import make_model
 import tvm_sparse
 net, x = make_model()
 tvm_sparse.autotune(net, "x86", example_inputs=(x,), trials=9, cache={path!r},
@@ -66,7 +121,7 @@ tvm_sparse.autotune(net, "x86", example_inputs=(x,), trials=9, cache={path!r},
 
 
 def test_killed_tuning_resumes_without_losing_records(model, cache):
-    script = _TUNE_SCRIPT.format(here=str(Path(__file__).parent), path=str(cache.path))
+    script = _TUNE_SCRIPT.format(here=str(Path(__file__).parents[1]), path=str(cache.path))
     proc = subprocess.Popen(
         [sys.executable, "-c", script],
         stdout=subprocess.DEVNULL,

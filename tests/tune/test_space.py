@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tvm_sparse.kernels import BSRMatmulKnobs, NMMatmulKnobs, bsr_matmul, nm_matmul
@@ -54,3 +56,57 @@ def test_foreign_or_dense_funcs_have_no_spec(target):
     # knobs that do not describe the body: regeneration does not reproduce it
     wrong = func.with_attr("tvm_sparse.knobs", {**_knobs_of(func), "m_tile": 3})
     assert sparse_spec(wrong) is None
+
+
+def _matmul_func():
+    from tvm import te
+
+    a, b = te.placeholder((16, 64), name="a"), te.placeholder((64, 32), name="b")
+    k = te.reduce_axis((0, 64), name="k")
+    c = te.compute((16, 32), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="matmul")
+    return te.create_prim_func([a, b, c])
+
+
+def test_rule_space_starts_at_the_default_and_replays_each_point(target):
+    import tvm
+    import tvm_ffi
+    from tvm import s_tir
+
+    from tvm_sparse.schedules import ApplySchedules, schedule_rules
+    from tvm_sparse.tune.space import rule_space, tunable_rule
+
+    func = _matmul_func()
+    rule = tunable_rule(func, target)
+    assert type(rule).__name__ == "Matmul"
+    points = rule_space(rule, func, target)
+    default = ApplySchedules(schedule_rules(target))._schedule(func, target)
+    assert tvm_ffi.structural_equal(
+        points[0].sch.mod["main"].with_attr("tirx.is_scheduled", True),
+        default.without_attr("tvm_sparse.kernel"),
+    )
+    assert not any(points[0].decisions) and len(points) > 10
+    knobs = {json.dumps(p.knobs, sort_keys=True) for p in points}
+    assert len(knobs) == len(points)  # one point per knob set
+    hashes = {tvm_ffi.structural_hash(p.sch.mod) for p in points}
+    assert len(hashes) == len(points)  # and they are different schedules
+    for point in points[:: max(len(points) // 8, 1)]:
+        sch, _ = rule.sample(func, target, point.decisions)
+        tvm.ir.assert_structural_equal(sch.mod, point.sch.mod)
+        # what MetaSchedule keeps of the design space (its simplified trace) replays to it
+        trace = point.sch.trace.simplified(remove_postproc=True)
+        assert not any(i.kind.name == "SampleCategorical" for i in trace.insts)
+        again = s_tir.Schedule(func)
+        trace.apply_to_schedule(again, remove_postproc=True)
+        tvm.ir.assert_structural_equal(again.mod, point.sch.mod)
+    assert len(rule_space(rule, func, target, limit=5)) == 5
+
+
+def test_ops_without_a_knob_rule_have_no_rule_space(target):
+    from tvm import te
+
+    from tvm_sparse.tune.space import tunable_rule
+
+    x = te.placeholder((8, 32), name="x")
+    k = te.reduce_axis((0, 32), name="k")
+    row_max = te.compute((8,), lambda i: te.max(x[i, k], axis=k), name="row_max")
+    assert tunable_rule(te.create_prim_func([x, row_max]), target) is None

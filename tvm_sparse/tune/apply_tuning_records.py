@@ -5,8 +5,9 @@ PrimFunc whose workload key has a MetaSchedule record faster than the measured d
 the record's trace is replayed; for a project sparse kernel, the kernel is generated again with
 the tuned knobs (all calls of one kernel must agree, so the knobs with the least total time over
 its calls win). The function is marked ``tirx.is_scheduled`` with ``"tvm_sparse.kernel"`` set to
-``"<kernel> (tuned)"``, so ``ApplySchedules`` leaves it alone; :meth:`mark_report` returns the
-pass that, after ``CollectKernelReport``, marks the report rows those kernels compute.
+``"<kernel> (tuned)"`` (for dense ones the rule whose knobs were tuned, or ``metaschedule`` for
+MetaSchedule's own design space), so ``ApplySchedules`` leaves it alone; :meth:`mark_report`
+returns the pass that, after ``CollectKernelReport``, marks the report rows those kernels compute.
 
 Before (``ApplySchedules`` would pick ``Matmul``)::
 
@@ -17,8 +18,8 @@ After::
 
     @T.prim_func(private=True)
     def matmul(...):
-        T.func_attr({"tirx.is_scheduled": True, "tvm_sparse.kernel": "metaschedule (tuned)"})
-        ...  # the tuned loop nest
+        T.func_attr({"tirx.is_scheduled": True, "tvm_sparse.kernel": "Matmul (tuned)"})
+        ...  # Matmul's loop nest with the tuned knobs
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ from tvm import s_tir, tirx
 from ..report import CompileReport
 from ..schedules.apply_schedules import KERNEL_ATTR
 from .cache import MIN_GAIN, Record, TuningCache
-from .space import SparseSite, dense_workload_key, keep_extra_attrs, sparse_sites
+from .space import (
+    METASCHEDULE_SPACE,
+    SparseSite,
+    dense_workload_key,
+    keep_extra_attrs,
+    sparse_sites,
+)
 
 __all__ = ["ApplyTuningRecords", "TUNED_SUFFIX"]
 
@@ -124,7 +131,8 @@ class ApplyTuningRecords:
             logger.warning("tuned record of %s does not apply, using the default: %s", name, err)
             return None
         default_s = min(r.latency_s for r in self.cache.for_workload(key) if r.is_default)
-        kernel = "metaschedule" + TUNED_SUFFIX
+        space = str(best.extra.get("space", METASCHEDULE_SPACE))
+        kernel = ("metaschedule" if space == METASCHEDULE_SPACE else space) + TUNED_SUFFIX
         self.tuned[name] = (kernel, default_s, best.latency_s)
         return sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr(KERNEL_ATTR, kernel)
 

@@ -6,8 +6,12 @@ PrimFuncs found there are the workloads:
 * project sparse kernels: every knob set of :func:`~tvm_sparse.tune.space.sparse_candidates`
   is generated, built by MetaSchedule's builder and timed by its runner with the layer's real
   data / index arrays as arguments (random indices are meaningless and read out of bounds);
-* dense PrimFuncs with a reduction: MetaSchedule (``PostOrderApply`` design space, XGBoost cost
-  model, evolutionary search), its records written through to the cache.
+* dense PrimFuncs with a reduction: MetaSchedule's evolutionary search with its XGBoost cost
+  model, its records written through to the cache. The design space is the knob space of the
+  rule that schedules the PrimFunc by default (:func:`~tvm_sparse.tune.space.rule_space`:
+  ``Matmul``, ``Conv2d``, ``GEMV``), so a tuned schedule is that rule's schedule with other
+  knobs; a PrimFunc no knob-sampling rule claims is searched in MetaSchedule's own space
+  (``PostOrderApply`` with the default llvm rules).
 
 For both, the default schedule is measured first with the same builder and runner, and the
 fastest candidate is measured again, interleaved with the default, so that ``tvm_sparse.compile``
@@ -51,11 +55,14 @@ from .cache import (
     resolve_cache,
 )
 from .space import (
+    METASCHEDULE_SPACE,
     SparseSite,
     dense_workload_key,
     is_dense_tunable,
+    rule_space,
     sparse_candidates,
     sparse_sites,
+    tunable_rule,
 )
 
 __all__ = ["RPCTracker", "TuneResult", "WorkloadResult", "autotune"]
@@ -104,6 +111,9 @@ class WorkloadResult:
     best_s: float
     measured: int  # candidates measured in this run
     total: int  # candidates in the cache
+    #: Dense: the rule whose knobs were searched, or ``"post-order-apply"`` (MetaSchedule's own
+    #: design space); sparse: ``""`` (the kernel's knob candidates).
+    space: str = ""
 
     @property
     def tuned(self) -> bool:
@@ -537,6 +547,8 @@ def _tune_dense(name, func, store: TuningCache, measurer, trials, seed, say, tag
     key = dense_workload_key(func)
     previous = store.for_workload(key)
     measured = 0
+    rule = tunable_rule(func, measurer.schedule_target)
+    space = type(rule).__name__ if rule is not None else METASCHEDULE_SPACE
     if not any(r.is_default for r in previous):
         rules = schedule_rules(measurer.schedule_target)
         default = ApplySchedules(rules)._schedule(func, measurer.schedule_target)
@@ -548,33 +560,36 @@ def _tune_dense(name, func, store: TuningCache, measurer, trials, seed, say, tag
     remaining = trials - 1 - len(tuned_before)
     if remaining > 0:
         task_mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
-        database = _cache_database(store, key, name, task_mod, tuned_before, say, tag)
-        say(f"{tag} {name}: MetaSchedule, {remaining} trials")
-        context = ms.TuneContext(
-            mod=task_mod,
-            target=measurer.target,
-            space_generator="post-order-apply",
-            search_strategy=ms.search_strategy.EvolutionarySearch(
-                population_size=min(512, max(64, 8 * remaining))
-            ),
-            task_name=name,
-            rand_state=seed,
-            num_threads=max(int(measurer.target.attrs.get("num-cores", 1)), 1),
-        )
-        before = len(store.for_workload(key))
-        ms.tune.tune_tasks(
-            tasks=[context],
-            task_weights=[1.0],
-            work_dir=os.path.join(measurer.workdir, "ms"),
-            max_trials_global=remaining,
-            num_trials_per_iter=min(remaining, 16),
-            builder=measurer.builder,
-            runner=measurer.runner,
-            database=database,
-            cost_model="xgb",
-            task_scheduler="round-robin",
-        )
-        measured += len(store.for_workload(key)) - before
+        if rule is not None:
+            task = _rule_space_task(rule, func, task_mod, store, key, measurer, seed)
+            say(
+                f"{tag} {name}: MetaSchedule over the {space} knobs, {len(task.knobs)} "
+                f"unmeasured knob sets, {remaining} trials"
+            )
+        else:
+            task = _metaschedule_task(task_mod, measurer, remaining, seed, name)
+            say(
+                f"{tag} {name}: no knob-sampling rule claims it, MetaSchedule's own design "
+                f"space, {remaining} trials"
+            )
+        if task.context is not None:
+            database = _cache_database(
+                store, key, name, task_mod, tuned_before, say, tag, space, task.knobs_of
+            )
+            before = len(store.for_workload(key))
+            ms.tune.tune_tasks(
+                tasks=[task.context],
+                task_weights=[1.0],
+                work_dir=os.path.join(measurer.workdir, "ms"),
+                max_trials_global=remaining,
+                num_trials_per_iter=min(remaining, task.trials_per_iter),
+                builder=measurer.builder,
+                runner=measurer.runner,
+                database=database,
+                cost_model=task.cost_model,
+                task_scheduler="round-robin",
+            )
+            measured += len(store.for_workload(key)) - before
     best = store.best(key)
     if best is not None and best.record is not None and not _confirmed(store, key, best):
         from .apply_tuning_records import _replay
@@ -586,19 +601,125 @@ def _tune_dense(name, func, store: TuningCache, measurer, trials, seed, say, tag
         except Exception as err:  # noqa: BLE001 - compile will not use it either
             say(f"{tag} {name}: the best record does not replay ({err}); default kept")
             return _summary("dense", name, key, store, measured)
+        same_space = {"space": best.extra["space"]} if "space" in best.extra else {}
         for default_s, winner_s in _confirm(measurer, default, winner):
             store.append(Record("dense", key, "default", default_s, name=name))
-            store.append(Record("dense", key, "confirm", winner_s, name=name, record=best.record))
+            store.append(
+                Record(
+                    "dense",
+                    key,
+                    "confirm",
+                    winner_s,
+                    name=name,
+                    knobs=best.knobs,
+                    record=best.record,
+                    extra=same_space,
+                )
+            )
             measured += 2
         say(f"{tag} {name} re-measured: {_verdict(store, key)}")
     result = _summary("dense", name, key, store, measured)
+    result.space = space
     outcome = f"tuned {_ms(result.best_s)}" if result.tuned else "default kept"
     say(f"{tag} {name}: default {_ms(result.default_s)}, {outcome}")
     return result
 
 
-def _cache_database(store: TuningCache, key, name, task_mod, previous, say, tag):
-    """A MetaSchedule database in memory that writes every committed record to the cache."""
+@dataclass
+class _DenseTask:
+    """What ``tune_tasks`` needs for one dense workload, and the knobs of its design spaces."""
+
+    context: Any  # TuneContext, or None when nothing is left to measure
+    cost_model: Any
+    trials_per_iter: int
+    #: ``str`` of a design space's simplified trace -> the knobs that wrote it.
+    knobs: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def knobs_of(self, record) -> dict[str, int] | None:
+        """The knobs of a MetaSchedule tuning record of this task (``None``: not a rule's)."""
+        return self.knobs.get(_trace_key(record.trace)) if self.knobs else None
+
+
+def _metaschedule_task(task_mod, measurer, remaining, seed, name) -> _DenseTask:
+    """MetaSchedule's own design space, for a PrimFunc that no knob-sampling rule claims."""
+    ms = measurer.ms
+    context = ms.TuneContext(
+        mod=task_mod,
+        target=measurer.target,
+        space_generator="post-order-apply",
+        search_strategy=ms.search_strategy.EvolutionarySearch(
+            population_size=min(512, max(64, 8 * remaining))
+        ),
+        task_name=name,
+        rand_state=seed,
+        num_threads=max(int(measurer.target.attrs.get("num-cores", 1)), 1),
+    )
+    return _DenseTask(context, "xgb", 16)
+
+
+def _rule_space_task(rule, func, task_mod, store: TuningCache, key, measurer, seed) -> _DenseTask:
+    """A task whose design spaces are the unmeasured points of ``rule``'s knob space.
+
+    MetaSchedule replays traces, not the Python that wrote them, so it cannot re-draw a knob
+    decision that the rule read with ``sch.get``: each point of the space is a design space of
+    its own (its ``sample_categorical`` instructions are dead code that MetaSchedule's trace
+    simplification drops) and no mutator applies, so the genetic stage is off. The search
+    samples the design spaces, ranks the samples with the XGBoost model, measures the best
+    and a few random ones, retrains, and repeats. The model learns from the first batch on
+    (MetaSchedule's default waits for 100 measurements, more than most budgets) and starts
+    with the default schedule's measurement.
+    """
+    ms = measurer.ms
+    points = rule_space(rule, func, measurer.schedule_target)
+    done = {_canon(r.knobs) for r in store.for_workload(key) if r.knobs is not None}
+    fresh = [p for p in points[1:] if _canon(p.knobs) not in done]  # points[0]: the default
+    if not fresh:
+        return _DenseTask(None, None, 0)
+    spaces = [p.sch for p in fresh]
+    context = ms.TuneContext(
+        mod=task_mod,
+        target=measurer.target,
+        space_generator=ms.space_generator.ScheduleFn(
+            lambda _sch: [sch.copy() for sch in spaces],
+            sch_rules=[],
+            postprocs=[],  # the rule's schedule is complete, as tvm_sparse.compile uses it
+            mutator_probs={},
+        ),
+        search_strategy=ms.search_strategy.EvolutionarySearch(
+            population_size=min(512, max(64, 2 * len(spaces))),
+            init_measured_ratio=0.0,  # measured points are design spaces no more
+            init_min_unmeasured=min(50, len(spaces)),
+            genetic_num_iters=0,
+        ),
+        task_name=f"{type(rule).__name__} knobs",
+        rand_state=seed,
+        num_threads=max(int(measurer.target.attrs.get("num-cores", 1)), 1),
+    )
+    model = ms.cost_model.XGBModel(num_warmup_samples=8)
+    defaults = [r.latency_s for r in store.for_workload(key) if r.is_default]
+    if defaults and math.isfinite(min(defaults)):
+        candidate = ms.MeasureCandidate(
+            points[0].sch, ms.arg_info.ArgInfo.from_entry_func(task_mod, remove_preproc=True)
+        )
+        model.update(context, [candidate], [ms.runner.RunnerResult([min(defaults)], None)])
+    knobs = {_trace_key(p.sch.trace): p.knobs for p in fresh}
+    return _DenseTask(context, model, 8, knobs)
+
+
+def _trace_key(trace) -> str:
+    return str(trace.simplified(remove_postproc=True))
+
+
+def _canon(knobs: dict) -> str:
+    return json.dumps(knobs, sort_keys=True)
+
+
+def _cache_database(store: TuningCache, key, name, task_mod, previous, say, tag, space, knobs_of):
+    """A MetaSchedule database in memory that writes every committed record to the cache.
+
+    Each record notes the design space it comes from (``space``) and, for a rule's knob space,
+    the knobs (``knobs_of(record)``), which a resumed run skips.
+    """
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.database import MemoryDatabase, PyDatabase, TuningRecord
 
@@ -619,9 +740,20 @@ def _cache_database(store: TuningCache, key, name, task_mod, previous, say, tag)
             secs = [float(s) for s in (record.run_secs or [])]
             seconds = min(secs) if secs and max(secs) < 1e9 else math.inf
             if tvm_ffi.structural_equal(record.workload.mod, task_mod):
-                rec = Record("dense", key, "metaschedule", seconds, name=name, record=_json(record))
+                knobs = knobs_of(record)
+                rec = Record(
+                    "dense",
+                    key,
+                    "metaschedule",
+                    seconds,
+                    name=name,
+                    knobs=knobs,
+                    record=_json(record),
+                    extra={"space": space},
+                )
                 store.append(rec)
-                say(f"{tag} {name} trial {len(store.for_workload(key))}: {_ms(seconds)}")
+                trial = f"trial {len(store.for_workload(key))}" + (f" {knobs}" if knobs else "")
+                say(f"{tag} {name} {trial}: {_ms(seconds)}")
 
         def get_top_k(self, workload, top_k):
             return self.inner.get_top_k(workload, top_k)

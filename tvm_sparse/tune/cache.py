@@ -6,19 +6,22 @@ Layout of ``<directory>/<kind>-<mcpu>-<hash of the target>.jsonl``::
     {"kind": "dense", "workload": "<key>", "name": "fused_matmul", "source": "default",
      "latency_s": 1.2e-4, "tvm": "0.27.0.post1", "tvm_sparse": "0.1.0"}
     {"kind": "dense", "workload": "<key>", "source": "metaschedule", "latency_s": 9.1e-5,
+     "space": "Matmul", "knobs": {"tile_rows": 8, "tile_vectors": 2, ...},
      "record": [<MetaSchedule TuningRecord.as_json()>], ...}
     {"kind": "sparse", "workload": "<key>", "name": "bsr_matmul[16x1]", "source": "candidate",
      "knobs": {"variant": "rows", "lanes": 16, "m_tile": 4, "group": 1}, "latency_s": ..., ...}
 
-The first line is a header; every other line is one measured candidate. ``"source": "default"``
-is the untuned schedule measured the same way, so a tuned record is applied only when it beats
-it; ``"confirm"`` is the winner measured again, interleaved with the default, after the search
-(the fastest of many noisy samples is flattered), and decides when present. Lines are flushed
-and fsynced one at a time: a killed tuner loses at most the candidate it was measuring. When
-reading, a line that does not parse (a torn last line) or was written by other versions is
-skipped with a warning; a file that is not a tuning cache, or is one for another target or
-format version, raises :class:`TuningCacheError` when tuning would append to it and is skipped
-with a warning when compiling.
+The first line is a header; every other line is one measured candidate (a dense one names the
+design space it was found in: the rule whose knobs were searched, with the knobs, or
+``"post-order-apply"``, MetaSchedule's own). ``"source": "default"`` is the untuned schedule
+measured the same way, so a tuned record is applied only when it beats it; ``"confirm"`` is
+the winner measured again, interleaved with the default, after the search (the fastest of many
+noisy samples is flattered), and decides when present. Lines are flushed and fsynced one at a
+time: a killed tuner loses at most the candidate it was measuring. When reading, a line that
+does not parse (a torn last line) or was written by other versions is skipped with a warning;
+a file that is not a tuning cache, or is one for another target or format version, raises
+:class:`TuningCacheError` when tuning would append to it and is skipped with a warning when
+compiling.
 """
 
 from __future__ import annotations

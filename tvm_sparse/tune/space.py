@@ -10,17 +10,28 @@ Sparse kernels
     variant itself (``rows`` / ``m`` / ``gemv``) is not searched: it changes the layout of the
     operands, which ``RewriteToSparse`` decides.
 Dense ops
-    The CPU rules' knobs are fixed per target and their ``apply`` does not sample yet, so dense
-    PrimFuncs are tuned in MetaSchedule's own design space (``PostOrderApply`` with the default
-    llvm rules, XGBoost cost model, evolutionary search). The rule's default schedule is
-    measured first under the same builder and runner, and a tuned schedule is used only when it
-    beats it (:data:`~tvm_sparse.tune.cache.MIN_GAIN`), so tuning never makes an op slower.
+    The space of a dense PrimFunc is the knobs of the CPU rule that schedules it by default
+    (:func:`tunable_rule`: ``Matmul``, ``Conv2d``, ``GEMV``): each rule can draw its knobs with a
+    ``KnobSampler``, one ``sample_categorical`` per knob, over the values valid for the
+    workload with the rule's default first: register tiles within the register file, factors
+    that divide the loops they split, the schedule's path (pointwise, output-channel or column
+    tiles for a conv), padding and weight packing. :func:`rule_space` runs the rule once per
+    decision vector (the default schedule is the first point) and MetaSchedule's evolutionary
+    search with its XGBoost cost model picks among those schedules, one design space each:
+    MetaSchedule replays traces and cannot re-draw a decision that steered the rule's Python.
+    A tuned record is that rule's schedule with other knobs, and replays to it. A PrimFunc that
+    no knob-sampling rule claims is searched in MetaSchedule's own design space
+    (:data:`METASCHEDULE_SPACE`: ``PostOrderApply`` with the default llvm rules). Either way
+    the default schedule is measured first under the same builder and runner, and a tuned
+    schedule is used only when it beats it (:data:`~tvm_sparse.tune.cache.MIN_GAIN`), so
+    tuning never makes an op slower.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -33,19 +44,27 @@ from tvm.target import Target
 
 from ..kernels.bsr_matmul import BSRMatmulKnobs, bsr_matmul
 from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul
+from ..schedules import schedule_rules
 from ..schedules.apply_schedules import KERNEL_ATTR
-from ..schedules.cpu.base import iter_stmts, vector_lanes
+from ..schedules.cpu.base import CPUScheduleRule, iter_stmts, vector_lanes
 
 __all__ = [
+    "METASCHEDULE_SPACE",
+    "DesignPoint",
     "SparseSpec",
     "dense_workload_key",
     "is_dense_tunable",
+    "rule_space",
     "sparse_candidates",
     "sparse_spec",
     "sparse_workload_key",
+    "tunable_rule",
 ]
 
 KNOBS_ATTR = "tvm_sparse.knobs"
+#: The ``"space"`` of dense records searched in MetaSchedule's own design space (the others
+#: name the rule whose knobs were searched).
+METASCHEDULE_SPACE = "post-order-apply"
 _BSR = re.compile(r"^bsr_matmul\[(\d+)x(\d+)\]")
 _NM = re.compile(r"^nm_matmul\[(\d+):(\d+)\]")
 
@@ -249,6 +268,62 @@ def is_dense_tunable(func: tirx.PrimFunc) -> bool:
         and any(iv.iter_type == tirx.IterVar.CommReduce for iv in node.block.iter_vars)
         for node in iter_stmts(func.body)
     )
+
+
+@dataclass
+class DesignPoint:
+    """One point of a rule's knob space: the decisions, the knob values they drew, the schedule."""
+
+    decisions: tuple[int, ...]
+    knobs: dict[str, int]
+    sch: s_tir.Schedule
+
+
+def tunable_rule(func: tirx.PrimFunc, target: Target) -> CPUScheduleRule | None:
+    """The rule that schedules ``func`` by default if it samples its knobs, else ``None``."""
+    for rule in schedule_rules(target):
+        if rule.apply(func, target, False) is not None:
+            samples = getattr(rule, "samples_knobs", False)
+            return rule if samples and rule.sample(func, target) is not None else None
+    return None
+
+
+def rule_space(
+    rule: CPUScheduleRule, func: tirx.PrimFunc, target: Target, *, limit: int = 256
+) -> list[DesignPoint]:
+    """The points of ``rule``'s knob space for ``func``, the default schedule first.
+
+    The rule draws its knobs one after the other, and which knobs come next (and their
+    candidates) may depend on the values drawn before, so the space is a tree: each run of
+    :meth:`~tvm_sparse.schedules.cpu.CPUScheduleRule.sample` fixes a prefix of decisions, takes
+    the defaults after it and reveals the knobs there, whose other candidates become the
+    prefixes of further runs. One run per point; schedules equal to an earlier one are dropped.
+    Past ``limit`` points the rest is left out (the order is a fixed shuffle, so the points kept
+    spread over the space).
+    """
+    rng = random.Random(0)
+    points: list[DesignPoint] = []
+    seen: set[int] = set()
+    pending: list[tuple[int, ...]] = [()]
+    while pending and len(points) < limit:
+        prefix = pending.pop()
+        sampled = rule.sample(func, target, prefix)
+        if sampled is None:
+            continue
+        sch, sampler = sampled
+        digest = tvm_ffi.structural_hash(sch.mod)
+        if digest not in seen:
+            seen.add(digest)
+            points.append(DesignPoint(tuple(sampler.taken), sampler.knobs, sch))
+        zeros = (0,) * (len(sampler.candidates) - len(prefix))
+        children = [
+            (*prefix, *zeros[: pos - len(prefix)], other)
+            for pos in range(len(prefix), len(sampler.candidates))
+            for other in range(1, len(sampler.candidates[pos]))
+        ]
+        rng.shuffle(children)
+        pending.extend(children)
+    return points
 
 
 @dataclass

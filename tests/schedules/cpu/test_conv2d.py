@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_parallel_vectorized, run_and_compare
+from schedule_testing import assert_parallel_vectorized, run_and_compare
 
 from tvm_sparse.schedules.cpu import Conv2d, Fallback
 
@@ -28,6 +28,7 @@ class ConvBlock(torch.nn.Module):
         (16, 16, 3, 1, 1, 1, True, 14),  # ResNet basic block shape, residual epilogue
         (3, 13, 3, 2, 1, 1, False, 17),  # stride 2, odd channels and size
         (16, 24, 1, 1, 0, 1, False, 9),  # 1x1: no padding stage
+        (16, 16, 1, 1, 0, 1, True, 16),  # 1x1, 16x17 pixels: pointwise path, residual
         (16, 32, 3, 1, 1, 4, False, 12),  # grouped
         (16, 16, 3, 2, 1, 16, False, 13),  # depthwise, stride 2
         (8, 8, 5, 1, 2, 1, False, 40),  # width wider than one vector
@@ -75,3 +76,63 @@ def test_dense_conv_paths(knobs, packed):
     assert claimed[conv] == "Conv2d"
     assert_parallel_vectorized(mod[conv])
     assert _has_layout_rewrite(mod[conv]) == packed
+
+
+def _is_pointwise_schedule(func) -> bool:
+    """The pointwise path leaves the main block iterating over one fused pixel axis."""
+    from tvm import s_tir
+
+    from tvm_sparse.schedules.cpu.base import iter_stmts
+
+    return any(
+        isinstance(node, s_tir.SBlock) and node.name_hint == "conv2d_nchw_update"
+        and len(node.iter_vars) == 6
+        for node in iter_stmts(func.body)
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "cin,cout,hw,pointwise",
+    [
+        (24, 40, (8, 6), True),  # 48 pixels: three vectors
+        (8, 12, (4, 4), True),  # channels not a multiple of anything
+        (24, 32, (7, 7), False),  # 49 pixels: not a whole number of vectors
+    ],
+)
+def test_pointwise_conv_path(cin, cout, hw, pointwise):
+    model = ConvBlock(cin, cout, 1, 1, 0, 1, False)
+    claimed, mod = run_and_compare(model, [torch.randn(2, cin, *hw)], [Conv2d(), Fallback()])
+    conv = next(name for name in claimed if "conv2d" in name)
+    assert claimed[conv] == "Conv2d"
+    assert_parallel_vectorized(mod[conv])
+    assert _is_pointwise_schedule(mod[conv]) == pointwise
+
+
+@pytest.mark.parametrize(
+    "channels,stride,hw",
+    [
+        (8, 1, (24, 64)),  # 4 vectors per row: the depthwise path
+        (6, 2, (19, 128)),  # stride 2: column phases split in the tile's padded rows
+        (4, 1, (9, 12)),  # rows too narrow: column path
+    ],
+)
+def test_depthwise_paths(channels, stride, hw):
+    from tvm import s_tir
+
+    from tvm_sparse.schedules.cpu.base import iter_stmts
+
+    model = ConvBlock(channels, channels, 3, stride, 1, channels, False)
+    claimed, mod = run_and_compare(model, [torch.randn(1, channels, *hw)], [Conv2d(), Fallback()])
+    conv = next(name for name in claimed if "conv2d" in name)
+    assert claimed[conv] == "Conv2d"
+    assert_parallel_vectorized(mod[conv])
+    local_pad = [
+        buf
+        for node in iter_stmts(mod[conv].body)
+        if isinstance(node, s_tir.SBlock)
+        for buf in node.alloc_buffers
+        if buf.name.startswith("pad_temp") and buf.scope() == "local"
+    ]
+    assert bool(local_pad) == (hw[1] // stride >= 64)
+    if local_pad and stride > 1:  # (n, c, h, phase, w // stride)
+        assert len(local_pad[0].shape) == 5

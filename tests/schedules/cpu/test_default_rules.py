@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import tvm
-from conftest import TARGET, loop_kinds, run_and_compare
+from schedule_testing import TARGET, loop_kinds, run_and_compare
 from tvm import tirx
 
 from tvm_sparse.schedules.cpu import Fallback, default_rules

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 import tvm
-from conftest import TARGET, assert_parallel_vectorized, run_and_compare
+from schedule_testing import TARGET, assert_parallel_vectorized, run_and_compare
 from tvm.script import tirx as T
 
 from tvm_sparse.schedules.cpu import GEMV, Fallback, Matmul

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import tvm
-from conftest import TARGET, assert_parallel_vectorized, run_and_compare
+from schedule_testing import TARGET, assert_parallel_vectorized, run_and_compare
 from tvm.script import tirx as T
 
 from tvm_sparse.schedules.cpu import Fallback, Matmul, MatmulKnobs, default_rules

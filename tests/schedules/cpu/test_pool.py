@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_parallel_vectorized, run_and_compare
+from schedule_testing import assert_parallel_vectorized, run_and_compare
 
 from tvm_sparse.schedules.cpu import Fallback, Pool, Reduction
 

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import assert_parallel_vectorized, run_and_compare
+from schedule_testing import assert_parallel_vectorized, run_and_compare
 
 from tvm_sparse.schedules.cpu import Fallback, Reduction
 

@@ -2,7 +2,8 @@
 
 :func:`default_rules` lists them most specific first, ending in :class:`Fallback`, which
 schedules any function, so that every loop nest reaching an llvm target is parallel and, where
-legal, vectorised.
+legal, vectorised. ``Matmul``, ``Conv2d`` and ``GEMV`` can also draw their knobs from a
+:class:`KnobSampler` (:meth:`CPUScheduleRule.sample`): the search space of the autotuner.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .conv2d import Conv2d, Conv2dKnobs
 from .fallback import Fallback, FallbackKnobs
 from .gemv import GEMV
 from .injective import Injective, InjectiveKnobs
+from .knob_sampler import KnobDecisionError, KnobSampler
 from .matmul import Matmul, MatmulKnobs
 from .pool import Pool, PoolKnobs
 from .reduction import Reduction, ReductionKnobs
@@ -28,6 +30,8 @@ __all__ = [
     "GEMV",
     "Injective",
     "InjectiveKnobs",
+    "KnobDecisionError",
+    "KnobSampler",
     "Matmul",
     "MatmulKnobs",
     "NotApplicable",

@@ -2,13 +2,15 @@
 
 Every rule in this package derives from :class:`CPUScheduleRule`. Its ``apply`` checks the target
 and the function, then calls the rule's ``schedule``; a schedule primitive that refuses (the rule's
-assumptions did not hold for this function) means "not mine", so the next rule is tried.
+assumptions did not hold for this function) means "not mine", so the next rule is tried. Its
+``sample`` does the same with the knobs drawn by a :class:`KnobSampler`, for the rules that
+support it: the autotuner's search space.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
@@ -16,6 +18,8 @@ from tvm.s_tir.schedule import LoopRV, SBlockRV
 from tvm.target import Target
 from tvm.target.codegen import target_has_features
 from tvm.tirx.analysis import undefined_vars
+
+from .knob_sampler import KnobDecisionError, KnobSampler
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +48,24 @@ class CPUScheduleRule(ScheduleRule):
     primitive raise) to say that the function is not theirs.
     """
 
+    #: Whether :meth:`schedule` takes a ``sampler`` and draws its knobs from it (see
+    #: :meth:`sample`); the autotuner searches these rules' knobs.
+    samples_knobs: bool = False
+
     def is_target_available(self, target: Target) -> bool:
         """Whether ``target`` is a CPU target this rule can schedule for."""
         return target.kind.name == "llvm"
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        """Schedule ``func`` for ``target``, or return ``None`` when the rule does not apply."""
-        del tunable  # knobs are fixed per target; the autotuner varies them from outside
+        """Schedule ``func`` for ``target``, or return ``None`` when the rule does not apply.
+
+        With ``tunable`` a rule that :attr:`samples_knobs` draws them at random, each draw a
+        ``sample_categorical`` of the trace; otherwise (and always for the other rules) its
+        knobs are the fixed ones.
+        """
+        if tunable and self.samples_knobs:
+            sampled = self.sample(func, target, fill=None)
+            return sampled[0] if sampled is not None else None
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         sch = s_tir.Schedule(func)
@@ -62,8 +77,59 @@ class CPUScheduleRule(ScheduleRule):
             logger.debug("%s declined: %s", type(self).__name__, err)
             return None
 
+    def sample(
+        self,
+        func: tirx.PrimFunc,
+        target: Target,
+        decisions: Sequence[int | None] = (),
+        *,
+        fill: int | None = 0,
+    ) -> tuple[s_tir.Schedule, KnobSampler] | None:
+        """Like :meth:`apply`, with the knobs drawn by a :class:`KnobSampler` in the trace.
+
+        Parameters
+        ----------
+        func, target :
+            As in :meth:`apply`.
+        decisions : sequence of int or None
+            Candidate index of each knob in the order the rule draws them; 0 is the default.
+        fill : int or None
+            Decision for the knobs past ``decisions``: 0 (default value) or ``None`` (random).
+
+        Returns
+        -------
+        (s_tir.Schedule, KnobSampler) or None
+            The schedule and the sampler, which lists the knobs drawn, their candidates and the
+            decisions taken; ``None`` when the rule does not apply or does not sample its
+            knobs (:attr:`samples_knobs`).
+
+        Raises
+        ------
+        KnobDecisionError
+            A decision is not an index of its knob's candidates.
+        """
+        if not self.samples_knobs:
+            return None
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        sampler = KnobSampler(sch, decisions, fill=fill)
+        try:
+            return self.schedule(sch, target, sampler), sampler
+        except KnobDecisionError:
+            raise
+        except NotApplicable:
+            return None
+        except Exception as err:  # noqa: BLE001 - a refused primitive means "not mine"
+            logger.debug("%s declined knobs %s: %s", type(self).__name__, sampler.knobs, err)
+            return None
+
     def schedule(self, sch: s_tir.Schedule, target: Target) -> s_tir.Schedule:
-        """Schedule the function held by ``sch`` in place and return ``sch``."""
+        """Schedule the function held by ``sch`` in place and return ``sch``.
+
+        Rules that :attr:`samples_knobs` take a third argument, ``sampler``: a
+        :class:`KnobSampler` to draw their knobs from, or ``None`` for the fixed knobs.
+        """
         raise NotImplementedError
 
 

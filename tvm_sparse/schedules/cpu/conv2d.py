@@ -4,7 +4,10 @@ The conv block ``out[n, f, y, x] += pad[n, c(f, rc), y*s + ry, x*s + rx] * w[f, 
 computed in register tiles. A dense conv (``groups == 1``, output channels a multiple of the SIMD
 width) gets tiles of output-channel vectors by a few columns: each input value is broadcast
 against weights read from an ``OIHW16o`` copy that ``PackWeights`` folds at compile time
-(~110 GFLOP/s per znver4 core on ResNet-18's 3x3 layers, about the FMA peak). Other convs
+(~110 GFLOP/s per znver4 core on ResNet-18's 3x3 layers, about the FMA peak). A pointwise
+conv (1x1, stride 1, no padding, whole vectors of pixels) is the GEMM ``W[f, c] @ X[c, p]`` over
+the flattened pixel axis: weights broadcast against pixel vectors, every load and store
+contiguous, in pixel chunks that stay in L2 while each channel tile passes over them. Other convs
 (depthwise, grouped) get the tiles sketched below, of ``fr`` output channels by ``xr`` output
 columns: the columns are the SIMD lanes (contiguous input for stride 1), the channels reuse each
 loaded input vector, and the ``rc, ry, rx`` reduction runs outside the tile. The padding stage is
@@ -34,12 +37,13 @@ After (schematically)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain
 from tvm.s_tir.schedule import LoopRV, SBlockRV
+from tvm.sym.pattern import detect_linear_equation
 from tvm.target import Target
 from tvm.tirx.analysis import undefined_vars
 
@@ -52,6 +56,7 @@ from .base import (
     vector_lanes,
 )
 from .fallback import FallbackKnobs, schedule_spatial_block
+from .knob_sampler import KnobSampler
 
 __all__ = ["LAYOUT_REWRITE_ATTR", "Conv2d", "Conv2dKnobs"]
 
@@ -81,6 +86,16 @@ class Conv2dKnobs:
     pack_weights : bool
         Output-channel path: read the weight through an ``OIHW{lanes}o`` copy marked as a layout
         rewrite, which ``PackWeights`` moves to compile time for constant weights.
+    pixel_vectors : int
+        Pointwise path (1x1, stride 1, no padding, ``H*W`` a multiple of the SIMD width): most
+        SIMD registers of pixels per tile, the rest of the accumulators going to output
+        channels; 0 turns the path off.
+    depthwise_rows : int
+        Depthwise path: output rows per tile (one channel, whole rows); the padded input rows
+        they read are copied inside the tile. 0 sends depthwise convs to the column path.
+    chunk_bytes : int
+        Pointwise path: input bytes of one chunk of pixels (all input channels), which every
+        channel tile reads in turn; about half the L2 cache.
     """
 
     vector_lanes: int = 16
@@ -91,6 +106,9 @@ class Conv2dKnobs:
     accumulators: int = 16
     pad_in_tile: bool = False
     pack_weights: bool = True
+    pixel_vectors: int = 4
+    depthwise_rows: int = 8
+    chunk_bytes: int = 256 * 1024
 
     @classmethod
     def for_target(cls, target: Target) -> Conv2dKnobs:
@@ -187,6 +205,84 @@ def _channel_tile(channels: int, width: int | None, knobs: Conv2dKnobs) -> tuple
     return best
 
 
+def _pixel_tile(
+    sch: s_tir.Schedule, main: SBlockRV, data_pos: int, knobs: Conv2dKnobs
+) -> tuple[int, int] | None:
+    """``(channels, pixel vectors)`` of a pointwise tile, or ``None`` if not pointwise.
+
+    Pointwise: a 1x1 window, stride 1, no padding, so that the input plane is the output
+    plane and ``H*W`` pixels form one contiguous run per channel (a GEMM ``W[f, c] @ X[c, p]``).
+    """
+    stmt = sch.get(main)
+    loops = sch.get_loops(main)
+    extents = [loop_extent(sch, loop) for loop in loops]
+    if None in extents or extents[5] != 1 or extents[6] != 1:
+        return None
+    data = stmt.reads[data_pos].source
+    out = stmt.writes[0].source
+    if [int(v) for v in data.shape[2:]] != [int(v) for v in out.shape[2:]]:
+        return None
+    if not _is_dense_conv(sch, main, data_pos) and extents[4] != 1:
+        return None  # grouped: each channel reads its group, depthwise is fine (rc == 1)
+    lanes = knobs.vector_lanes
+    hw = extents[2] * extents[3]
+    if hw % lanes:
+        return None
+    pv = pick_factor(hw // lanes, knobs.pixel_vectors)
+    fr = pick_factor(extents[1], max(knobs.accumulators // pv, 1))
+    return fr, pv
+
+
+#: Depthwise path: fewest independent vectors per output row (each accumulates a chain of
+#: ``kh * kw`` dependent FMAs; fewer leave the FMA units waiting on latency).
+_DEPTHWISE_MIN_VECTORS = 4
+
+
+def _depthwise_tile(
+    sch: s_tir.Schedule, main: SBlockRV, knobs: Conv2dKnobs
+) -> tuple[int, int] | None:
+    """``(rows, vector width)`` of a depthwise tile, or ``None`` for rows too narrow for it."""
+    lanes = knobs.vector_lanes
+    _, _, y, x, *_ = sch.get_loops(main)
+    oh, ow = loop_extent(sch, y), loop_extent(sch, x)
+    if oh is None or ow is None:
+        return None
+    xv = pick_factor(ow, lanes, [lanes, lanes // 2])
+    if xv < lanes // 2 or ow // xv < _DEPTHWISE_MIN_VECTORS:
+        return None
+    return pick_factor(oh, knobs.depthwise_rows), xv
+
+
+def _column_stride(sch: s_tir.Schedule, main: SBlockRV) -> int:
+    """The stride of the output-column axis in the data operand's index (1 if unknown)."""
+    stmt = sch.get(main)
+    x = stmt.iter_vars[3].var
+    for read in stmt.reads:
+        index = read.region[3].min if len(read.region) == 4 else None
+        if index is not None and x in _vars(index):
+            coeffs = detect_linear_equation(index, [x])
+            if len(coeffs) == 2 and isinstance(coeffs[0], tirx.IntImm):
+                return max(int(coeffs[0].value), 1)
+    return 1
+
+
+def _is_depthwise(sch: s_tir.Schedule, main: SBlockRV, data_pos: int) -> bool:
+    """One input channel per output channel (``groups == channels``, multiplier 1)."""
+    stmt = sch.get(main)
+    data, out = stmt.reads[data_pos].source, stmt.writes[0].source
+    rc = loop_extent(sch, sch.get_loops(main)[4])
+    return rc == 1 and int(data.shape[1]) == int(out.shape[1])
+
+
+def _accumulate_locally(sch: s_tir.Schedule, main: SBlockRV, loop: LoopRV) -> SBlockRV:
+    """Accumulate ``main`` in a local buffer written back (epilogue fused) under ``loop``."""
+    acc = sch.cache_write(main, 0, "local")
+    auto_inline_consumer_chain(sch, acc)
+    sch.reverse_compute_at(acc, loop, preserve_unit_loops=True)
+    sch.vectorize(sch.get_loops(acc)[-1])
+    return acc
+
+
 def _schedule_padding(sch: s_tir.Schedule, block: SBlockRV, knobs: Conv2dKnobs) -> None:
     """Parallel rows, each row one vector statement (row widths rarely divide a register)."""
     loops = sch.get_loops(block)
@@ -198,6 +294,67 @@ def _schedule_padding(sch: s_tir.Schedule, block: SBlockRV, knobs: Conv2dKnobs) 
     sch.vectorize(loops[-1])
 
 
+def _sample_knobs(
+    sampler: KnobSampler, sch: s_tir.Schedule, main: SBlockRV, data_pos: int, knobs: Conv2dKnobs
+) -> Conv2dKnobs:
+    """``knobs`` with the ones that matter for this conv drawn by ``sampler``, path by path.
+
+    First how padding is done (where there is padding), then the path: pointwise tiles where
+    the conv is pointwise, output-channel vectors where it is dense, row tiles where it is
+    depthwise (0 turns each off), then the tile of the path taken. Candidates keep within the
+    register file and divide the loop they tile; accumulator budgets that give the same tile
+    as an earlier one are left out.
+    """
+    lanes = knobs.vector_lanes
+    budget = [a for a in (8, 12, 16, 20, 24, 28) if a <= (16 if lanes == 8 else 32) - 4]
+    extents = [loop_extent(sch, loop) for loop in sch.get_loops(main)]
+    channels, width = extents[1], extents[3]
+    padding = any(_pads(sch, producer) for producer in sch.get_producers(main))
+    if padding:
+        inline = sampler("inline_padding", int(knobs.inline_padding), [0, 1])
+        knobs = replace(knobs, inline_padding=bool(inline))
+    if not padding and _pixel_tile(sch, main, data_pos, replace(knobs, pixel_vectors=1)):
+        pixels = extents[2] * extents[3] // lanes
+        vectors = [0, *(v for v in (1, 2, 4, 8) if pixels % v == 0)]
+        knobs = replace(knobs, pixel_vectors=sampler("pixel_vectors", knobs.pixel_vectors, vectors))
+        if knobs.pixel_vectors > 0:
+            tiles = {}
+            for acc in [knobs.accumulators, *budget]:
+                option = replace(knobs, accumulators=acc)
+                tiles.setdefault(_pixel_tile(sch, main, data_pos, option), acc)
+            acc = sampler("accumulators", knobs.accumulators, tiles.values())
+            return replace(knobs, accumulators=acc)
+    if channels is not None and channels % lanes == 0 and _is_dense_conv(sch, main, data_pos):
+        vectors = [0, *(v for v in (1, 2, 4) if (channels // lanes) % v == 0)]
+        vecs = sampler("channel_vectors", knobs.channel_vectors, vectors)
+        knobs = replace(knobs, channel_vectors=vecs)
+        if vecs > 0:
+            tiles = {}
+            for acc in [knobs.accumulators, *budget]:
+                option = replace(knobs, accumulators=acc)
+                tiles.setdefault(_channel_tile(channels, width, option), acc)
+            acc = sampler("accumulators", knobs.accumulators, tiles.values())
+            pack = bool(sampler("pack_weights", int(knobs.pack_weights), [0, 1]))
+            return replace(knobs, accumulators=acc, pack_weights=pack)
+    if _is_depthwise(sch, main, data_pos) and _depthwise_tile(sch, main, knobs) is not None:
+        rows = [0, *(r for r in (1, 2, 4, 8, 16) if extents[2] and extents[2] % r == 0)]
+        knobs = replace(knobs, depthwise_rows=sampler("depthwise_rows", knobs.depthwise_rows, rows))
+        if knobs.depthwise_rows > 0:
+            return knobs
+    fr = [f for f in (4, 8, 16) if channels and channels % f == 0]
+    xr = [lanes // 2, lanes, 2 * lanes] if width is None or width > lanes // 2 else []
+    knobs = replace(
+        knobs,
+        tile_channels=sampler("tile_channels", knobs.tile_channels, fr),
+        tile_columns=sampler("tile_columns", knobs.tile_columns, xr),
+    )
+    if padding and not knobs.inline_padding:
+        knobs = replace(
+            knobs, pad_in_tile=bool(sampler("pad_in_tile", int(knobs.pad_in_tile), [0, 1]))
+        )
+    return knobs
+
+
 class Conv2d(CPUScheduleRule):
     """Direct NCHW conv2d in register tiles, two layouts of the tile.
 
@@ -206,6 +363,8 @@ class Conv2d(CPUScheduleRule):
       is broadcast against a register of weights read from an ``OIHW{lanes}o`` copy of the weight
       (a layout rewrite that ``PackWeights`` folds away for constant weights); accumulators are
       kept channels-innermost, the epilogue writes them back to NCHW.
+    * pointwise (1x1, stride 1, no padding, ``H*W`` a multiple of the SIMD width): tiles of
+      ``pixel_vectors`` registers of the flattened pixel axis by a few output channels;
     * otherwise (depthwise, grouped, odd channel counts): tiles of ``tile_channels`` channels by
       ``tile_columns`` columns, vectorised over the output columns.
 
@@ -215,12 +374,18 @@ class Conv2d(CPUScheduleRule):
         Fixed knobs; by default derived from the target with :meth:`Conv2dKnobs.for_target`.
     """
 
+    samples_knobs = True
+
     def __init__(self, knobs: Conv2dKnobs | None = None):
         self.knobs = knobs
 
-    def schedule(self, sch: s_tir.Schedule, target: Target) -> s_tir.Schedule:
+    def schedule(
+        self, sch: s_tir.Schedule, target: Target, sampler: KnobSampler | None = None
+    ) -> s_tir.Schedule:
         knobs = self.knobs or Conv2dKnobs.for_target(target)
         main, data_pos = find_conv2d_block(sch)
+        if sampler is not None:
+            knobs = _sample_knobs(sampler, sch, main, data_pos, knobs)
         pads = []
         for producer in sch.get_producers(main):
             if knobs.inline_padding or not _pads(sch, producer):
@@ -228,6 +393,8 @@ class Conv2d(CPUScheduleRule):
             else:
                 pads.append(producer)
         channels = loop_extent(sch, sch.get_loops(main)[1])
+        if knobs.pixel_vectors > 0 and not pads and _pixel_tile(sch, main, data_pos, knobs):
+            return self._pixel_vectors(sch, main, data_pos, knobs)
         if (
             knobs.channel_vectors > 0
             and channels is not None
@@ -237,6 +404,13 @@ class Conv2d(CPUScheduleRule):
             for pad in pads:
                 _schedule_padding(sch, pad, knobs)
             return self._channel_vectors(sch, main, 1 - data_pos, knobs)
+        if (
+            knobs.depthwise_rows > 0
+            and _is_depthwise(sch, main, data_pos)
+            and len(pads) <= 1
+            and _depthwise_tile(sch, main, knobs) is not None
+        ):
+            return self._depthwise(sch, main, pads[0] if pads else None, knobs)
         tile = self._column_vectors(sch, main, knobs)
         for pad in pads:
             if knobs.pad_in_tile:
@@ -284,6 +458,74 @@ class Conv2d(CPUScheduleRule):
         return sch
 
     @staticmethod
+    def _pixel_vectors(
+        sch: s_tir.Schedule, main: SBlockRV, data_pos: int, knobs: Conv2dKnobs
+    ) -> s_tir.Schedule:
+        """Pointwise conv as ``W[f, c] @ X[c, p]``: weights broadcast, pixels in vectors."""
+        fr, pv = _pixel_tile(sch, main, data_pos, knobs)
+        lanes = knobs.vector_lanes
+        width = loop_extent(sch, sch.get_loops(main)[3])
+        # one pixel axis p = y * W + x, for the main block and for the write-back below
+        sch.transform_block_layout(
+            main, lambda n, f, y, x, rc, ry, rx: (n, f, y * width + x, rc, ry, rx)
+        )
+        n, f, p, rc, ry, rx = sch.get_loops(main)
+        tiles = loop_extent(sch, p) // (pv * lanes)
+        # pixels in chunks whose input (all channels) stays in L2 while every channel tile
+        # passes over it; within a chunk each output row is written as one sequential run
+        in_channels = loop_extent(sch, rc)
+        chunk = pick_factor(tiles, max(knobs.chunk_bytes // (4 * in_channels * pv * lanes), 1))
+        pc, po, pi, pl = sch.split(p, [None, chunk, pv, lanes])
+        fo, fi = sch.split(f, [None, fr])
+        sch.reorder(n, pc, fo, po, rc, ry, rx, fi, pi, pl)
+        sch.parallel(sch.fuse(n, pc, fo))
+        tile = po
+        sch.unroll(fi)
+        sch.unroll(pi)
+        sch.vectorize(pl)
+        acc = sch.cache_write(main, 0, "local")
+        sch.transform_layout(main, ("write", 0), lambda n, f, y, x: (n, f, y * width + x))
+        auto_inline_consumer_chain(sch, acc)
+        sch.transform_block_layout(acc, lambda n, f, y, x: (n, f, y * width + x))
+        sch.reverse_compute_at(acc, tile, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(acc)[-1])
+        sch.decompose_reduction(main, rc)
+        return sch
+
+    @staticmethod
+    def _depthwise(
+        sch: s_tir.Schedule, main: SBlockRV, pad: SBlockRV | None, knobs: Conv2dKnobs
+    ) -> s_tir.Schedule:
+        """One channel, ``depthwise_rows`` output rows per tile, every column of a row in
+        independent vector accumulators; the padded input rows the tile reads are copied into
+        a small buffer inside the tile (in L1), never through memory."""
+        rows, xv = _depthwise_tile(sch, main, knobs)
+        n, f, y, x, rc, ry, rx = sch.get_loops(main)
+        yo, yi = sch.split(y, [None, rows])
+        xo, xi = sch.split(x, [None, xv])
+        sch.reorder(n, f, yo, yi, rc, ry, rx, xo, xi)
+        tile = sch.fuse(n, f, yo)
+        sch.parallel(tile)
+        sch.unroll(xo)
+        sch.vectorize(xi)
+        _accumulate_locally(sch, main, yi)
+        if pad is not None:
+            stride = _column_stride(sch, main)
+            if stride > 1:
+                # phases of the padded columns apart, so that strided taps read whole vectors
+                sch.transform_layout(
+                    pad,
+                    ("write", 0),
+                    lambda b, c, h, w: (b, c, h, w % stride, w // stride),
+                    pad_value=0.0,
+                )
+            sch.compute_at(pad, tile, preserve_unit_loops=True)
+            sch.set_scope(pad, 0, "local")
+            sch.vectorize(sch.get_loops(pad)[-1])
+        sch.decompose_reduction(main, rc)
+        return sch
+
+    @staticmethod
     def _column_vectors(sch: s_tir.Schedule, main: SBlockRV, knobs: Conv2dKnobs) -> LoopRV:
         n, f, y, x, rc, ry, rx = sch.get_loops(main)
         lanes = knobs.vector_lanes
@@ -302,10 +544,6 @@ class Conv2d(CPUScheduleRule):
         sch.parallel(tile)
         sch.unroll(fi)
         sch.vectorize(xi)
-
-        acc = sch.cache_write(main, 0, "local")
-        auto_inline_consumer_chain(sch, acc)
-        sch.reverse_compute_at(acc, tile, preserve_unit_loops=True)
-        sch.vectorize(sch.get_loops(acc)[-1])
+        _accumulate_locally(sch, main, tile)
         sch.decompose_reduction(main, rc)
         return tile

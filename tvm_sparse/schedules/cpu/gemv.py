@@ -24,7 +24,7 @@ After (schematically)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tvm import s_tir
 from tvm.s_tir.dlight.gpu.matmul import (
@@ -35,6 +35,7 @@ from tvm.s_tir.dlight.gpu.matmul import (
 from tvm.target import Target
 
 from .base import CPUScheduleRule, NotApplicable, loop_extent, pick_factor, vector_lanes
+from .knob_sampler import KnobSampler
 from .matmul import (
     _I,
     _J,
@@ -70,6 +71,16 @@ class GEMVKnobs:
         return cls(vector_lanes=vector_lanes(target))
 
 
+def _sample_knobs(sampler: KnobSampler, knobs: GEMVKnobs, n: int | None, k: int) -> GEMVKnobs:
+    """``knobs`` for ``n`` rows of length ``k`` drawn by ``sampler``: partial sums per row (half to
+    four registers of them, dividing ``k``) and rows per tile (dividing ``n``)."""
+    base = knobs.vector_lanes
+    sums = [v for v in (base // 2, 2 * base, 4 * base) if v >= 4 and k % v == 0]
+    lanes = sampler("vector_lanes", base, sums)
+    rows = [r for r in (1, 2, 4, 8, 16) if n and n % r == 0]
+    return replace(knobs, vector_lanes=lanes, tile_rows=sampler("tile_rows", knobs.tile_rows, rows))
+
+
 class GEMV(CPUScheduleRule):
     """``y[S, J] = sum_k x[S, k] * W[S, J, k]`` with ``k`` contiguous in ``W`` (batch 1 linear).
 
@@ -79,10 +90,14 @@ class GEMV(CPUScheduleRule):
         Fixed knobs; by default derived from the target with :meth:`GEMVKnobs.for_target`.
     """
 
+    samples_knobs = True
+
     def __init__(self, knobs: GEMVKnobs | None = None):
         self.knobs = knobs
 
-    def schedule(self, sch: s_tir.Schedule, target: Target) -> s_tir.Schedule:
+    def schedule(
+        self, sch: s_tir.Schedule, target: Target, sampler: KnobSampler | None = None
+    ) -> s_tir.Schedule:
         knobs = self.knobs or GEMVKnobs.for_target(target)
         main = find_matmul_block(sch)
         auto_inline_producers(sch, main)
@@ -116,6 +131,9 @@ class GEMV(CPUScheduleRule):
         sch.compute_inline(reindex_b)
 
         b, j, k = sch.get_loops(main)
+        if sampler is not None:
+            knobs = _sample_knobs(sampler, knobs, loop_extent(sch, j), k_ext.value)
+            lanes = knobs.vector_lanes
         ko, kv = sch.split(k, [None, lanes])
         rows = pick_factor(loop_extent(sch, j), knobs.tile_rows)
         jo, ji = sch.split(j, [None, rows])

@@ -31,7 +31,7 @@ After (schematically)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
@@ -56,6 +56,7 @@ from .base import (
 )
 from .conv2d import LAYOUT_REWRITE_ATTR
 from .fallback import FallbackKnobs, schedule_spatial_block
+from .knob_sampler import KnobSampler
 
 __all__ = ["Matmul", "MatmulKnobs"]
 
@@ -188,6 +189,48 @@ def _pack_weight_panels(sch: s_tir.Schedule, main: SBlockRV, nr: int) -> None:
     sch.parallel(sch.get_loops(packed)[0])
 
 
+def _sample_knobs(
+    sampler: KnobSampler,
+    knobs: MatmulKnobs,
+    m: int | None,
+    n: int | None,
+    k: int | None,
+    b_contiguous: bool,
+) -> MatmulKnobs:
+    """``knobs`` with the ones that matter for an ``m x n x k`` matmul drawn by ``sampler``.
+
+    Candidates: tiles of 1-4 SIMD registers of columns (those past ``n`` all tile ``n`` whole,
+    so one of them is enough) by 1-8 rows dividing ``m``, within the register file next to the
+    operands; ``k`` blocks dividing ``k``; an unroll limit that unrolls the innermost ``k``
+    loop whole where that is at most 512 steps; weight panels on or off where ``B`` is
+    contiguous.
+    """
+    lanes = knobs.vector_lanes
+    accumulators = (16 if lanes == 8 else 32) - 4  # AVX2: 16 registers; AVX-512, NEON: 32
+    vectors = [v for v in (1, 2, 3, 4) if n is None or lanes * (v - 1) < n]
+    tile_vectors = sampler("tile_vectors", knobs.tile_vectors, vectors)
+    rows = [r for r in (1, 2, 3, 4, 6, 8) if m and m % r == 0 and r * tile_vectors <= accumulators]
+    tile_rows = sampler("tile_rows", knobs.tile_rows, rows)
+    blocks = [b for b in (32, 64, 128, 256) if k and k > b and k % b == 0]
+    k_block = sampler("k_block", knobs.k_block, blocks)
+    unroll_k = knobs.unroll_k
+    if k:
+        # the pragma unrolls a loop whose steps (extent x unrolled rows inside) fit in it
+        steps = (k_block if 0 < k_block < k else k) * pick_factor(m, tile_rows)
+        unroll_k = sampler("unroll_k", knobs.unroll_k, [steps] if steps <= 512 else [])
+    pack_b = knobs.pack_b
+    if b_contiguous:
+        pack_b = bool(sampler("pack_b", int(knobs.pack_b), [0, 1]))
+    return replace(
+        knobs,
+        tile_vectors=tile_vectors,
+        tile_rows=tile_rows,
+        k_block=k_block,
+        unroll_k=unroll_k,
+        pack_b=pack_b,
+    )
+
+
 def find_matmul_block(sch: s_tir.Schedule) -> SBlockRV:
     """The single reduction block of a matmul-like function; raises when there is none."""
     blocks = sch.get_child_blocks(get_root_block(sch))
@@ -209,10 +252,14 @@ class Matmul(CPUScheduleRule):
         Fixed knobs; by default derived from the target with :meth:`MatmulKnobs.for_target`.
     """
 
+    samples_knobs = True
+
     def __init__(self, knobs: MatmulKnobs | None = None):
         self.knobs = knobs
 
-    def schedule(self, sch: s_tir.Schedule, target: Target) -> s_tir.Schedule:
+    def schedule(
+        self, sch: s_tir.Schedule, target: Target, sampler: KnobSampler | None = None
+    ) -> s_tir.Schedule:
         knobs = self.knobs or MatmulKnobs.for_target(target)
         main = find_matmul_block(sch)
         auto_inline_producers(sch, main)
@@ -250,6 +297,8 @@ class Matmul(CPUScheduleRule):
         b, i, j, k = sch.get_loops(main)
         lanes = knobs.vector_lanes
         n_ext, m_ext = loop_extent(sch, j), loop_extent(sch, i)
+        if sampler is not None:
+            knobs = _sample_knobs(sampler, knobs, m_ext, n_ext, loop_extent(sch, k), b_contiguous)
         nr_max = lanes * knobs.tile_vectors
         if n_ext is not None and n_ext <= nr_max:
             nr = n_ext
