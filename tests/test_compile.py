@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import onnx
@@ -167,3 +168,38 @@ def test_report_rows():
     assert data["total_flops"] == report.total_flops
     assert "conv2d" in report.table()
     assert tvm_sparse.CompileReport.from_dict(data).to_dict() == data
+
+
+def _pruned_mlp():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64))
+    with torch.no_grad():
+        model[0].weight[::2] = 0  # half the hidden units: shrunk
+    return model.eval(), torch.randn(8, 64)
+
+
+def test_speed_check_returns_the_faster_build_and_says_so():
+    model, x = _pruned_mlp()
+    compiled = tvm_sparse.compile(model, "x86", example_inputs=(x,), verify_speed=True)
+    (note,) = [n for n in compiled.report.notes if n.startswith("speed check")]
+    assert "pruned build" in note and "dense build" in note
+    pruned_ms, dense_ms = (float(v) for v in re.findall(r"([\d.]+) ms", note)[:2])
+    kept_pruned = "kept the pruned build" in note
+    assert kept_pruned == (pruned_ms <= dense_ms)
+    shrunk = any("(shrunk)" in row.kernel for row in compiled.report.rows)
+    assert shrunk == kept_pruned  # the dense build has no shrunk kernels
+    with torch.no_grad():
+        np.testing.assert_allclose(compiled(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_speed_check_is_off_for_dense_models_and_other_machines(monkeypatch):
+    monkeypatch.setenv("TVM_SPARSE_VERIFY_SPEED", "1")
+    torch.manual_seed(0)
+    dense, x = torch.nn.Linear(16, 8).eval(), torch.randn(2, 16)
+    compiled = tvm_sparse.compile(dense, "x86", example_inputs=(x,))
+    assert not any(n.startswith("speed check") for n in compiled.report.notes)
+    model, x = _pruned_mlp()
+    with pytest.raises(ValueError, match="does not run here"):
+        tvm_sparse.compile(model, "arm-cortex-a72", example_inputs=(x,), verify_speed=True)
+    compiled = tvm_sparse.compile(model, "x86", example_inputs=(x,))  # on by default
+    assert any(n.startswith("speed check") for n in compiled.report.notes)

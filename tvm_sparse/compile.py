@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
+import numpy as np
 import tvm
 
 from .compiled_model import CompiledModel
 from .frontend import import_model
 from .pipeline import pipeline
 from .report import CompileReport
-from .targets import TargetPreset, resolve_target
+from .targets import TargetPreset, is_host_target, resolve_target
 
 __all__ = ["compile"]
 
 _SPARSITY_MODES = ("auto", "off")
+
+#: Set to ``0`` to turn the default speed check of pruned models off (the test suite does, so
+#: that tests of the passes' decisions do not depend on timings).
+VERIFY_SPEED_ENV = "TVM_SPARSE_VERIFY_SPEED"
 
 
 def compile(  # noqa: A001  (the public name mirrors tvm.compile)
@@ -28,6 +34,7 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
     sparsity: str | dict = "auto",
     device: tvm.runtime.Device | None = None,
     tuning_cache: Any = True,
+    verify_speed: bool | None = None,
 ) -> CompiledModel:
     """Compile ``model`` for ``target`` and return a callable :class:`CompiledModel`.
 
@@ -52,6 +59,13 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
         Records of :func:`tvm_sparse.autotune` to use; ``True`` (default) reads the default
         cache (``~/.cache/tvm_sparse/tuning``, or the one entered with ``with TuningCache``),
         ``None`` / ``False`` ignore tuning records. The report marks tuned ops ``(tuned)``.
+    verify_speed : bool, optional
+        Also build the model dense, time both builds on this machine and return the faster,
+        so that a pruned model never comes out slower than its dense build (the per-layer
+        cost model can misjudge small layers). The report's notes give both times. By default
+        on where it can run and matters: ``sparsity="auto"``, a target this machine runs, and
+        a model in which pruning was found (``TVM_SPARSE_VERIFY_SPEED=0`` turns the default
+        off).
 
     Returns
     -------
@@ -68,21 +82,88 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
     imported = import_model(
         model, example_inputs, dynamic_shapes=dynamic_shapes, dynamic_batch=dynamic_batch
     )
-    report = CompileReport()
-    start = time.perf_counter()
-    executable = tvm.compile(
-        imported.mod,
-        preset.tvm_target(),
-        relax_pipeline=pipeline(
-            preset, sparsity=sparsity, report=report, tuning_cache=tuning_cache
-        ),
+
+    def build(mode: str | dict) -> CompiledModel:
+        report = CompileReport()
+        start = time.perf_counter()
+        executable = tvm.compile(
+            imported.mod,
+            preset.tvm_target(),
+            relax_pipeline=pipeline(
+                preset, sparsity=mode, report=report, tuning_cache=tuning_cache
+            ),
+        )
+        report.notes.append(f"compiled in {time.perf_counter() - start:.1f} s")
+        return CompiledModel(
+            executable,
+            preset=preset,
+            inputs=imported.inputs,
+            output_spec=imported.output_spec,
+            report=report,
+            device=device,
+        )
+
+    runs_here = is_host_target(preset.tvm_target()) and (
+        device is None or device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
     )
-    report.notes.append(f"compiled in {time.perf_counter() - start:.1f} s")
-    return CompiledModel(
-        executable,
-        preset=preset,
-        inputs=imported.inputs,
-        output_spec=imported.output_spec,
-        report=report,
-        device=device,
+    if verify_speed and not runs_here:
+        raise ValueError(
+            f"verify_speed=True times the builds on this machine, but target {preset.name!r} "
+            "does not run here; leave verify_speed unset for cross-compilation"
+        )
+    compiled = build(sparsity)
+    if verify_speed is None:
+        verify_speed = (
+            sparsity == "auto"
+            and runs_here
+            and os.environ.get(VERIFY_SPEED_ENV, "1") != "0"
+            and any(row.pattern != "dense" for row in compiled.report.rows)
+        )
+    if not verify_speed:
+        return compiled
+    return _faster_build(compiled, build("off"), _timing_inputs(imported.inputs, example_inputs))
+
+
+#: Interleaved rounds (sparse, dense, sparse, ...) and calls per round of the speed check.
+_VERIFY_ROUNDS, _VERIFY_REPEAT = 3, 10
+
+
+def _faster_build(pruned: CompiledModel, dense: CompiledModel, inputs: list) -> CompiledModel:
+    """The faster of two builds of one model, timed in turns on this machine; noted in the
+    report of the one returned."""
+    times: dict[str, list[float]] = {"pruned": [], "dense": []}
+    for _ in range(_VERIFY_ROUNDS):
+        for label, build in (("pruned", pruned), ("dense", dense)):
+            times[label].append(build.benchmark(*inputs, repeat=_VERIFY_REPEAT)["median_ms"])
+    pruned_ms, dense_ms = min(times["pruned"]), min(times["dense"])
+    measured = f"speed check on this machine: pruned build {pruned_ms:.3f} ms, dense build "
+    if pruned_ms <= dense_ms:
+        pruned.report.notes.append(f"{measured}{dense_ms:.3f} ms: kept the pruned build")
+        return pruned
+    dense.report.notes.append(
+        f"{measured}{dense_ms:.3f} ms: the pruned build was slower, returned the dense build "
+        "(sparsity='off'); the per-layer decisions of the pruned build were: "
+        + "; ".join(f"{r.name}: {r.kernel} ({r.reason})" for r in pruned.report.rows if r.reason)
     )
+    return dense
+
+
+def _timing_inputs(specs: list, example_inputs: Any) -> list[np.ndarray]:
+    """The example inputs as numpy, or made-up ones of the inputs' shapes (dynamic dims: 1):
+    random floats, zeros for integers (indices stay in range)."""
+    if example_inputs is not None:
+        values = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+        arrays = [getattr(v, "numpy", None) for v in values]
+        if len(values) == len(specs) and all(arrays):
+            return [np.ascontiguousarray(v.detach().cpu().numpy()) for v in values]
+    rng = np.random.default_rng(0)
+    arrays = []
+    for spec in specs:
+        shape = [d if isinstance(d, int) else 1 for d in spec.shape]
+        floating = np.issubdtype(np.dtype(spec.dtype), np.floating)
+        arrays.append(
+            rng.standard_normal(shape).astype(spec.dtype)
+            if floating
+            else np.zeros(shape, spec.dtype)
+        )
+    return arrays
