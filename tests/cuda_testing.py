@@ -149,32 +149,24 @@ def ptxas(ptx: str, arch: str, tmp_path: Path) -> dict[str, dict[str, int]]:
     assert root is not None, skip_reason_sm72()
     source = tmp_path / "kernels.ptx"
     source.write_text(ptx)
-    result = subprocess.run(
-        [str(root / "bin" / "ptxas"), f"-arch={arch}", "-v", str(source)]
-        + ["-o", str(tmp_path / "kernels.cubin")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return _resources(result.stderr)
+    return _compile([str(root / "bin" / "ptxas"), f"-arch={arch}", "-v", str(source)], tmp_path)
 
 
 def nvcc(source: str, arch: str, tmp_path: Path) -> dict[str, dict[str, int]]:
     """Compile CUDA C for ``arch`` with ``nvcc -cubin``; per kernel as :func:`ptxas`."""
     cu = tmp_path / "kernels.cu"
     cu.write_text(source)
+    return _compile(["nvcc", f"-arch={arch}", "-cubin", "-Xptxas", "-v", str(cu)], tmp_path)
+
+
+def _compile(command: list[str], tmp_path: Path) -> dict[str, dict[str, int]]:
+    """Run a CUDA compiler writing ``kernels.cubin``; its ``-v`` resources per kernel."""
+    cubin = tmp_path / "kernels.cubin"
     result = subprocess.run(
-        ["nvcc", f"-arch={arch}", "-cubin", "-Xptxas", "-v", str(cu)]
-        + ["-o", str(tmp_path / "kernels.cubin")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+        [*command, "-o", str(cubin)], capture_output=True, text=True, timeout=300, check=False
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "kernels.cubin").stat().st_size > 0
+    assert cubin.stat().st_size > 0
     return _resources(result.stderr)
 
 
