@@ -16,7 +16,7 @@ import torch
 
 import tvm_sparse
 from tvm_sparse.architectures import BertLayer, MobileNetV2, ResNet18, randomize_batch_norm
-from tvm_sparse.benchmarking import time_onnxruntime, time_torch, write_results
+from tvm_sparse.benchmarking import settle, time_onnxruntime, time_torch, write_results
 
 MODELS = {
     "resnet18 1x3x224x224": (lambda: randomize_batch_norm(ResNet18()), (1, 3, 224, 224)),
@@ -46,8 +46,11 @@ def run(repeat: int, out_dir: str, target: str) -> list[dict]:
             expected = model(x).numpy()
         error = float(np.abs(compiled(x.numpy()) - expected).max())
         print(f"[dense] {name}: measuring", flush=True)
+        settle()  # the reference call's threads stop spinning first
         tvm_ms = compiled.benchmark(x.numpy(), repeat=repeat)["median_ms"]
+        settle()
         torch_ms = time_torch(model, (x,), repeat=repeat)["median_ms"]
+        settle()
         ort_ms = time_onnxruntime(
             onnx.load_from_string(_onnx(model, x)), [x.numpy()], repeat=repeat
         )["median_ms"]

@@ -21,7 +21,7 @@ import torch
 
 import tvm_sparse
 from tvm_sparse.architectures import ResNet18, randomize_batch_norm
-from tvm_sparse.benchmarking import time_onnxruntime, time_torch, write_results
+from tvm_sparse.benchmarking import settle, time_onnxruntime, time_torch, write_results
 from tvm_sparse.kernels._measure import block_mask
 
 N, K = 3072, 768  # BERT-base FFN: 768 -> 3072
@@ -71,11 +71,16 @@ def measure(name: str, model: torch.nn.Module, x: torch.Tensor, *, target: str, 
         "ort": [],
     }
     session_model = _onnx(model, x)
+    measure = {
+        "sparse": lambda: sparse.benchmark(*inputs, repeat=repeat),
+        "dense": lambda: dense.benchmark(*inputs, repeat=repeat),
+        "torch": lambda: time_torch(model, (x,), repeat=repeat),
+        "ort": lambda: time_onnxruntime(session_model, inputs, repeat=repeat),
+    }
     for _ in range(2):
-        times["sparse"].append(sparse.benchmark(*inputs, repeat=repeat)["median_ms"])
-        times["dense"].append(dense.benchmark(*inputs, repeat=repeat)["median_ms"])
-        times["torch"].append(time_torch(model, (x,), repeat=repeat)["median_ms"])
-        times["ort"].append(time_onnxruntime(session_model, inputs, repeat=repeat)["median_ms"])
+        for key, timed in measure.items():
+            settle()  # the previous runtime's threads stop spinning first
+            times[key].append(timed()["median_ms"])
     ms = {key: min(values) for key, values in times.items()}
     sparse_rows = [r for r in sparse.report.rows if r.pattern != "dense"]
     kernels = sorted({r.kernel.split(" ")[0] for r in sparse_rows}) or ["dense"]

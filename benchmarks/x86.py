@@ -21,7 +21,7 @@ import torch
 
 import tvm_sparse
 from tvm_sparse.architectures import BertLayer, MobileNetV2, ResNet18, randomize_batch_norm
-from tvm_sparse.benchmarking import write_results
+from tvm_sparse.benchmarking import settle, write_results
 from tvm_sparse.compiled_model import use_all_cores
 from tvm_sparse.targets import get_preset
 
@@ -99,9 +99,6 @@ def _ort_session(model: torch.nn.Module, x: torch.Tensor):
     return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
 
-_SETTLE_S = 0.1
-
-
 def _interleaved(fns: dict, *, repeat: int, block: int = 3) -> dict[str, float]:
     """Median seconds per call of each function, measured in alternating blocks."""
     samples: dict[str, list[float]] = {name: [] for name in fns}
@@ -112,7 +109,7 @@ def _interleaved(fns: dict, *, repeat: int, block: int = 3) -> dict[str, float]:
         for name in names[r % len(names) :] + names[: r % len(names)]:
             # Every runtime's pool spins for a while after its last call; on a 2-core host that
             # steals the next runtime's second core. Let them go idle, then warm up once.
-            time.sleep(_SETTLE_S)
+            settle()
             fns[name]()
             for _ in range(block):
                 start = time.perf_counter()

@@ -17,12 +17,27 @@ import numpy as np
 
 __all__ = [
     "machine_info",
+    "settle",
     "summarize",
     "time_callable",
     "time_onnxruntime",
     "time_torch",
     "write_results",
 ]
+
+
+#: How long the thread pools of PyTorch, ONNX Runtime and TVM may spin after their last call.
+SETTLE_S = 0.2
+
+
+def settle() -> None:
+    """Wait until the worker threads of the last runtime measured have gone idle.
+
+    Each runtime's pool spins for a while after a call; on a 2-core host a spinning pool takes
+    the second core from the next runtime measured in the same process, which then looks up to
+    2x slower. Call this between measurements of different runtimes.
+    """
+    time.sleep(SETTLE_S)
 
 
 def summarize(samples_s: Sequence[float]) -> dict[str, float]:

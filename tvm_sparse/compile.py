@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import tvm
 
-from .compiled_model import CompiledModel
+from .compiled_model import CompiledModel, use_all_cores
 from .frontend import import_model
 from .pipeline import pipeline
 from .report import CompileReport
@@ -79,6 +79,9 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
     if not isinstance(sparsity, (str, dict)):
         raise TypeError(f"sparsity must be 'auto', 'off' or a dict, not {type(sparsity).__name__}")
     preset = resolve_target(target)
+    if is_host_target(preset.tvm_target()):
+        # before the first parallel kernel runs (constant folding runs some at compile time)
+        use_all_cores(preset.tvm_target())
     imported = import_model(
         model, example_inputs, dynamic_shapes=dynamic_shapes, dynamic_batch=dynamic_batch
     )
