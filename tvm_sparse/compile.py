@@ -151,14 +151,13 @@ def _faster_build(pruned: CompiledModel, dense: CompiledModel, inputs: list) -> 
     return dense
 
 
-def _timing_inputs(specs: list, example_inputs: Any) -> list[np.ndarray]:
-    """The example inputs as numpy, or made-up ones of the inputs' shapes (dynamic dims: 1):
-    random floats, zeros for integers (indices stay in range)."""
+def _timing_inputs(specs: list, example_inputs: Any) -> list[Any]:
+    """The example inputs (``CompiledModel.benchmark`` takes torch or numpy), or made-up ones of
+    the inputs' shapes (dynamic dims: 1): random floats, zeros for integers (indices in range)."""
     if example_inputs is not None:
         values = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-        arrays = [getattr(v, "numpy", None) for v in values]
-        if len(values) == len(specs) and all(arrays):
-            return [np.ascontiguousarray(v.detach().cpu().numpy()) for v in values]
+        if len(values) == len(specs):
+            return list(values)
     rng = np.random.default_rng(0)
     arrays = []
     for spec in specs:
