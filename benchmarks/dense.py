@@ -2,7 +2,10 @@
 
 Writes ``benchmarks/results/dense.json`` and ``dense.md``::
 
-    python benchmarks/dense.py [--repeat 20] [--out benchmarks/results]
+    python benchmarks/dense.py [--repeat 20] [--rounds 5] [--out benchmarks/results]
+
+The runtimes are timed in turns; each latency is the fastest turn's median
+(``tvm_sparse.benchmarking.interleave``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ import torch
 
 import tvm_sparse
 from tvm_sparse.architectures import BertLayer, MobileNetV2, ResNet18, randomize_batch_norm
-from tvm_sparse.benchmarking import settle, time_onnxruntime, time_torch, write_results
+from tvm_sparse.benchmarking import (
+    interleave,
+    onnxruntime_runner,
+    time_callable,
+    time_torch,
+    write_results,
+)
 
 MODELS = {
     "resnet18 1x3x224x224": (lambda: randomize_batch_norm(ResNet18()), (1, 3, 224, 224)),
@@ -31,9 +40,7 @@ def _onnx(model: torch.nn.Module, x: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
-def run(repeat: int, out_dir: str, target: str) -> list[dict]:
-    import onnx
-
+def run(repeat: int, rounds: int, out_dir: str, target: str) -> list[dict]:
     rows = []
     for name, (factory, shape) in MODELS.items():
         torch.manual_seed(0)
@@ -46,14 +53,16 @@ def run(repeat: int, out_dir: str, target: str) -> list[dict]:
             expected = model(x).numpy()
         error = float(np.abs(compiled(x.numpy()) - expected).max())
         print(f"[dense] {name}: measuring", flush=True)
-        settle()  # the reference call's threads stop spinning first
-        tvm_ms = compiled.benchmark(x.numpy(), repeat=repeat)["median_ms"]
-        settle()
-        torch_ms = time_torch(model, (x,), repeat=repeat)["median_ms"]
-        settle()
-        ort_ms = time_onnxruntime(
-            onnx.load_from_string(_onnx(model, x)), [x.numpy()], repeat=repeat
-        )["median_ms"]
+        ort_call = onnxruntime_runner(_onnx(model, x), [x.numpy()])
+        ms = interleave(
+            {
+                "tvm": lambda c=compiled, x=x: c.benchmark(x.numpy(), repeat=repeat),
+                "torch": lambda m=model, x=x: time_torch(m, (x,), repeat=repeat),
+                "ort": lambda call=ort_call: time_callable(call, repeat=repeat),
+            },
+            rounds=rounds,
+        )
+        tvm_ms, torch_ms, ort_ms = ms["tvm"], ms["torch"], ms["ort"]
         rows.append(
             {
                 "model": name,
@@ -73,18 +82,22 @@ def run(repeat: int, out_dir: str, target: str) -> list[dict]:
         ["model", "tvm_sparse_ms", "pytorch_ms", "onnxruntime_ms", "vs_pytorch",
          "vs_onnxruntime", "compile_s", "max_abs_error"],
         out_dir=out_dir,
-        notes="Median latency in ms; vs_X is X's latency over tvm_sparse's (above 1: faster).",
+        notes=(
+            f"Median latency in ms, the fastest of {rounds} turns of {repeat} calls; "
+            "vs_X is X's latency over tvm_sparse's (above 1: faster)."
+        ),
     )  # fmt: skip
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=20, help="calls per turn")
+    parser.add_argument("--rounds", type=int, default=5, help="turns of each runtime")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--target", default="x86")
     args = parser.parse_args()
-    run(args.repeat, args.out, args.target)
+    run(args.repeat, args.rounds, args.out, args.target)
 
 
 if __name__ == "__main__":

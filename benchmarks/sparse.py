@@ -1,12 +1,13 @@
 """Pruned models against their dense builds: BERT-base FFN linear layers and a half-channel ResNet.
 
-    python benchmarks/sparse.py [--repeat 30] [--out benchmarks/results] [--target x86]
+    python benchmarks/sparse.py [--repeat 20] [--rounds 5] [--out benchmarks/results] [--target x86]
 
 Writes ``sparse.json`` and ``sparse.md``. Each row is one model compiled twice by
 ``tvm_sparse.compile``: ``sparsity="auto"`` (what a user gets: the compiler picks sparse or
 shrunk kernels only where its cost model says they win) and ``sparsity="off"`` (dense), both
 checked against PyTorch, then timed in this process beside PyTorch and ONNX Runtime running the
-same (pruned, dense-stored) model. Ratios hold on a shared host; absolute times do not.
+same (pruned, dense-stored) model, in turns; each latency is the fastest turn's median
+(``tvm_sparse.benchmarking.interleave``). Ratios hold on a shared host; absolute times do not.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ import torch
 
 import tvm_sparse
 from tvm_sparse.architectures import ResNet18, randomize_batch_norm
-from tvm_sparse.benchmarking import settle, time_onnxruntime, time_torch, write_results
+from tvm_sparse.benchmarking import (
+    interleave,
+    onnxruntime_runner,
+    time_callable,
+    time_torch,
+    write_results,
+)
 from tvm_sparse.kernels._measure import block_mask
 
 N, K = 3072, 768  # BERT-base FFN: 768 -> 3072
@@ -52,7 +59,9 @@ def _onnx(model: torch.nn.Module, x: torch.Tensor) -> onnx.ModelProto:
     return onnx.load_from_string(buffer.getvalue())
 
 
-def measure(name: str, model: torch.nn.Module, x: torch.Tensor, *, target: str, repeat: int):
+def measure(
+    name: str, model: torch.nn.Module, x: torch.Tensor, *, target: str, repeat: int, rounds: int
+):
     """One row: compile sparse and dense, check both against PyTorch, time four runtimes."""
     with torch.no_grad():
         expected = model(x).numpy()
@@ -64,24 +73,16 @@ def measure(name: str, model: torch.nn.Module, x: torch.Tensor, *, target: str, 
     np.testing.assert_allclose(sparse(x.numpy()), expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dense(x.numpy()), expected, rtol=1e-4, atol=1e-4)
     inputs = [x.numpy()]
-    times = {  # interleaved once more to even out drift on a shared host
-        "sparse": [],
-        "dense": [],
-        "torch": [],
-        "ort": [],
-    }
-    session_model = _onnx(model, x)
-    measure = {
-        "sparse": lambda: sparse.benchmark(*inputs, repeat=repeat),
-        "dense": lambda: dense.benchmark(*inputs, repeat=repeat),
-        "torch": lambda: time_torch(model, (x,), repeat=repeat),
-        "ort": lambda: time_onnxruntime(session_model, inputs, repeat=repeat),
-    }
-    for _ in range(2):
-        for key, timed in measure.items():
-            settle()  # the previous runtime's threads stop spinning first
-            times[key].append(timed()["median_ms"])
-    ms = {key: min(values) for key, values in times.items()}
+    ort_call = onnxruntime_runner(_onnx(model, x), inputs)
+    ms = interleave(
+        {
+            "sparse": lambda: sparse.benchmark(*inputs, repeat=repeat),
+            "dense": lambda: dense.benchmark(*inputs, repeat=repeat),
+            "torch": lambda: time_torch(model, (x,), repeat=repeat),
+            "ort": lambda: time_callable(ort_call, repeat=repeat),
+        },
+        rounds=rounds,
+    )
     sparse_rows = [r for r in sparse.report.rows if r.pattern != "dense"]
     kernels = sorted({r.kernel.split(" ")[0] for r in sparse_rows}) or ["dense"]
     row = {
@@ -103,7 +104,7 @@ def measure(name: str, model: torch.nn.Module, x: torch.Tensor, *, target: str, 
     return row
 
 
-def run(*, repeat: int, out_dir: str, target: str, density: float = 0.1) -> list[dict]:
+def run(*, repeat: int, rounds: int, out_dir: str, target: str, density: float = 0.1) -> list[dict]:
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     rows = []
@@ -111,12 +112,12 @@ def run(*, repeat: int, out_dir: str, target: str, density: float = 0.1) -> list
         label = pattern if isinstance(pattern, str) else f"{pattern[0]}x{pattern[1]} blocks"
         name = f"FFN {m}x768 @ 768x3072, {1 - density:.0%} {label}"
         rows.append(measure(name, _ffn(pattern, density, rng), torch.randn(m, K), target=target,
-                            repeat=repeat))  # fmt: skip
+                            repeat=repeat, rounds=rounds))  # fmt: skip
     resnet = randomize_batch_norm(ResNet18()).eval()
     x = torch.randn(1, 3, 224, 224)
     tvm_sparse.prune(resnet, (x,), pattern="channel", sparsity=0.5)
     rows.append(measure("ResNet-18 1x3x224x224, 50% channels", resnet, x, target=target,
-                        repeat=repeat))  # fmt: skip
+                        repeat=repeat, rounds=rounds))  # fmt: skip
     write_results(
         "sparse",
         rows,
@@ -132,11 +133,12 @@ def run(*, repeat: int, out_dir: str, target: str, density: float = 0.1) -> list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--repeat", type=int, default=20, help="calls per turn")
+    parser.add_argument("--rounds", type=int, default=5, help="turns of each runtime")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--target", default="x86")
     args = parser.parse_args()
-    run(repeat=args.repeat, out_dir=args.out, target=args.target)
+    run(repeat=args.repeat, rounds=args.rounds, out_dir=args.out, target=args.target)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import tvm_sparse
-from tvm_sparse.benchmarking import write_results
+from tvm_sparse.benchmarking import interleave, write_results
 from tvm_sparse.kernels._measure import block_mask
 
 
@@ -55,11 +55,14 @@ def measure(name, model, x, *, target: str, trials: int, cache: str, repeat: int
     tuned = tvm_sparse.compile(model, target, example_inputs=(x,), tuning_cache=cache)
     for compiled in (untuned, tuned):
         np.testing.assert_allclose(compiled(x.numpy()), expected, rtol=1e-4, atol=1e-4)
-    times = {"untuned": [], "tuned": []}
-    for _ in range(3):  # interleaved: drift on a shared host hits both alike
-        times["untuned"].append(untuned.benchmark(x.numpy(), repeat=repeat)["median_ms"])
-        times["tuned"].append(tuned.benchmark(x.numpy(), repeat=repeat)["median_ms"])
-    ms = {key: min(values) for key, values in times.items()}
+    ms = interleave(  # in turns: drift on a shared host hits both alike
+        {
+            "untuned": lambda: untuned.benchmark(x.numpy(), repeat=repeat),
+            "tuned": lambda: tuned.benchmark(x.numpy(), repeat=repeat),
+        },
+        rounds=5,
+        settle_between=False,
+    )
     tuned_ops = sorted({r.kernel for r in tuned.report.rows if r.kernel.endswith("(tuned)")})
     row = {
         "case": name,
@@ -95,7 +98,7 @@ def run(*, trials: int, repeat: int, out_dir: str, target: str, cache: str | Non
         rows,
         ["case", "untuned_ms", "tuned_ms", "gain", "trials", "tuning_s", "tuned_kernels"],
         out_dir=out_dir,
-        notes="Median ms of one call, best of 3 interleaved rounds; gain = untuned / tuned. "
+        notes="Median ms of one call, best of 5 interleaved rounds; gain = untuned / tuned. "
         "trials: candidates measured (default schedules included); tuning_s: wall time of "
         "tvm_sparse.autotune on this host.",
     )

@@ -1,11 +1,13 @@
 """Dense x86 kernels and models: tvm_sparse against ONNX Runtime and PyTorch, beside the roofline.
 
-Every row is measured in one process with the runtimes interleaved (blocks of calls, A, B, C,
-A, B, C, ...; medians), so the ratios hold on a shared host even when absolute times do not.
+Every row is measured in one process with the runtimes taking turns (``--rounds`` turns of
+``--repeat`` calls each; the fastest turn's median, ``tvm_sparse.benchmarking.interleave``), so
+the ratios hold on a shared host even when absolute times do not.
 Each row also gives the GFLOP/s reached and the machine's limit for it: the measured peak FLOP/s
 (``benchmarks/roofline.py``), or the bandwidth bound for memory-bound kernels (GEMV)::
 
-    python benchmarks/x86.py [--repeat 15] [--out benchmarks/results] [--only linear,conv]
+    python benchmarks/x86.py [--repeat 10] [--rounds 5] [--out benchmarks/results] \\
+        [--only linear,conv]
 
 Writes ``x86.json`` and ``x86.md``.
 """
@@ -21,7 +23,7 @@ import torch
 
 import tvm_sparse
 from tvm_sparse.architectures import BertLayer, MobileNetV2, ResNet18, randomize_batch_norm
-from tvm_sparse.benchmarking import settle, write_results
+from tvm_sparse.benchmarking import interleave, time_callable, write_results
 from tvm_sparse.compiled_model import use_all_cores
 from tvm_sparse.targets import get_preset
 
@@ -99,26 +101,9 @@ def _ort_session(model: torch.nn.Module, x: torch.Tensor):
     return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
 
-def _interleaved(fns: dict, *, repeat: int, block: int = 3) -> dict[str, float]:
-    """Median seconds per call of each function, measured in alternating blocks."""
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    names = list(fns)
-    for fn in fns.values():
-        fn()
-    for r in range(repeat):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            # Every runtime's pool spins for a while after its last call; on a 2-core host that
-            # steals the next runtime's second core. Let them go idle, then warm up once.
-            settle()
-            fns[name]()
-            for _ in range(block):
-                start = time.perf_counter()
-                fns[name]()
-                samples[name].append(time.perf_counter() - start)
-    return {name: float(np.median(s)) for name, s in samples.items()}
-
-
-def run(*, repeat: int, out_dir: str, target: str, only: list[str] | None = None) -> list[dict]:
+def run(
+    *, repeat: int, rounds: int, out_dir: str, target: str, only: list[str] | None = None
+) -> list[dict]:
     limits = roofline(target)
     print(f"[x86] roofline {limits}", flush=True)
     rows = []
@@ -139,27 +124,29 @@ def run(*, repeat: int, out_dir: str, target: str, only: list[str] | None = None
             with torch.inference_mode():
                 model(x)
 
-        ms = _interleaved(
+        ms = interleave(
             {
-                "tvm": lambda compiled=compiled, xn=xn: compiled(xn),
-                "ort": lambda session=session, xn=xn: session.run(None, {"x": xn}),
-                "torch": torch_call,
+                "tvm": lambda c=compiled, xn=xn: time_callable(lambda: c(xn), repeat=repeat),
+                "ort": lambda s=session, xn=xn: time_callable(
+                    lambda: s.run(None, {"x": xn}), repeat=repeat
+                ),
+                "torch": lambda call=torch_call: time_callable(call, repeat=repeat),
             },
-            repeat=repeat,
+            rounds=rounds,
         )
         bound_s = max(
             flops / (limits["peak_gflops"] * 1e9), nbytes / (limits["bandwidth_gbs"] * 1e9)
         )
         row = {
             "case": name,
-            "tvm_sparse_ms": ms["tvm"] * 1e3,
-            "onnxruntime_ms": ms["ort"] * 1e3,
-            "pytorch_ms": ms["torch"] * 1e3,
+            "tvm_sparse_ms": ms["tvm"],
+            "onnxruntime_ms": ms["ort"],
+            "pytorch_ms": ms["torch"],
             "vs_onnxruntime": ms["ort"] / ms["tvm"],
             "vs_pytorch": ms["torch"] / ms["tvm"],
-            "tvm_gflops": flops / ms["tvm"] / 1e9,
+            "tvm_gflops": flops / ms["tvm"] / 1e6,
             "roofline_ms": bound_s * 1e3,
-            "of_roofline": bound_s / ms["tvm"],
+            "of_roofline": bound_s * 1e3 / ms["tvm"],
             "compile_s": compile_s,
             "max_abs_error": error,
         }
@@ -174,7 +161,7 @@ def run(*, repeat: int, out_dir: str, target: str, only: list[str] | None = None
         notes=(
             f"Roofline on this machine: {limits['peak_gflops']:.1f} GFLOP/s peak fp32, "
             f"{limits['bandwidth_gbs']:.1f} GB/s memory bandwidth ({limits['cores']} cores). "
-            "vs_X is X's median latency over tvm_sparse's (above 1: tvm_sparse faster); "
+            "vs_X is X's latency over tvm_sparse's (above 1: tvm_sparse faster); "
             "of_roofline is the roofline time over tvm_sparse's (1.0: at the limit). Model "
             "FLOPs are nominal; model rows have no bandwidth bound."
         ),
@@ -184,7 +171,8 @@ def run(*, repeat: int, out_dir: str, target: str, only: list[str] | None = None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--repeat", type=int, default=10, help="calls per turn")
+    parser.add_argument("--rounds", type=int, default=5, help="turns of each runtime")
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--target", default="x86")
     parser.add_argument("--only", default="", help="comma-separated words a case name must hold")
@@ -192,7 +180,13 @@ def main() -> None:
     # before any kernel runs: the thread pool reads its size once
     use_all_cores(get_preset(args.target).tvm_target())
     only = [w for w in args.only.split(",") if w]
-    run(repeat=args.repeat, out_dir=args.out, target=args.target, only=only or None)
+    run(
+        repeat=args.repeat,
+        rounds=args.rounds,
+        out_dir=args.out,
+        target=args.target,
+        only=only or None,
+    )
 
 
 if __name__ == "__main__":

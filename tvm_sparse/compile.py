@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import tvm
 
+from .benchmarking import interleave
 from .compiled_model import CompiledModel, use_all_cores
 from .frontend import import_model
 from .pipeline import pipeline
@@ -134,11 +135,15 @@ _VERIFY_ROUNDS, _VERIFY_REPEAT = 3, 10
 def _faster_build(pruned: CompiledModel, dense: CompiledModel, inputs: list) -> CompiledModel:
     """The faster of two builds of one model, timed in turns on this machine; noted in the
     report of the one returned."""
-    times: dict[str, list[float]] = {"pruned": [], "dense": []}
-    for _ in range(_VERIFY_ROUNDS):
-        for label, build in (("pruned", pruned), ("dense", dense)):
-            times[label].append(build.benchmark(*inputs, repeat=_VERIFY_REPEAT)["median_ms"])
-    pruned_ms, dense_ms = min(times["pruned"]), min(times["dense"])
+    ms = interleave(
+        {
+            "pruned": lambda: pruned.benchmark(*inputs, repeat=_VERIFY_REPEAT),
+            "dense": lambda: dense.benchmark(*inputs, repeat=_VERIFY_REPEAT),
+        },
+        rounds=_VERIFY_ROUNDS,
+        settle_between=False,  # one thread pool: nothing of another runtime to wait for
+    )
+    pruned_ms, dense_ms = ms["pruned"], ms["dense"]
     measured = f"speed check on this machine: pruned build {pruned_ms:.3f} ms, dense build "
     if pruned_ms <= dense_ms:
         pruned.report.notes.append(f"{measured}{dense_ms:.3f} ms: kept the pruned build")

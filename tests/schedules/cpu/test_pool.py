@@ -2,8 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from schedule_testing import assert_parallel_vectorized, run_and_compare
+from tvm import s_tir
 
 from tvm_sparse.schedules.cpu import Fallback, Pool, Reduction
+from tvm_sparse.schedules.cpu.base import iter_stmts
 
 
 class Pooling(torch.nn.Module):
@@ -28,6 +30,14 @@ def test_pool_claimed_and_correct(kind, shape):
     (name,) = claimed
     assert claimed[name] == "Pool"
     assert_parallel_vectorized(mod[name])
+    pads = [
+        block.writes[0].source
+        for block in iter_stmts(mod[name].body)
+        if isinstance(block, s_tir.SBlock) and block.name_hint.startswith("pad_temp")
+    ]
+    # the padded rows each task reads are copied in the task, never the whole padded input
+    assert all(buf.scope() == "local" for buf in pads), mod[name].script()
+    assert bool(pads) == (kind != "avg")
 
 
 @pytest.mark.parametrize("out", [1, 3])

@@ -1,25 +1,30 @@
 """CPU schedule for window reductions over the inner spatial axes: max/avg pooling.
 
-A pooling block ``out[n, c, y, x] = reduce(pad[n, c, y*s + ry, x*s + rx])`` keeps its output
-column axis innermost and spatial, so the window loops move outside a vectorised column loop and
-each lane reduces its own window. The padding stage is materialised once (parallel, vectorised),
-keeping boundary tests out of the vector loop; the average's division runs per tile from the
-accumulators.
+A pooling block ``out[n, c, y, x] = reduce(pad[n, c, y*s + ry, x*s + rx])`` is computed one
+output row per task: its column axis is split into vectors (each lane reduces its own window)
+with the window loops outside them. The padded input rows a task reads are copied into a small
+buffer right before it, so the padding never makes a round trip through memory and the vector
+loop carries no boundary test; the average's division runs on the row from the accumulators.
 
 Before::
 
+    for ax0, ax1, ax2, ax3 in T.grid(1, 64, 114, 114):
+        pad_temp[...] = T.if_then_else(..., x[...], -inf)
     for ax0, ax1, ax2, ax3, rv0, rv1 in T.grid(1, 64, 56, 56, 3, 3):
         pool_max[...] = T.max(pool_max[...], pad_temp[..., ax2 * 2 + rv0, ax3 * 2 + rv1])
 
 After (schematically)::
 
-    for ax0_ax1_ax2_ax3o in T.parallel(...):
-        acc[0:v] = -inf                          # vectorised
-        for rv0, rv1 in T.grid(3, 3):
-            for ax3i in T.vectorized(v):
-                acc[ax3i] = T.max(acc[ax3i], pad_temp[...])
-        for ax3i in T.vectorized(v):
-            pool_max[...] = acc[ax3i]
+    for ax0_ax1_ax2 in T.parallel(64 * 56):          # one output row
+        for h, w in T.grid(3, 114):                  # w vectorised
+            pad_local[h, w] = T.if_then_else(..., x[...], -inf)
+        for ax3o in T.unroll(7):
+            acc[ax3o, 0:8] = -inf
+            for rv0, rv1 in T.grid(3, 3):
+                for ax3i in T.vectorized(8):
+                    acc[ax3o, ax3i] = T.max(acc[ax3o, ax3i], pad_local[rv0, ...])
+        for ax3 in T.vectorized(56):
+            pool_max[...] = acc[...]
 """
 
 from __future__ import annotations
@@ -39,7 +44,6 @@ from .base import (
     loop_extent,
     vector_lanes,
 )
-from .fallback import FallbackKnobs, schedule_spatial_block
 
 __all__ = ["Pool", "PoolKnobs"]
 
@@ -90,29 +94,37 @@ class Pool(CPUScheduleRule):
         loops = sch.get_loops(main)
         cols = loops[n_spatial - 1]
         width = loop_extent(sch, cols)
-        if width is None or width < 2:
-            raise NotApplicable("no static column axis to vectorise")
-        if width <= knobs.vector_lanes:
-            vec = width
-        else:
-            vec = next(
-                (v for v in range(knobs.vector_lanes, 1, -1) if width % v == 0),
-                knobs.vector_lanes,
-            )
+        if width is None or width < 2 or n_spatial < 2:
+            raise NotApplicable("no static column axis to vectorise within rows")
+        vec = _column_vector(width, knobs.vector_lanes)
         if vec < max(knobs.vector_lanes // 4, 2):
             raise NotApplicable("column axis too narrow to vectorise")
 
-        for producer in sch.get_producers(main):
-            schedule_spatial_block(sch, producer, FallbackKnobs(vector_lanes=knobs.vector_lanes))
-
         col_o, col_i = sch.split(cols, [None, vec])
         sch.reorder(col_o, *loops[n_spatial:], col_i)
-        tile = sch.fuse(*loops[: n_spatial - 1], col_o)
-        sch.parallel(tile)
+        row = sch.fuse(*loops[: n_spatial - 1])
+        sch.parallel(row)
+        sch.unroll(col_o)
         sch.vectorize(col_i)
         acc = sch.cache_write(main, 0, "local")
         auto_inline_consumer_chain(sch, acc)
-        sch.reverse_compute_at(acc, tile, preserve_unit_loops=True)
+        sch.reverse_compute_at(acc, row, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(acc)[-1])
+        for producer in sch.get_producers(main):
+            # the padded input rows one output row reads, copied right before it (in L1)
+            sch.compute_at(producer, row, preserve_unit_loops=True)
+            sch.set_scope(producer, 0, "local")
+            sch.vectorize(sch.get_loops(producer)[-1])
         sch.decompose_reduction(main, sch.get_loops(main)[1])
         return sch
+
+
+def _column_vector(width: int, lanes: int) -> int:
+    """Output columns per vector: the widest power of two up to ``lanes`` that divides the
+    width (odd widths such as 14 lower poorly in LLVM), else the widest divisor."""
+    if width <= lanes:
+        return width
+    pow2 = next((v for v in (lanes, lanes // 2, lanes // 4) if v > 1 and width % v == 0), None)
+    if pow2 is not None:
+        return pow2
+    return next((v for v in range(lanes, 1, -1) if width % v == 0), lanes)
