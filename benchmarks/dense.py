@@ -5,7 +5,8 @@ Writes ``benchmarks/results/dense.json`` and ``dense.md``::
     python benchmarks/dense.py [--repeat 20] [--rounds 5] [--out benchmarks/results]
 
 The runtimes are timed in turns; each latency is the fastest turn's median
-(``tvm_sparse.benchmarking.interleave``).
+(``tvm_sparse.benchmarking.interleave``), each model in a process of its own
+(``in_fresh_process``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 import tvm_sparse
 from tvm_sparse.architectures import BertLayer, MobileNetV2, ResNet18, randomize_batch_norm
 from tvm_sparse.benchmarking import (
+    in_fresh_process,
     interleave,
     onnxruntime_runner,
     time_callable,
@@ -40,42 +42,47 @@ def _onnx(model: torch.nn.Module, x: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
+def measure(name: str, *, repeat: int, rounds: int, target: str) -> dict:
+    """One row: compile ``MODELS[name]``, check it against PyTorch, time the three runtimes."""
+    factory, shape = MODELS[name]
+    torch.manual_seed(0)
+    model, x = factory().eval(), torch.randn(*shape)
+    print(f"[dense] {name}: compiling", flush=True)
+    start = time.perf_counter()
+    compiled = tvm_sparse.compile(model, target, example_inputs=(x,), sparsity="off")
+    compile_s = time.perf_counter() - start
+    with torch.no_grad():
+        expected = model(x).numpy()
+    error = float(np.abs(compiled(x.numpy()) - expected).max())
+    print(f"[dense] {name}: measuring", flush=True)
+    ort_call = onnxruntime_runner(_onnx(model, x), [x.numpy()])
+    ms = interleave(
+        {
+            "tvm": lambda: compiled.benchmark(x.numpy(), repeat=repeat),
+            "torch": lambda: time_torch(model, (x,), repeat=repeat),
+            "ort": lambda: time_callable(ort_call, repeat=repeat),
+        },
+        rounds=rounds,
+    )
+    row = {
+        "model": name,
+        "tvm_sparse_ms": ms["tvm"],
+        "pytorch_ms": ms["torch"],
+        "onnxruntime_ms": ms["ort"],
+        "vs_pytorch": ms["torch"] / ms["tvm"],
+        "vs_onnxruntime": ms["ort"] / ms["tvm"],
+        "compile_s": compile_s,
+        "max_abs_error": error,
+    }
+    print(f"[dense] {row}", flush=True)
+    return row
+
+
 def run(repeat: int, rounds: int, out_dir: str, target: str) -> list[dict]:
-    rows = []
-    for name, (factory, shape) in MODELS.items():
-        torch.manual_seed(0)
-        model, x = factory().eval(), torch.randn(*shape)
-        print(f"[dense] {name}: compiling", flush=True)
-        start = time.perf_counter()
-        compiled = tvm_sparse.compile(model, target, example_inputs=(x,), sparsity="off")
-        compile_s = time.perf_counter() - start
-        with torch.no_grad():
-            expected = model(x).numpy()
-        error = float(np.abs(compiled(x.numpy()) - expected).max())
-        print(f"[dense] {name}: measuring", flush=True)
-        ort_call = onnxruntime_runner(_onnx(model, x), [x.numpy()])
-        ms = interleave(
-            {
-                "tvm": lambda c=compiled, x=x: c.benchmark(x.numpy(), repeat=repeat),
-                "torch": lambda m=model, x=x: time_torch(m, (x,), repeat=repeat),
-                "ort": lambda call=ort_call: time_callable(call, repeat=repeat),
-            },
-            rounds=rounds,
-        )
-        tvm_ms, torch_ms, ort_ms = ms["tvm"], ms["torch"], ms["ort"]
-        rows.append(
-            {
-                "model": name,
-                "tvm_sparse_ms": tvm_ms,
-                "pytorch_ms": torch_ms,
-                "onnxruntime_ms": ort_ms,
-                "vs_pytorch": torch_ms / tvm_ms,
-                "vs_onnxruntime": ort_ms / tvm_ms,
-                "compile_s": compile_s,
-                "max_abs_error": error,
-            }
-        )
-        print(f"[dense] {rows[-1]}", flush=True)
+    rows = [
+        in_fresh_process(measure, name, repeat=repeat, rounds=rounds, target=target)
+        for name in MODELS
+    ]
     write_results(
         "dense",
         rows,

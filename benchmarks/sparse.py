@@ -5,9 +5,10 @@
 Writes ``sparse.json`` and ``sparse.md``. Each row is one model compiled twice by
 ``tvm_sparse.compile``: ``sparsity="auto"`` (what a user gets: the compiler picks sparse or
 shrunk kernels only where its cost model says they win) and ``sparsity="off"`` (dense), both
-checked against PyTorch, then timed in this process beside PyTorch and ONNX Runtime running the
-same (pruned, dense-stored) model, in turns; each latency is the fastest turn's median
-(``tvm_sparse.benchmarking.interleave``). Ratios hold on a shared host; absolute times do not.
+checked against PyTorch, then timed beside PyTorch and ONNX Runtime running the same (pruned,
+dense-stored) model. Each case runs in a process of its own (``in_fresh_process``), the four
+runtimes in turns, and each latency is the fastest turn's median (``interleave``). Ratios hold
+on a shared host; absolute times do not.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 import tvm_sparse
 from tvm_sparse.architectures import ResNet18, randomize_batch_norm
 from tvm_sparse.benchmarking import (
+    in_fresh_process,
     interleave,
     onnxruntime_runner,
     time_callable,
@@ -111,13 +113,13 @@ def run(*, repeat: int, rounds: int, out_dir: str, target: str, density: float =
     for m, pattern in FFN_CASES:
         label = pattern if isinstance(pattern, str) else f"{pattern[0]}x{pattern[1]} blocks"
         name = f"FFN {m}x768 @ 768x3072, {1 - density:.0%} {label}"
-        rows.append(measure(name, _ffn(pattern, density, rng), torch.randn(m, K), target=target,
-                            repeat=repeat, rounds=rounds))  # fmt: skip
+        rows.append(in_fresh_process(measure, name, _ffn(pattern, density, rng), torch.randn(m, K),
+                                     target=target, repeat=repeat, rounds=rounds))  # fmt: skip
     resnet = randomize_batch_norm(ResNet18()).eval()
     x = torch.randn(1, 3, 224, 224)
     tvm_sparse.prune(resnet, (x,), pattern="channel", sparsity=0.5)
-    rows.append(measure("ResNet-18 1x3x224x224, 50% channels", resnet, x, target=target,
-                        repeat=repeat, rounds=rounds))  # fmt: skip
+    rows.append(in_fresh_process(measure, "ResNet-18 1x3x224x224, 50% channels", resnet, x,
+                                 target=target, repeat=repeat, rounds=rounds))  # fmt: skip
     write_results(
         "sparse",
         rows,

@@ -1,8 +1,8 @@
 """Dense x86 kernels and models: tvm_sparse against ONNX Runtime and PyTorch, beside the roofline.
 
 Every row is measured in one process with the runtimes taking turns (``--rounds`` turns of
-``--repeat`` calls each; the fastest turn's median, ``tvm_sparse.benchmarking.interleave``), so
-the ratios hold on a shared host even when absolute times do not.
+``--repeat`` calls each; the fastest turn's median, ``tvm_sparse.benchmarking.interleave``), each
+case in a process of its own, so the ratios hold on a shared host even when absolute times do not.
 Each row also gives the GFLOP/s reached and the machine's limit for it: the measured peak FLOP/s
 (``benchmarks/roofline.py``), or the bandwidth bound for memory-bound kernels (GEMV)::
 
@@ -23,7 +23,7 @@ import torch
 
 import tvm_sparse
 from tvm_sparse.architectures import BertLayer, MobileNetV2, ResNet18, randomize_batch_norm
-from tvm_sparse.benchmarking import interleave, time_callable, write_results
+from tvm_sparse.benchmarking import in_fresh_process, interleave, time_callable, write_results
 from tvm_sparse.compiled_model import use_all_cores
 from tvm_sparse.targets import get_preset
 
@@ -101,57 +101,59 @@ def _ort_session(model: torch.nn.Module, x: torch.Tensor):
     return ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
 
 
+def measure(name: str, limits: dict, *, repeat: int, rounds: int, target: str) -> dict:
+    """One row: compile case ``name``, check it against PyTorch, time the three runtimes."""
+    factory, shape, flops, nbytes = _cases()[name]
+    torch.manual_seed(0)
+    model, x = factory().eval(), torch.randn(*shape)
+    start = time.perf_counter()
+    compiled = tvm_sparse.compile(model, target, example_inputs=(x,), sparsity="off")
+    compile_s = time.perf_counter() - start
+    session = _ort_session(model, x)
+    xn = x.numpy()
+    with torch.no_grad():
+        error = float(np.abs(compiled(xn) - model(x).numpy()).max())
+
+    def torch_call():
+        with torch.inference_mode():
+            model(x)
+
+    ms = interleave(
+        {
+            "tvm": lambda: time_callable(lambda: compiled(xn), repeat=repeat),
+            "ort": lambda: time_callable(lambda: session.run(None, {"x": xn}), repeat=repeat),
+            "torch": lambda: time_callable(torch_call, repeat=repeat),
+        },
+        rounds=rounds,
+    )
+    bound_s = max(flops / (limits["peak_gflops"] * 1e9), nbytes / (limits["bandwidth_gbs"] * 1e9))
+    row = {
+        "case": name,
+        "tvm_sparse_ms": ms["tvm"],
+        "onnxruntime_ms": ms["ort"],
+        "pytorch_ms": ms["torch"],
+        "vs_onnxruntime": ms["ort"] / ms["tvm"],
+        "vs_pytorch": ms["torch"] / ms["tvm"],
+        "tvm_gflops": flops / ms["tvm"] / 1e6,
+        "roofline_ms": bound_s * 1e3,
+        "of_roofline": bound_s * 1e3 / ms["tvm"],
+        "compile_s": compile_s,
+        "max_abs_error": error,
+    }
+    print(f"[x86] {row}", flush=True)
+    return row
+
+
 def run(
     *, repeat: int, rounds: int, out_dir: str, target: str, only: list[str] | None = None
 ) -> list[dict]:
     limits = roofline(target)
     print(f"[x86] roofline {limits}", flush=True)
-    rows = []
-    for name, (factory, shape, flops, nbytes) in _cases().items():
-        if only and not any(word in name for word in only):
-            continue
-        torch.manual_seed(0)
-        model, x = factory().eval(), torch.randn(*shape)
-        start = time.perf_counter()
-        compiled = tvm_sparse.compile(model, target, example_inputs=(x,), sparsity="off")
-        compile_s = time.perf_counter() - start
-        session = _ort_session(model, x)
-        xn = x.numpy()
-        with torch.no_grad():
-            error = float(np.abs(compiled(xn) - model(x).numpy()).max())
-
-        def torch_call(model=model, x=x):
-            with torch.inference_mode():
-                model(x)
-
-        ms = interleave(
-            {
-                "tvm": lambda c=compiled, xn=xn: time_callable(lambda: c(xn), repeat=repeat),
-                "ort": lambda s=session, xn=xn: time_callable(
-                    lambda: s.run(None, {"x": xn}), repeat=repeat
-                ),
-                "torch": lambda call=torch_call: time_callable(call, repeat=repeat),
-            },
-            rounds=rounds,
-        )
-        bound_s = max(
-            flops / (limits["peak_gflops"] * 1e9), nbytes / (limits["bandwidth_gbs"] * 1e9)
-        )
-        row = {
-            "case": name,
-            "tvm_sparse_ms": ms["tvm"],
-            "onnxruntime_ms": ms["ort"],
-            "pytorch_ms": ms["torch"],
-            "vs_onnxruntime": ms["ort"] / ms["tvm"],
-            "vs_pytorch": ms["torch"] / ms["tvm"],
-            "tvm_gflops": flops / ms["tvm"] / 1e6,
-            "roofline_ms": bound_s * 1e3,
-            "of_roofline": bound_s * 1e3 / ms["tvm"],
-            "compile_s": compile_s,
-            "max_abs_error": error,
-        }
-        print(f"[x86] {row}", flush=True)
-        rows.append(row)
+    rows = [
+        in_fresh_process(measure, name, limits, repeat=repeat, rounds=rounds, target=target)
+        for name in _cases()
+        if not only or any(word in name for word in only)
+    ]
     write_results(
         "x86",
         rows,

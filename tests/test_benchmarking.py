@@ -29,3 +29,10 @@ def test_interleave_can_skip_the_wait_between_turns(monkeypatch):
         {"x": lambda: {"median_ms": 1.0}}, rounds=2, settle_between=False
     )
     assert best == {"x": 1.0}
+
+
+def test_in_fresh_process_runs_elsewhere_and_returns_the_result():
+    import os
+
+    assert benchmarking.in_fresh_process(os.getpid) != os.getpid()
+    assert benchmarking.in_fresh_process(divmod, 7, 2) == (3, 1)
