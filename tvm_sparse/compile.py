@@ -36,6 +36,7 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
     device: tvm.runtime.Device | None = None,
     tuning_cache: Any = True,
     verify_speed: bool | None = None,
+    fast_math: bool = True,
 ) -> CompiledModel:
     """Compile ``model`` for ``target`` and return a callable :class:`CompiledModel`.
 
@@ -67,6 +68,10 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
         on where it can run and matters: ``sparsity="auto"``, a target this machine runs, and
         a model in which pruning was found (``TVM_SPARSE_VERIFY_SPEED=0`` turns the default
         off).
+    fast_math : bool
+        Compute ``exp``, ``erf`` and ``tanh`` (in softmax, GELU, sigmoid, SiLU) with vectorised
+        polynomials of about 1e-7 relative error; ``False`` calls the C library, exactly
+        rounded and several times slower.
 
     Returns
     -------
@@ -94,7 +99,11 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
             imported.mod,
             preset.tvm_target(),
             relax_pipeline=pipeline(
-                preset, sparsity=mode, report=report, tuning_cache=tuning_cache
+                preset,
+                sparsity=mode,
+                report=report,
+                tuning_cache=tuning_cache,
+                fast_math=fast_math,
             ),
         )
         report.notes.append(f"compiled in {time.perf_counter() - start:.1f} s")

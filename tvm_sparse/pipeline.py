@@ -14,7 +14,9 @@ from tvm.target import Target
 
 from .passes.collect_report import CollectFusionGroups, CollectKernelReport, CollectOpReport
 from .passes.pack_weights import PackWeights
+from .passes.reorder_reshape_after_elementwise import ReorderReshapeAfterElementwise
 from .passes.uniquify_binding_names import UniquifyBindingNames
+from .passes.use_fast_math import UseFastMath
 from .report import CompileReport
 from .schedules import ApplySchedules, schedule_rules
 from .targets import TargetPreset, resolve_target
@@ -76,7 +78,12 @@ def _lowering_passes(target: Target) -> list[tvm.transform.Pass]:
 
 
 def schedule_input_passes(
-    target: Target, sparsity: Any, report: CompileReport, fusion: CollectFusionGroups
+    target: Target,
+    sparsity: Any,
+    report: CompileReport,
+    fusion: CollectFusionGroups,
+    *,
+    fast_math: bool = True,
 ) -> list[tvm.transform.Pass]:
     """Everything before scheduling: the PrimFuncs these leave are what schedules (and the
     autotuner) see."""
@@ -84,7 +91,9 @@ def schedule_input_passes(
         prepare_passes()
         + sparsity_passes(target, sparsity)
         + [
+            ReorderReshapeAfterElementwise(),
             CollectOpReport(report),
+            *([UseFastMath()] if fast_math else []),
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),
@@ -103,6 +112,7 @@ def pipeline(
     sparsity: Any = "auto",
     report: CompileReport | None = None,
     tuning_cache: Any = True,
+    fast_math: bool = True,
 ) -> tvm.transform.Pass:
     """The project's Relax pipeline for ``target``.
 
@@ -119,6 +129,10 @@ def pipeline(
         Records of :func:`tvm_sparse.autotune` to apply before the default schedules. ``True``
         (default): the cache entered with ``with TuningCache(...)``, else the default directory
         ``~/.cache/tvm_sparse/tuning``; a directory or ``.jsonl`` path; ``None`` / ``False``: off.
+    fast_math : bool
+        Compute ``exp``, ``erf``, ``tanh`` (softmax, GELU, sigmoid, SiLU) with vectorised
+        polynomials (:class:`~tvm_sparse.passes.UseFastMath`, about 1e-7 relative error)
+        instead of C library calls.
 
     Returns
     -------
@@ -132,7 +146,7 @@ def pipeline(
     fusion = CollectFusionGroups(report)
     tuned = _tuning_passes(tvm_target, tuning_cache, report, fusion)
     passes = (
-        schedule_input_passes(tvm_target, sparsity, report, fusion)
+        schedule_input_passes(tvm_target, sparsity, report, fusion, fast_math=fast_math)
         + tuned[:1]
         + [ApplySchedules(schedule_rules(tvm_target)), CollectKernelReport(report, fusion)]
         + tuned[1:]

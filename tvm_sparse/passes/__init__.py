@@ -6,9 +6,11 @@ Each pass works alone in any Relax pipeline; ``tvm_sparse.pipeline`` chains them
 from .collect_report import CollectFusionGroups, CollectKernelReport, CollectOpReport
 from .detect_sparsity import DetectSparsity, WeightSparsity, analyze_weight
 from .pack_weights import PackWeights
+from .reorder_reshape_after_elementwise import ReorderReshapeAfterElementwise
 from .rewrite_to_sparse import RewriteToSparse
 from .shrink_pruned_channels import ShrinkPrunedChannels
 from .uniquify_binding_names import UniquifyBindingNames
+from .use_fast_math import UseFastMath
 
 __all__ = [
     "CollectFusionGroups",
@@ -16,9 +18,11 @@ __all__ = [
     "CollectOpReport",
     "DetectSparsity",
     "PackWeights",
+    "ReorderReshapeAfterElementwise",
     "RewriteToSparse",
     "ShrinkPrunedChannels",
     "UniquifyBindingNames",
+    "UseFastMath",
     "WeightSparsity",
     "analyze_weight",
 ]

@@ -76,7 +76,10 @@ class MatmulKnobs:
     tile_vectors : int
         ``nr / vector_lanes``: SIMD registers of ``C`` per tile row.
     k_block : int
-        Split of the reduction axis for L1 reuse; 0 keeps the whole ``K`` in one loop.
+        Blocks of the reduction axis (a divisor of ``K`` is used): each tile of ``nr``
+        columns then accumulates all rows of ``C`` block by block, so that a ``k_block x nr``
+        block of ``B`` stays in L1 while every row tile reads it; 0 keeps the whole ``K`` in
+        one loop per register tile.
     unroll_k : int
         ``pragma_auto_unroll_max_step`` on the innermost ``k`` loop (0 disables).
     pack_b : bool
@@ -94,10 +97,12 @@ class MatmulKnobs:
 
     @classmethod
     def for_target(cls, target: Target) -> MatmulKnobs:
-        """Defaults for ``target``: about 16 accumulator registers of the target's SIMD width."""
+        """Defaults for ``target``: 16-24 accumulator registers of the target's SIMD width."""
         lanes = vector_lanes(target)
         if lanes >= 16:  # AVX-512: 32 zmm registers
-            return cls(vector_lanes=lanes, tile_rows=4, tile_vectors=4)
+            # 8 x 3 registers: 24 accumulators, 3 weight loads per 8 broadcasts; on two FMA
+            # units it beat 4 x 4 by 6-14% on BERT's linears (and 6 x 4 leaves a row tail)
+            return cls(vector_lanes=lanes, tile_rows=8, tile_vectors=3)
         if lanes == 8:  # AVX2: 16 ymm registers
             return cls(vector_lanes=lanes, tile_rows=4, tile_vectors=2)
         return cls(vector_lanes=lanes, tile_rows=4, tile_vectors=4)  # NEON: 32 q registers
@@ -296,9 +301,9 @@ class Matmul(CPUScheduleRule):
         # Step 2. Register tiles.
         b, i, j, k = sch.get_loops(main)
         lanes = knobs.vector_lanes
-        n_ext, m_ext = loop_extent(sch, j), loop_extent(sch, i)
+        n_ext, m_ext, k_ext = loop_extent(sch, j), loop_extent(sch, i), loop_extent(sch, k)
         if sampler is not None:
-            knobs = _sample_knobs(sampler, knobs, m_ext, n_ext, loop_extent(sch, k), b_contiguous)
+            knobs = _sample_knobs(sampler, knobs, m_ext, n_ext, k_ext, b_contiguous)
         nr_max = lanes * knobs.tile_vectors
         if n_ext is not None and n_ext <= nr_max:
             nr = n_ext
@@ -312,26 +317,34 @@ class Matmul(CPUScheduleRule):
             _pack_weight_panels(sch, main, nr)
         io, ii = sch.split(i, [None, mr])
         jo, ji = sch.split(j, [None, nr])
-        k_loops = [k]
-        if knobs.k_block and (loop_extent(sch, k) or 0) > knobs.k_block:
-            k_loops = list(sch.split(k, [None, knobs.k_block]))
-        if len(k_loops) == 2:
-            sch.reorder(b, jo, io, k_loops[0], k_loops[1], ii, ji)
+        k_block = pick_factor(k_ext, knobs.k_block) if knobs.k_block else 0
+        panels = k_ext is not None and 1 < k_block < k_ext
+        if panels:
+            # B panel blocks of k_block x nr stay in L1 while every row tile passes over them;
+            # the panel's C (all rows) accumulates across the blocks
+            ko, ki = sch.split(k, [None, k_block])
+            sch.reorder(b, jo, ko, io, ki, ii, ji)
+            tile, inner_k = sch.fuse(b, jo), ki
         else:
             sch.reorder(b, jo, io, k, ii, ji)
-        tile = sch.fuse(b, jo, io)
+            tile, inner_k = sch.fuse(b, jo, io), k
         sch.parallel(tile)
         sch.unroll(ii)
-        sch.vectorize(ji)
+        if nr > lanes and nr % lanes == 0:
+            # whole registers: LLVM splits a vector of 3 registers into odd pieces, not 3
+            jv, jl = sch.split(ji, [None, lanes])
+            sch.unroll(jv)
+            sch.vectorize(jl)
+        else:
+            sch.vectorize(ji)
         if knobs.unroll_k:
-            sch.annotate(k_loops[-1], "pragma_auto_unroll_max_step", knobs.unroll_k)
-            sch.annotate(k_loops[-1], "pragma_unroll_explicit", 1)
+            sch.annotate(inner_k, "pragma_auto_unroll_max_step", knobs.unroll_k)
+            sch.annotate(inner_k, "pragma_unroll_explicit", 1)
 
-        # Step 3. Accumulate in registers; the epilogue runs per tile from them.
-        acc = sch.cache_write(main, 0, "local")
+        # Step 3. Accumulate in registers (or the panel's C); the epilogue runs from them.
+        acc = sch.cache_write(main, 0, "global" if panels else "local")
         auto_inline_consumer_chain(sch, acc)
         sch.reverse_compute_at(acc, tile, preserve_unit_loops=True)
-        wi, wj = sch.get_loops(acc)[-2:]
-        sch.vectorize(wj)
-        sch.decompose_reduction(main, k_loops[0])
+        sch.vectorize(sch.get_loops(acc)[-1])
+        sch.decompose_reduction(main, ko if panels else k)
         return sch
