@@ -23,13 +23,22 @@ FUSION = [
 ]
 
 
-def to_fused_relax(model: torch.nn.Module, *inputs: torch.Tensor) -> tvm.IRModule:
+def to_fused_relax(
+    model: torch.nn.Module, *inputs: torch.Tensor, nhwc: bool = False
+) -> tvm.IRModule:
+    """The fused PrimFuncs of ``model``; ``nhwc`` converts convolutions as the pipeline does."""
     from tvm.relax.frontend.torch import from_exported_program
+
+    from tvm_sparse.passes import ConvertToNHWC
 
     model.eval()
     with torch.no_grad():
         exported = torch.export.export(model, inputs)
     mod = from_exported_program(exported, keep_params_as_input=False)
+    if nhwc:
+        mod = tvm.transform.Sequential(
+            [relax.transform.DecomposeOpsForInference(), ConvertToNHWC()]
+        )(mod)
     return tvm.transform.Sequential(FUSION)(mod)
 
 
@@ -59,9 +68,9 @@ def assert_parallel_vectorized(func: tirx.PrimFunc, *, vectorized: bool = True) 
         assert tirx.ForKind.VECTORIZED in kinds, func.script()
 
 
-def run_and_compare(model, inputs, rules, *, rtol=1e-4, atol=1e-5, target=TARGET):
+def run_and_compare(model, inputs, rules, *, rtol=1e-4, atol=1e-5, target=TARGET, nhwc=False):
     """Schedule, compile, run and compare with PyTorch; return the claimed map and the module."""
-    mod, claimed = claim(to_fused_relax(model, *inputs), rules, target)
+    mod, claimed = claim(to_fused_relax(model, *inputs, nhwc=nhwc), rules, target)
     vm = relax.VirtualMachine(tvm.compile(mod, target), tvm.cpu())
     out = vm["main"](*[tvm.runtime.tensor(x.numpy()) for x in inputs])
     while not hasattr(out, "numpy"):

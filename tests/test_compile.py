@@ -160,7 +160,7 @@ def test_report_rows():
     convs = report.find(op="conv2d")
     assert len(convs) == 6
     stem = convs[0]
-    assert stem.input_shapes[1] == [16, 3, 3, 3]
+    assert stem.input_shapes[1] == [3, 3, 3, 16]  # convs run NHWC: HWIO weights
     assert stem.flops == 2 * 2 * 16 * 16 * 16 * 3 * 3 * 3
     assert stem.weight_bytes == 16 * 3 * 3 * 3 * 4
     assert all(row.kernel for row in convs)

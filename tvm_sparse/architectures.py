@@ -15,6 +15,7 @@ __all__ = [
     "BasicBlock",
     "BertFFN",
     "BertLayer",
+    "InvertedResidual",
     "MobileNetV2",
     "ResNet18",
     "ViT",
@@ -77,7 +78,9 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-class _InvertedResidual(nn.Module):
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expansion, 3x3 depthwise (strided), 1x1 linear projection."""
+
     def __init__(self, c_in: int, c_out: int, stride: int, expand: int):
         super().__init__()
         hidden = c_in * expand
@@ -113,7 +116,7 @@ class MobileNetV2(nn.Module):
         c_in = 32
         for t, c, n, s in self.SETTINGS:
             for i in range(n):
-                layers.append(_InvertedResidual(c_in, c, s if i == 0 else 1, t))
+                layers.append(InvertedResidual(c_in, c, s if i == 0 else 1, t))
                 c_in = c
         layers += [nn.Conv2d(c_in, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU6()]
         self.features = nn.Sequential(*layers)

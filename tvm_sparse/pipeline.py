@@ -13,6 +13,7 @@ from tvm import relax
 from tvm.target import Target
 
 from .passes.collect_report import CollectFusionGroups, CollectKernelReport, CollectOpReport
+from .passes.convert_to_nhwc import ConvertToNHWC
 from .passes.pack_weights import PackWeights
 from .passes.reorder_reshape_after_elementwise import ReorderReshapeAfterElementwise
 from .passes.uniquify_binding_names import UniquifyBindingNames
@@ -90,6 +91,7 @@ def schedule_input_passes(
     return (
         prepare_passes()
         + sparsity_passes(target, sparsity)
+        + ([ConvertToNHWC()] if target.kind.name == "llvm" else [])
         + [
             ReorderReshapeAfterElementwise(),
             CollectOpReport(report),

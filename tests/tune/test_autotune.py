@@ -71,11 +71,11 @@ def test_dense_ops_are_tuned_in_the_knobs_of_their_rules(cache):
     net, x = ConvLinear().eval(), torch.randn(2, 8, 6, 6)
     options = dict(example_inputs=(x,), cache=cache, kinds=("dense",), progress=False)
     result = autotune(net, "x86", trials=4, **options)
-    assert sorted(w.space for w in result.workloads) == ["Conv2d", "Matmul"]
+    assert sorted(w.space for w in result.workloads) == ["Conv2dNHWC", "Matmul"]
     searched = _searched(cache)
     assert {r.workload for r in searched} == {w.key for w in result.workloads}
     assert len(searched) <= 6  # 3 trials per workload besides the default
-    assert all(r.extra["space"] in ("Conv2d", "Matmul") and r.knobs for r in searched)
+    assert all(r.extra["space"] in ("Conv2dNHWC", "Matmul") and r.knobs for r in searched)
 
     # Each stored record replays to its rule's schedule with the knobs it names.
     mod = _schedule_input(net, resolve_target("x86"), (x,), None, False, "auto")

@@ -4,6 +4,7 @@ Each pass works alone in any Relax pipeline; ``tvm_sparse.pipeline`` chains them
 """
 
 from .collect_report import CollectFusionGroups, CollectKernelReport, CollectOpReport
+from .convert_to_nhwc import ConvertToNHWC
 from .detect_sparsity import DetectSparsity, WeightSparsity, analyze_weight
 from .pack_weights import PackWeights
 from .reorder_reshape_after_elementwise import ReorderReshapeAfterElementwise
@@ -16,6 +17,7 @@ __all__ = [
     "CollectFusionGroups",
     "CollectKernelReport",
     "CollectOpReport",
+    "ConvertToNHWC",
     "DetectSparsity",
     "PackWeights",
     "ReorderReshapeAfterElementwise",

@@ -42,7 +42,9 @@ def _op_flops(call: relax.Call, out_shape: list[int | str], name: str, attrs: di
         return 2 * _numel(out_shape) * (k if isinstance(k, int) else 1)
     if op_name in ("relax.nn.conv2d", "relax.nn.conv1d"):
         w_shape = _dims(call.args[1].ty)
-        return 2 * _numel(out_shape) * _numel(w_shape[1:])
+        out_axis = str(call.attrs.kernel_layout).index("O")  # OIHW, or HWIO once NHWC
+        per_output = _numel(w_shape) // max(_numel(w_shape[out_axis : out_axis + 1]), 1)
+        return 2 * _numel(out_shape) * per_output
     if op_name == "relax.call_tir":
         return int(attrs.get("flops", 0))
     return _numel(out_shape) if op_name else 0

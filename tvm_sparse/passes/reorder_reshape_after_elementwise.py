@@ -93,6 +93,21 @@ class _Reorderer(PyExprMutator):
             return None
         return source, shape
 
+    def _unreshaped(self, expr: relax.Expr, shape: tuple) -> relax.Expr | None:
+        """What ``expr`` reshapes, when that already has ``shape`` (a residual whose own
+        reshape was moved down: no reshape back and forth)."""
+        if not isinstance(expr, relax.Var):
+            return None
+        value = self.lookup_binding(expr)
+        if (
+            isinstance(value, relax.Call)
+            and isinstance(value.op, tvm.ir.Op)
+            and value.op.name == "relax.reshape"
+            and _static_shape(value.args[0]) == shape
+        ):
+            return value.args[0]
+        return None
+
     def _fusable_producer(self, expr: relax.Expr) -> bool:
         """Whether ``expr`` is computed by a Relax operator, which the elementwise op can fuse
         into; a ``call_tir`` (a hand-written kernel such as the sparse ones) fuses with
@@ -123,7 +138,9 @@ class _Reorderer(PyExprMutator):
                 if found is None or _static_shape(call.args[pos]) != reshaped:
                     continue
                 source, shape = found
-                other = _broadcast_operand(call.args[1 - pos], reshaped, shape)
+                other = self._unreshaped(call.args[1 - pos], shape)
+                if other is None:
+                    other = _broadcast_operand(call.args[1 - pos], reshaped, shape)
                 if other is None:
                     continue
                 args = [source, other] if pos == 0 else [other, source]

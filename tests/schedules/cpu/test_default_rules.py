@@ -5,7 +5,7 @@ import tvm
 from schedule_testing import TARGET, loop_kinds, run_and_compare
 from tvm import tirx
 
-from tvm_sparse.schedules.cpu import Fallback, default_rules
+from tvm_sparse.schedules.cpu import Conv2dNHWC, Fallback, Matmul, default_rules
 
 
 class SmallCNN(torch.nn.Module):
@@ -96,8 +96,11 @@ def test_fallback_never_declines_and_parallelises():
 def test_knobs_follow_target():
     avx2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
     neon = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
-    assert default_rules(TARGET)[2].knobs.vector_lanes == 16
-    assert default_rules(avx2)[2].knobs.vector_lanes == 8
-    assert default_rules(neon)[2].knobs.vector_lanes == 4
+    for rule_type in (Matmul, Conv2dNHWC):
+        lanes = [
+            next(r for r in default_rules(t) if isinstance(r, rule_type)).knobs.vector_lanes
+            for t in (TARGET, avx2, neon)
+        ]
+        assert lanes == [16, 8, 4], rule_type
     cuda = tvm.target.Target({"kind": "cuda"})
     assert not any(rule.is_target_available(cuda) for rule in default_rules(TARGET))

@@ -152,7 +152,7 @@ def test_out_of_range_decision_raises():
 def test_only_the_knob_rules_sample():
     _, func, _ = _matmul()
     samples = {type(r).__name__ for r in default_rules(TARGET) if r.samples_knobs}
-    assert samples == {"Conv2d", "GEMV", "Matmul"}
+    assert samples == {"Conv2d", "Conv2dNHWC", "GEMV", "Matmul"}
     fallback = default_rules(TARGET)[-1]
     assert fallback.sample(func, TARGET) is None
     assert fallback.apply(func, TARGET, True) is not None  # fixed knobs, as untuned

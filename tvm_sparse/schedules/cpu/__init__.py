@@ -13,6 +13,7 @@ from tvm.target import Target
 
 from .base import CPUScheduleRule, NotApplicable, num_cores, vector_bits, vector_lanes
 from .conv2d import Conv2d, Conv2dKnobs
+from .conv2d_nhwc import Conv2dNHWC, Conv2dNHWCKnobs
 from .fallback import Fallback, FallbackKnobs
 from .gemv import GEMV
 from .injective import Injective, InjectiveKnobs
@@ -25,6 +26,8 @@ __all__ = [
     "CPUScheduleRule",
     "Conv2d",
     "Conv2dKnobs",
+    "Conv2dNHWC",
+    "Conv2dNHWCKnobs",
     "Fallback",
     "FallbackKnobs",
     "GEMV",
@@ -57,10 +60,11 @@ def default_rules(target: Target) -> list[ScheduleRule]:
     Returns
     -------
     list[ScheduleRule]
-        ``[Conv2d, GEMV, Matmul, Pool, Reduction, Injective, Fallback]`` with per-target knobs.
+        ``[Conv2d, Conv2dNHWC, GEMV, Matmul, Pool, Reduction, Injective, Fallback]`` with per-target knobs.
     """
     return [
         Conv2d(Conv2dKnobs.for_target(target)),
+        Conv2dNHWC(Conv2dNHWCKnobs.for_target(target)),
         GEMV(),
         Matmul(MatmulKnobs.for_target(target)),
         Pool(PoolKnobs.for_target(target)),

@@ -64,6 +64,19 @@ def _try(fn, *args, **kwargs):
         return None
 
 
+def _reads_along(sch: s_tir.Schedule, block: SBlockRV, axis: int) -> bool:
+    """Whether some input of ``block`` is indexed, in its innermost dimension, by the block
+    iterator ``axis`` alone (the loops of an unscheduled block follow its iterators)."""
+    stmt = sch.get(block)
+    if len(stmt.iter_vars) != len(sch.get_loops(block)) or len(stmt.iter_vars) < -axis:
+        return False
+    var = stmt.iter_vars[axis].var
+    return any(
+        r.region and isinstance(r.region[-1].min, tirx.Var) and r.region[-1].min.same_as(var)
+        for r in stmt.reads
+    )
+
+
 def schedule_spatial_block(sch: s_tir.Schedule, block: SBlockRV, knobs: FallbackKnobs) -> None:
     """Parallelise the outer loops of a spatial block and vectorise its innermost loop."""
     loops = sch.get_loops(block)
@@ -82,6 +95,14 @@ def schedule_spatial_block(sch: s_tir.Schedule, block: SBlockRV, knobs: Fallback
         # a whole row as one vector (LLVM splits it into registers plus a tail): fusing first
         # would vectorise across rows, turning each lane's index into a division and a gather
         vec, outer_loops = loops[-1], loops[:-1]
+    elif _reads_along(sch, block, -2) and (loop_extent(sch, loops[-2]) or 0) >= knobs.vector_lanes:
+        # a transpose with a short inner axis (NCHW -> NHWC of 3 channels): vectorise the
+        # axis the input is contiguous along, storing with a stride, instead of fusing the
+        # loops into a vector whose every lane divides its index back into coordinates
+        sch.reorder(loops[-1], loops[-2])
+        factor = _pow2_factor(loop_extent(sch, loops[-2]), knobs.vector_lanes)
+        outer, vec = sch.split(loops[-2], [None, factor])
+        outer_loops = [*loops[:-2], loops[-1], outer]
     else:
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         factor = _pow2_factor(loop_extent(sch, fused), knobs.vector_lanes)

@@ -236,6 +236,14 @@ def _sample_knobs(
     )
 
 
+def _vector_width(columns: int, lanes: int) -> int:
+    """Widest power-of-two vector up to ``lanes`` that divides ``columns`` (at least 1)."""
+    width = lanes
+    while width > 1 and columns % width:
+        width //= 2
+    return width
+
+
 def find_matmul_block(sch: s_tir.Schedule) -> SBlockRV:
     """The single reduction block of a matmul-like function; raises when there is none."""
     blocks = sch.get_child_blocks(get_root_block(sch))
@@ -330,9 +338,11 @@ class Matmul(CPUScheduleRule):
             tile, inner_k = sch.fuse(b, jo, io), k
         sch.parallel(tile)
         sch.unroll(ii)
-        if nr > lanes and nr % lanes == 0:
-            # whole registers: LLVM splits a vector of 3 registers into odd pieces, not 3
-            jv, jl = sch.split(ji, [None, lanes])
+        width = _vector_width(nr, lanes)
+        if nr > width:
+            # power-of-two vectors: LLVM splits a vector of 3 registers (or of 24 lanes) into
+            # odd pieces and shuffles, not into 3 registers
+            jv, jl = sch.split(ji, [None, width])
             sch.unroll(jv)
             sch.vectorize(jl)
         else:
@@ -345,6 +355,9 @@ class Matmul(CPUScheduleRule):
         acc = sch.cache_write(main, 0, "global" if panels else "local")
         auto_inline_consumer_chain(sch, acc)
         sch.reverse_compute_at(acc, tile, preserve_unit_loops=True)
-        sch.vectorize(sch.get_loops(acc)[-1])
+        wj = sch.get_loops(acc)[-1]
+        if nr > width:
+            wj = sch.split(wj, [None, width])[1]
+        sch.vectorize(wj)
         sch.decompose_reduction(main, ko if panels else k)
         return sch

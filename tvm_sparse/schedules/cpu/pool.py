@@ -1,5 +1,8 @@
 """CPU schedule for window reductions over the inner spatial axes: max/avg pooling.
 
+Channels-last (NHWC) pooling reduces each window on vectors of channels, in tiles of a few
+pixels of one output row, with the padded input of a tile copied inside it. For NCHW:
+
 A pooling block ``out[n, c, y, x] = reduce(pad[n, c, y*s + ry, x*s + rx])`` is computed one
 output row per task: its column axis is split into vectors (each lane reduces its own window)
 with the window loops outside them. The padded input rows a task reads are copied into a small
@@ -31,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tvm import s_tir
+from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain
 from tvm.target import Target
@@ -42,6 +45,7 @@ from .base import (
     block_loop_kinds,
     is_reduction_block,
     loop_extent,
+    pick_factor,
     vector_lanes,
 )
 
@@ -91,6 +95,8 @@ class Pool(CPUScheduleRule):
         n_spatial = len(kinds) - len(kinds.lstrip("S"))
         if not (0 < n_spatial < len(kinds)) or set(kinds[n_spatial:]) != {"R"}:
             raise NotApplicable("loops are not spatial then reduction")
+        if _channels_last(sch, main, n_spatial):
+            return _schedule_channels_last(sch, main, n_spatial, knobs)
         loops = sch.get_loops(main)
         cols = loops[n_spatial - 1]
         width = loop_extent(sch, cols)
@@ -117,6 +123,51 @@ class Pool(CPUScheduleRule):
             sch.vectorize(sch.get_loops(producer)[-1])
         sch.decompose_reduction(main, sch.get_loops(main)[1])
         return sch
+
+
+def _channels_last(sch: s_tir.Schedule, main, n_spatial: int) -> bool:
+    """Whether the innermost output axis indexes the innermost input axis alone (NHWC)."""
+    stmt = sch.get(main)
+    inner = stmt.reads[0].region[-1].min
+    return isinstance(inner, tirx.Var) and inner.same_as(stmt.iter_vars[n_spatial - 1].var)
+
+
+#: Channels-last pooling: output pixels of a row per tile.
+_PIXELS_PER_TILE = 8
+
+
+def _schedule_channels_last(
+    sch: s_tir.Schedule, main, n_spatial: int, knobs: PoolKnobs
+) -> s_tir.Schedule:
+    """NHWC: one output row per task, in tiles of a few pixels, every window reduced on
+    channel vectors; the padded input a tile reads is copied into a small buffer inside it."""
+    loops = sch.get_loops(main)
+    *outer, x, c = loops[:n_spatial]
+    windows = loops[n_spatial:]
+    channels = loop_extent(sch, c)
+    lanes = knobs.vector_lanes
+    while lanes > 1 and channels is not None and channels % lanes:
+        lanes //= 2
+    if channels is None or lanes < 2 or not outer:
+        raise NotApplicable("channels are not whole vectors")
+    co, ci = sch.split(c, [None, lanes])
+    xo, xi = sch.split(x, [None, pick_factor(loop_extent(sch, x), _PIXELS_PER_TILE)])
+    sch.reorder(*outer, xo, xi, co, *windows, ci)
+    row = sch.fuse(*outer)
+    sch.parallel(row)
+    sch.vectorize(ci)
+    acc = sch.cache_write(main, 0, "local")
+    auto_inline_consumer_chain(sch, acc)
+    sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
+    inner = sch.get_loops(acc)[-1]
+    sch.vectorize(sch.split(inner, [None, lanes])[1])
+    for producer in sch.get_producers(main):
+        sch.compute_at(producer, xo, preserve_unit_loops=True)
+        sch.set_scope(producer, 0, "local")
+        inner = sch.get_loops(producer)[-1]
+        sch.vectorize(sch.split(inner, [None, lanes])[1])
+    sch.decompose_reduction(main, windows[0])
+    return sch
 
 
 def _column_vector(width: int, lanes: int) -> int:

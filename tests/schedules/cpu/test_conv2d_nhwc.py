@@ -1,0 +1,116 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from schedule_testing import TARGET, assert_parallel_vectorized, run_and_compare, to_fused_relax
+from tvm import s_tir, tirx
+
+from tvm_sparse.schedules.cpu import Conv2dNHWC, Conv2dNHWCKnobs, Fallback, Matmul, Pool
+from tvm_sparse.schedules.cpu.base import iter_stmts
+from tvm_sparse.schedules.cpu.conv2d import LAYOUT_REWRITE_ATTR
+
+
+class ConvBlock(torch.nn.Module):
+    def __init__(self, cin, cout, k, stride, groups, residual, relu6=False):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups)
+        self.bn = torch.nn.BatchNorm2d(cout)
+        self.bn.running_mean.uniform_(-1, 1)
+        self.bn.running_var.uniform_(0.5, 2)
+        self.residual, self.relu6 = residual, relu6
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        if self.residual:
+            y = y + x
+        return F.relu6(y) if self.relu6 else F.relu(y)
+
+
+def _conv_funcs(claimed):
+    return [name for name in claimed if "conv2d" in name]
+
+
+def _vector_lanes(func) -> set[int]:
+    return {
+        int(loop.extent)
+        for loop in iter_stmts(func.body)
+        if isinstance(loop, tirx.For) and loop.kind == tirx.ForKind.VECTORIZED
+    }
+
+
+@pytest.mark.parametrize(
+    "cin,cout,k,stride,groups,residual,hw",
+    [
+        (16, 16, 3, 1, 1, True, 14),  # ResNet basic block shape, residual epilogue
+        (3, 32, 3, 2, 1, False, 17),  # stem: 3 input channels, stride 2, odd size
+        (32, 24, 3, 1, 1, False, 9),  # 24 output channels: 8-lane vectors
+        (64, 64, 3, 1, 1, False, 7),  # 7-pixel rows, channel blocks of 16
+        (16, 32, 1, 2, 1, False, 12),  # strided 1x1 (a downsample): a conv, not a matmul
+        (48, 48, 3, 1, 48, True, 14),  # depthwise
+        (96, 96, 3, 2, 96, False, 15),  # depthwise, stride 2, odd size
+        (24, 24, 3, 1, 24, False, 8),  # depthwise on 8-lane vectors
+    ],
+)
+def test_nhwc_conv_claimed_and_correct(cin, cout, k, stride, groups, residual, hw):
+    model = ConvBlock(cin, cout, k, stride, groups, residual, relu6=groups > 1)
+    x = torch.randn(1 if cin != 3 else 2, cin, hw, hw + 1)
+    claimed, mod = run_and_compare(model, [x], [Conv2dNHWC(), Fallback()], nhwc=True)
+    (conv,) = _conv_funcs(claimed)
+    assert claimed[conv] == "Conv2dNHWC", claimed
+    func = mod[conv]
+    assert_parallel_vectorized(func)
+    # every vector is a power-of-two run of channels of one SIMD register or less
+    assert all(lanes in (4, 8, 16) for lanes in _vector_lanes(func)), func.script()
+
+
+def test_pointwise_conv_becomes_a_matmul():
+    model = ConvBlock(32, 48, 1, 1, 1, False)
+    claimed, _ = run_and_compare(model, [torch.randn(1, 32, 14, 14)], [Conv2dNHWC(), Matmul(),
+                                 Fallback()], nhwc=True)  # fmt: skip
+    assert "Matmul" in claimed.values() and not _conv_funcs(claimed), claimed
+
+
+@pytest.mark.parametrize("knobs", [Conv2dNHWCKnobs(channel_block=0), Conv2dNHWCKnobs()])
+def test_dense_conv_packs_weights_per_tile(knobs):
+    model = ConvBlock(32, 128, 3, 1, 1, False)  # 8 channel vectors: several weight panels
+    claimed, mod = run_and_compare(model, [torch.randn(1, 32, 10, 10)], [Conv2dNHWC(knobs),
+                                   Fallback()], nhwc=True)  # fmt: skip
+    (conv,) = _conv_funcs(claimed)
+    assert any(
+        isinstance(node, s_tir.SBlock) and LAYOUT_REWRITE_ATTR in node.annotations
+        for node in iter_stmts(mod[conv].body)
+    )
+
+
+def test_every_knob_draw_schedules_and_stays_correct():
+    model = ConvBlock(32, 32, 3, 1, 1, True)
+    x = torch.randn(1, 32, 8, 8)
+    func = next(
+        f for gv, f in to_fused_relax(model, x, nhwc=True).functions_items()
+        if "conv2d" in gv.name_hint
+    )  # fmt: skip
+    rule = Conv2dNHWC()
+    sampled = rule.sample(func, TARGET)
+    assert sampled is not None
+    _, sampler = sampled
+    assert {"tile_vectors", "tile_columns", "channel_block", "pack_weights"} <= set(sampler.names)
+    for decisions in ([1], [0, 1], [0, 0, 1], [0, 0, 0, 1]):
+        sch, _ = rule.sample(func, TARGET, decisions)
+        assert sch is not None
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_nhwc_pooling_vectorises_channels(kind):
+    class ConvPool(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(8, 32, 3, padding=1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return F.max_pool2d(y, 3, 2, 1) if kind == "max" else F.avg_pool2d(y, 2)
+
+    claimed, mod = run_and_compare(ConvPool(), [torch.randn(1, 8, 15, 15)],
+                                   [Conv2dNHWC(), Pool(), Fallback()], nhwc=True)  # fmt: skip
+    (pool,) = [n for n in claimed if "pool" in n]
+    assert claimed[pool] == "Pool"
+    assert _vector_lanes(mod[pool]) == {16}, mod[pool].script()

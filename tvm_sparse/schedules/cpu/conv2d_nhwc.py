@@ -1,0 +1,398 @@
+"""Direct CPU schedule for NHWC conv2d (plain, strided, pointwise, depthwise) with fused epilogues.
+
+In NHWC the channels of a pixel are contiguous, so every vector of the kernel is a run of
+channels and nothing is ever gathered, transposed or strided, whatever the stride or the plane
+size (``ConvertToNHWC`` puts convolution networks in this layout):
+
+* dense (``groups == 1``): register tiles of ``vecs`` output-channel vectors by ``cols`` output
+  pixels of a row; each input value (one channel of one pixel) is broadcast against weight
+  vectors read from an ``[F / nr, KH, KW, C, nr]`` copy that ``PackWeights`` folds at compile
+  time. A pointwise conv (1x1, stride 1, no padding) is a GEMM over the flattened pixel axis, so
+  its tiles run across row ends (196 pixels of a 14x14 plane: 28 tiles of 7).
+* depthwise: tiles of ``vecs`` channel vectors by ``cols`` pixels, each step one input vector
+  times one weight vector; the padded input the tile reads is copied into a small buffer inside
+  the tile (it stays in L1 instead of making a round trip through memory).
+
+Bias, batch norm, activations and residual adds run on each tile from the accumulators, as
+contiguous vectors. Output channels that are not whole registers use the widest power-of-two
+vector that divides them (24 channels: three 8-lane vectors).
+
+Before::
+
+    for n, y, x, c in T.grid(1, 58, 58, 64): pad_temp[...] = T.if_then_else(...)
+    for n, y, x, f, ry, rx, rc in T.grid(1, 56, 56, 64, 3, 3, 64):
+        conv[n, y, x, f] += pad_temp[n, y + ry, x + rx, rc] * w[ry, rx, rc, f]
+
+After (schematically)::
+
+    for ...: pad_temp[...] = ...                  # parallel, vectorised over channels
+    for fo_y_xo in T.parallel(...):               # tiles of 8 pixels x 2 channel vectors
+        acc[0:8, 0:32] = 0
+        for ry, rx, rc in T.grid(3, 3, 64):
+            for xi in T.unroll(8):
+                for fv in T.unroll(2):
+                    for fl in T.vectorized(16):
+                        acc[xi, fv * 16 + fl] += pad_temp[..., rc] * w_packed[fo, ry, rx, rc, ...]
+        for xi, f in T.grid(8, 32):               # f vectorised, epilogue fused
+            out[..., f] = T.max(acc[xi, f] + bias[f], 0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import get_root_block
+from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain
+from tvm.s_tir.schedule import LoopRV, SBlockRV
+from tvm.target import Target
+from tvm.tirx.analysis import undefined_vars
+
+from .base import (
+    CPUScheduleRule,
+    NotApplicable,
+    is_reduction_block,
+    loop_extent,
+    pick_factor,
+    vector_lanes,
+)
+from .conv2d import LAYOUT_REWRITE_ATTR
+from .fallback import FallbackKnobs, schedule_spatial_block
+from .knob_sampler import KnobSampler
+
+__all__ = ["Conv2dNHWC", "Conv2dNHWCKnobs"]
+
+
+@dataclass
+class Conv2dNHWCKnobs:
+    """Knobs of :class:`Conv2dNHWC`.
+
+    Attributes
+    ----------
+    vector_lanes : int
+        fp32 lanes of one SIMD register.
+    accumulators : int
+        Most accumulator registers per tile (``vecs x cols``).
+    channel_vectors : int
+        Most channel vectors per tile (``vecs``); the rest of the budget goes to pixels.
+    pack_weights : bool
+        Dense convs: read the weight through an ``[F / nr, KH, KW, C, nr]`` copy marked as a
+        layout rewrite, which ``PackWeights`` moves to compile time for constant weights.
+    pad_in_tile : bool
+        Pad the input each tile reads inside the tile (in cache) instead of padding the whole
+        input once at the start (a round trip through memory). On by default for depthwise
+        convs, whose tiles share few input values.
+    channel_block : int
+        Dense convs: input channels per reduction block (0: no blocks). A row of output
+        pixels then accumulates block by block in a buffer, and the block's weights stay in
+        L1 for all the row's tiles.
+    row_pixels : int
+        Dense convs with channel blocks: most output pixels accumulated at a time (a chunk of
+        the row, or of the flattened pixels of a pointwise conv).
+    tile_vectors, tile_columns : int
+        A fixed tile of channel vectors by pixels (divisors are used); 0 chooses the tile
+        with the most accumulators within ``accumulators`` and ``channel_vectors``.
+    """
+
+    vector_lanes: int = 16
+    accumulators: int = 24
+    channel_vectors: int = 4
+    pack_weights: bool = True
+    pad_in_tile: bool = True
+    channel_block: int = 16
+    row_pixels: int = 64
+    tile_vectors: int = 0
+    tile_columns: int = 0
+
+    @classmethod
+    def for_target(cls, target: Target) -> Conv2dNHWCKnobs:
+        """Defaults for ``target``: 24 of 32 zmm registers as accumulators (28 spilled in
+        LLVM's allocation), 12 of 16 ymm registers on AVX2."""
+        lanes = vector_lanes(target)
+        return cls(vector_lanes=lanes, accumulators=24 if lanes >= 16 else 12)
+
+
+@dataclass
+class _Conv:
+    """What the rule needs to know of an NHWC conv block."""
+
+    main: SBlockRV
+    data_pos: int
+    depthwise: bool
+    pointwise: bool  # 1x1, stride 1, no padding: the pixel axis can be flattened
+
+
+def _vars(expr: tirx.PrimExpr) -> set[tirx.Var]:
+    return set(undefined_vars(expr))
+
+
+def find_nhwc_conv(sch: s_tir.Schedule) -> _Conv:
+    """The NHWC conv2d block of the function (dense or depthwise); raises when there is none."""
+    blocks = sch.get_child_blocks(get_root_block(sch))
+    reductions = [b for b in blocks if is_reduction_block(sch, b)]
+    if len(reductions) != 1:
+        raise NotApplicable("expects exactly one reduction block")
+    main = reductions[0]
+    stmt = sch.get(main)
+    kinds = "".join(
+        "R" if iv.iter_type == tirx.IterVar.CommReduce else "S" for iv in stmt.iter_vars
+    )
+    if kinds != "SSSSRRR" or len(stmt.reads) != 2 or len(stmt.writes) != 1:
+        raise NotApplicable("not an NHWC conv2d iteration space")
+    n, y, x, f, ry, rx, rc = (iv.var for iv in stmt.iter_vars)
+    out_idx = [r.min for r in stmt.writes[0].region]
+    if len(out_idx) != 4 or any(
+        not i.same_as(v) for i, v in zip(out_idx, (n, y, x, f), strict=True)
+    ):
+        raise NotApplicable("output is not indexed [n, y, x, f]")
+    data_pos = None
+    for pos, read in enumerate(stmt.reads):
+        region = [r.min for r in read.region]
+        if len(region) == 4 and y in _vars(region[1]) and x in _vars(region[2]):
+            data_pos = pos
+    if data_pos is None:
+        raise NotApplicable("no input indexed by output rows and columns")
+    data = [r.min for r in stmt.reads[data_pos].region]
+    weight = [r.min for r in stmt.reads[1 - data_pos].region]
+    if len(weight) != 4 or not all(
+        w.same_as(v) for w, v in zip(weight, (ry, rx, rc, f), strict=True)
+    ):
+        raise NotApplicable("weight is not indexed [ry, rx, rc, f] (HWIO)")
+    extents = [int(iv.dom.extent) if isinstance(iv.dom.extent, tirx.IntImm) else None
+               for iv in stmt.iter_vars]  # fmt: skip
+    if isinstance(data[3], tirx.Var) and data[3].same_as(rc):
+        depthwise = False
+    elif extents[6] == 1 and _vars(data[3]) == {f, rc}:
+        depthwise = True  # channel f + rc with rc of extent 1: one input channel per output
+    else:
+        raise NotApplicable("grouped conv other than depthwise")
+    in_shape = [int(d) for d in stmt.reads[data_pos].source.shape]
+    out_shape = [int(d) for d in stmt.writes[0].source.shape]
+    pointwise = (
+        not depthwise
+        and extents[4] == 1
+        and extents[5] == 1
+        and in_shape[1:3] == out_shape[1:3]
+        and _unit_stride(data, y, x)
+    )
+    return _Conv(main, data_pos, depthwise, pointwise)
+
+
+def _unit_stride(data: list[tirx.PrimExpr], y: tirx.Var, x: tirx.Var) -> bool:
+    """Whether the data index moves one row / column per output row / column."""
+    from tvm.sym.pattern import detect_linear_equation
+
+    for index, var in ((data[1], y), (data[2], x)):
+        coeffs = detect_linear_equation(index, [var])
+        if len(coeffs) != 2 or not isinstance(coeffs[0], tirx.IntImm) or coeffs[0].value != 1:
+            return False
+    return True
+
+
+def _lane_width(channels: int | None, lanes: int) -> int:
+    """Widest power-of-two vector up to ``lanes`` that divides ``channels``."""
+    width = lanes
+    while width > 1 and channels is not None and channels % width:
+        width //= 2
+    return width
+
+
+def _tile(columns: int | None, vectors: int, knobs: Conv2dNHWCKnobs) -> tuple[int, int]:
+    """``(vecs, cols)``: the most accumulators within budget, ``vecs`` dividing ``vectors`` and
+    ``cols`` dividing ``columns``; among equal counts the fewest loads per step."""
+    best, best_key = (1, 1), (0, 0)
+    for vecs in range(min(knobs.channel_vectors, vectors), 0, -1):
+        if vectors % vecs:
+            continue
+        limit = max(knobs.accumulators // vecs, 1)
+        cols = max(
+            (c for c in range(1, limit + 1) if columns is None or columns % c == 0), default=1
+        )
+        key = (vecs * cols, -(vecs + cols))
+        if key > best_key:
+            best, best_key = (vecs, cols), key
+    return best
+
+
+def _pads(sch: s_tir.Schedule, block: SBlockRV) -> bool:
+    stmt = sch.get(block)
+    out = [int(d) for d in stmt.writes[0].source.shape]
+    return any([int(d) for d in r.source.shape] != out for r in stmt.reads)
+
+
+def _sample_knobs(
+    sampler: KnobSampler,
+    conv: _Conv,
+    columns: int | None,
+    vectors: int,
+    in_channels: int | None,
+    knobs: Conv2dNHWCKnobs,
+) -> Conv2dNHWCKnobs:
+    """``knobs`` with the tile, the channel blocks and the weight packing drawn by ``sampler``.
+
+    Tiles: ``vecs`` dividing the channel vectors by ``cols`` dividing the pixels, within the
+    register file next to the operands, the default tile first. Channel blocks: divisors of
+    the input channels (0: none).
+    """
+    registers = (16 if knobs.vector_lanes == 8 else 32) - 4
+    default_vecs, default_cols = _tile(columns, vectors, knobs)
+    divisors = [v for v in range(1, min(vectors, 8) + 1) if vectors % v == 0]
+    vecs = sampler("tile_vectors", default_vecs, divisors)
+    fitting = [
+        c
+        for c in range(16, 0, -1)
+        if vecs * c <= registers and (columns is None or columns % c == 0)
+    ]
+    first = default_cols if vecs == default_vecs else (fitting or [1])[0]
+    cols = sampler("tile_columns", first, fitting)
+    knobs = replace(knobs, tile_vectors=vecs, tile_columns=cols)
+    if conv.depthwise:
+        return replace(knobs, pad_in_tile=bool(sampler("pad_in_tile", 1, [0, 1])))
+    blocks = [
+        b for b in (0, 8, 16, 32, 64) if b == 0 or (in_channels or 0) > b and in_channels % b == 0
+    ]
+    block = sampler("channel_block", knobs.channel_block, blocks)
+    pack = sampler("pack_weights", int(knobs.pack_weights), [0, 1])
+    return replace(knobs, channel_block=block, pack_weights=bool(pack))
+
+
+class Conv2dNHWC(CPUScheduleRule):
+    """Direct NHWC conv2d (dense or depthwise) in register tiles of channel vectors by pixels.
+
+    Parameters
+    ----------
+    knobs : Conv2dNHWCKnobs, optional
+        Fixed knobs; by default derived from the target with :meth:`Conv2dNHWCKnobs.for_target`.
+    """
+
+    samples_knobs = True
+
+    def __init__(self, knobs: Conv2dNHWCKnobs | None = None):
+        self.knobs = knobs
+
+    def schedule(
+        self, sch: s_tir.Schedule, target: Target, sampler: KnobSampler | None = None
+    ) -> s_tir.Schedule:
+        knobs = self.knobs or Conv2dNHWCKnobs.for_target(target)
+        conv = find_nhwc_conv(sch)
+        main = conv.main
+        pads = []
+        for producer in sch.get_producers(main):
+            if _pads(sch, producer):
+                pads.append(producer)
+            else:
+                sch.compute_inline(producer)
+        if len(pads) > 1:
+            raise NotApplicable("more than one padding stage")
+        if conv.pointwise and not pads:
+            width = loop_extent(sch, sch.get_loops(main)[2])
+            # one pixel axis p = y * W + x: tiles run across row ends
+            sch.transform_block_layout(
+                main, lambda n, y, x, f, ry, rx, rc: (n, y * width + x, f, ry, rx, rc)
+            )
+        loops = sch.get_loops(main)
+        f = loops[-4]
+        channels = loop_extent(sch, f)
+        lanes = _lane_width(channels, knobs.vector_lanes)
+        if channels is None or lanes < 4:
+            raise NotApplicable("output channels are not whole vectors of 4 or more lanes")
+        columns = loop_extent(sch, loops[-5])
+        vectors = channels // lanes
+        if sampler is not None:
+            in_channels = loop_extent(sch, loops[-1])
+            knobs = _sample_knobs(sampler, conv, columns, vectors, in_channels, knobs)
+        if knobs.tile_vectors and knobs.tile_columns:
+            vecs = max(v for v in range(1, knobs.tile_vectors + 1) if vectors % v == 0)
+            cols = pick_factor(columns, knobs.tile_columns)
+        else:
+            vecs, cols = _tile(columns, vectors, knobs)
+        if conv.depthwise:
+            tile = self._depthwise(sch, main, vecs, cols, lanes)
+        else:
+            tile = self._dense(sch, main, 1 - conv.data_pos, vecs, cols, lanes, knobs)
+        for pad in pads:
+            if knobs.pad_in_tile and conv.depthwise:
+                sch.compute_at(pad, tile, preserve_unit_loops=True)
+                sch.set_scope(pad, 0, "local")
+                inner = sch.get_loops(pad)[-1]
+                inner_lanes = _lane_width(loop_extent(sch, inner), knobs.vector_lanes)
+                sch.vectorize(sch.split(inner, [None, inner_lanes])[1])
+            else:
+                schedule_spatial_block(sch, pad, FallbackKnobs(vector_lanes=knobs.vector_lanes))
+        return sch
+
+    @staticmethod
+    def _write_back(sch: s_tir.Schedule, main: SBlockRV, tile: LoopRV, lanes: int) -> None:
+        """Accumulate in registers; the epilogue writes channel vectors from them."""
+        acc = sch.cache_write(main, 0, "local")
+        auto_inline_consumer_chain(sch, acc)
+        sch.reverse_compute_at(acc, tile, preserve_unit_loops=True)
+        inner = sch.get_loops(acc)[-1]
+        sch.vectorize(sch.split(inner, [None, lanes])[1])
+
+    @classmethod
+    def _dense(
+        cls,
+        sch: s_tir.Schedule,
+        main: SBlockRV,
+        weight_pos: int,
+        vecs: int,
+        cols: int,
+        lanes: int,
+        knobs: Conv2dNHWCKnobs,
+    ) -> LoopRV:
+        *spatial, f, ry, rx, rc = sch.get_loops(main)
+        x = spatial[-1]
+        nr = vecs * lanes
+        if knobs.pack_weights and (loop_extent(sch, f) or 0) > nr:
+            packed = sch.cache_read(main, weight_pos, "global")
+            sch.transform_layout(
+                packed, ("write", 0), lambda h, w, i, o: (o // nr, i, h, w, o % nr)
+            )
+            sch.annotate(packed, LAYOUT_REWRITE_ATTR, 1)
+            sch.parallel(sch.get_loops(packed)[0])
+        fo, fv, fl = sch.split(f, [None, vecs, lanes])
+        outer = spatial[:-1]  # (n, y), or (n,) once the pixels are flattened
+        in_channels = loop_extent(sch, rc)
+        width = loop_extent(sch, x)
+        block = knobs.channel_block
+        if block and in_channels and in_channels > block and in_channels % block == 0 and width:
+            # a row of output pixels (a chunk of the flattened ones) accumulates in a buffer
+            # over blocks of input channels: the weights of one block (KH x KW x block x nr)
+            # stay in L1 while every tile of the row reads them, where without blocks each
+            # tile streamed all the weights from L2 for its few pixels
+            chunk = pick_factor(width // cols, max(knobs.row_pixels // cols, 1)) * cols
+            xc, xo, xi = sch.split(x, [None, chunk // cols, cols])
+            rco, rci = sch.split(rc, [None, block])
+            sch.reorder(outer[0], fo, *outer[1:], xc, rco, xo, rci, ry, rx, xi, fv, fl)
+            tile = sch.fuse(outer[0], fo, *outer[1:], xc)
+            first_reduction = rco
+        else:
+            xo, xi = sch.split(x, [None, cols])
+            sch.reorder(outer[0], fo, *outer[1:], xo, rc, ry, rx, xi, fv, fl)
+            tile = sch.fuse(outer[0], fo, *outer[1:], xo)
+            first_reduction = rc
+        sch.parallel(tile)
+        sch.unroll(xi)
+        sch.unroll(fv)
+        sch.vectorize(fl)
+        cls._write_back(sch, main, tile, lanes)
+        sch.decompose_reduction(main, first_reduction)
+        return tile
+
+    @classmethod
+    def _depthwise(
+        cls, sch: s_tir.Schedule, main: SBlockRV, vecs: int, cols: int, lanes: int
+    ) -> LoopRV:
+        n, y, x, f, ry, rx, rc = sch.get_loops(main)
+        fo, fv, fl = sch.split(f, [None, vecs, lanes])
+        xo, xi = sch.split(x, [None, cols])
+        sch.reorder(n, y, xo, fo, ry, rx, rc, xi, fv, fl)
+        tile = sch.fuse(n, y, xo, fo)
+        sch.parallel(tile)
+        sch.unroll(xi)
+        sch.unroll(fv)
+        sch.vectorize(fl)
+        cls._write_back(sch, main, tile, lanes)
+        sch.decompose_reduction(main, ry)
+        return tile
