@@ -150,6 +150,11 @@ class _PointwiseToMatmul(PyExprMutator):
         return x, w, x_shape, w_shape[3]
 
 
+def _op_name(value: relax.Expr) -> str:
+    is_op = isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
+    return value.op.name if is_op else ""
+
+
 def _binding_ops(func: relax.Function) -> dict[str, str]:
     ops: dict[str, str] = {}
     for block in func.body.blocks:
@@ -194,8 +199,8 @@ class ConvertToNHWC:
     A pointwise conv (1x1, stride 1, no padding) becomes the matmul it is,
     ``X[N*H*W, C] @ W[C, F]`` between reshapes (views), for the ``Matmul`` schedule. Every
     binding keeps its name; the transposes get names of their own (``to_nhwc``, ``to_nchw``),
-    and those of constant weights are folded. Pipeline: after the sparsity passes (which read NCHW / OIHW weights), before
-    ``LegalizeOps``; llvm targets only.
+    and those of constant weights are folded. Pipeline: after the sparsity passes (which read
+    NCHW / OIHW weights), before ``LegalizeOps``; llvm targets only.
     """
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:

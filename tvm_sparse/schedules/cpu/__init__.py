@@ -60,7 +60,8 @@ def default_rules(target: Target) -> list[ScheduleRule]:
     Returns
     -------
     list[ScheduleRule]
-        ``[Conv2d, Conv2dNHWC, GEMV, Matmul, Pool, Reduction, Injective, Fallback]`` with per-target knobs.
+        ``[Conv2d, Conv2dNHWC, GEMV, Matmul, Pool, Reduction, Injective, Fallback]``, with
+        per-target knobs.
     """
     return [
         Conv2d(Conv2dKnobs.for_target(target)),
