@@ -60,14 +60,22 @@ def _broadcast_operand(other: relax.Expr, reshaped: tuple, source: tuple) -> rel
     if shape is None:
         return None
     if shape == reshaped:
-        return relax.op.reshape(other, source)
+        return _reshape(other, source)
     core = list(shape)
     while core and core[0] == 1:
         core.pop(0)
     r = len(core)
     if r > len(source) or (r and (reshaped[-r:] != tuple(core) or source[-r:] != reshaped[-r:])):
         return None
-    return other if len(shape) <= len(source) else relax.op.reshape(other, core)
+    return other if len(shape) <= len(source) else _reshape(other, core)
+
+
+def _reshape(expr: relax.Expr, shape) -> relax.Expr:
+    """``expr`` reshaped; a constant (a bias) is reshaped here rather than by a new op."""
+    if isinstance(expr, tvm.ir.Constant) and isinstance(expr.ty, relax.TensorType):
+        data = expr.value.numpy()
+        return relax.const(data.reshape(shape), str(data.dtype))
+    return relax.op.reshape(expr, shape)
 
 
 @mutator
@@ -154,6 +162,13 @@ class _Reorderer(PyExprMutator):
             self.builder_.emit_normalized(relax.VarBinding(binding.var, value))
             return
         self.changed = True
+        args = [
+            self.builder_.emit(arg, name_hint=f"{binding.var.name}_operand")
+            if isinstance(arg, relax.Call)
+            else arg
+            for arg in moved.args
+        ]
+        moved = relax.Call(moved.op, args, moved.attrs)
         # the op runs under a derived name; the binding's own name (which the report and the
         # per-layer decisions key on) stays on the value its users see
         inner = self.builder_.emit(moved, name_hint=f"{binding.var.name}_pre")

@@ -89,6 +89,8 @@ class Conv2dNHWCKnobs:
     row_pixels : int
         Dense convs with channel blocks: most output pixels accumulated at a time (a chunk of
         the row, or of the flattened pixels of a pointwise conv).
+    depthwise_rows : int
+        Depthwise convs: output rows per tile (a divisor of the height is used).
     tile_vectors, tile_columns : int
         A fixed tile of channel vectors by pixels (divisors are used); 0 chooses the tile
         with the most accumulators within ``accumulators`` and ``channel_vectors``.
@@ -100,7 +102,8 @@ class Conv2dNHWCKnobs:
     pack_weights: bool = True
     pad_in_tile: bool = True
     channel_block: int = 16
-    row_pixels: int = 64
+    row_pixels: int = 112
+    depthwise_rows: int = 4
     tile_vectors: int = 0
     tile_columns: int = 0
 
@@ -214,6 +217,20 @@ def _tile(columns: int | None, vectors: int, knobs: Conv2dNHWCKnobs) -> tuple[in
     return best
 
 
+#: Depthwise tiles: pixels of one channel vector. Each pixel's input is loaded per tap, and
+#: LLVM keeps the loads a row of taps shares in registers: wider channel tiles (3 vectors x 8
+#: pixels) spilled them.
+_DEPTHWISE_COLUMNS = 8
+
+
+def _default_tile(
+    conv: _Conv, columns: int | None, vectors: int, knobs: Conv2dNHWCKnobs
+) -> tuple[int, int]:
+    if conv.depthwise:
+        return 1, pick_factor(columns, _DEPTHWISE_COLUMNS)
+    return _tile(columns, vectors, knobs)
+
+
 def _pads(sch: s_tir.Schedule, block: SBlockRV) -> bool:
     stmt = sch.get(block)
     out = [int(d) for d in stmt.writes[0].source.shape]
@@ -235,7 +252,7 @@ def _sample_knobs(
     the input channels (0: none).
     """
     registers = (16 if knobs.vector_lanes == 8 else 32) - 4
-    default_vecs, default_cols = _tile(columns, vectors, knobs)
+    default_vecs, default_cols = _default_tile(conv, columns, vectors, knobs)
     divisors = [v for v in range(1, min(vectors, 8) + 1) if vectors % v == 0]
     vecs = sampler("tile_vectors", default_vecs, divisors)
     fitting = [
@@ -247,7 +264,9 @@ def _sample_knobs(
     cols = sampler("tile_columns", first, fitting)
     knobs = replace(knobs, tile_vectors=vecs, tile_columns=cols)
     if conv.depthwise:
-        return replace(knobs, pad_in_tile=bool(sampler("pad_in_tile", 1, [0, 1])))
+        rows = sampler("depthwise_rows", knobs.depthwise_rows, [1, 2, 4, 8])
+        pad = sampler("pad_in_tile", int(knobs.pad_in_tile), [0, 1])
+        return replace(knobs, depthwise_rows=rows, pad_in_tile=bool(pad))
     blocks = [
         b for b in (0, 8, 16, 32, 64) if b == 0 or (in_channels or 0) > b and in_channels % b == 0
     ]
@@ -305,9 +324,9 @@ class Conv2dNHWC(CPUScheduleRule):
             vecs = max(v for v in range(1, knobs.tile_vectors + 1) if vectors % v == 0)
             cols = pick_factor(columns, knobs.tile_columns)
         else:
-            vecs, cols = _tile(columns, vectors, knobs)
+            vecs, cols = _default_tile(conv, columns, vectors, knobs)
         if conv.depthwise:
-            tile = self._depthwise(sch, main, vecs, cols, lanes)
+            tile = self._depthwise(sch, main, vecs, cols, lanes, knobs)
         else:
             tile = self._dense(sch, main, 1 - conv.data_pos, vecs, cols, lanes, knobs)
         for pad in pads:
@@ -364,7 +383,14 @@ class Conv2dNHWC(CPUScheduleRule):
             chunk = pick_factor(width // cols, max(knobs.row_pixels // cols, 1)) * cols
             xc, xo, xi = sch.split(x, [None, chunk // cols, cols])
             rco, rci = sch.split(rc, [None, block])
-            sch.reorder(outer[0], fo, *outer[1:], xc, rco, xo, rci, ry, rx, xi, fv, fl)
+            rows = []
+            if len(outer) > 1 and chunk == width:
+                # short rows (7 or 14 pixels): several of them share each weight block, which
+                # is then streamed from memory once per chunk of the image, not once per row
+                height = loop_extent(sch, outer[-1])
+                yo, yr = sch.split(outer[-1], [None, pick_factor(height, knobs.row_pixels // width)])
+                outer, rows = [*outer[:-1], yo], [yr]
+            sch.reorder(outer[0], fo, *outer[1:], xc, rco, *rows, xo, rci, ry, rx, xi, fv, fl)
             tile = sch.fuse(outer[0], fo, *outer[1:], xc)
             first_reduction = rco
         else:
@@ -382,13 +408,26 @@ class Conv2dNHWC(CPUScheduleRule):
 
     @classmethod
     def _depthwise(
-        cls, sch: s_tir.Schedule, main: SBlockRV, vecs: int, cols: int, lanes: int
+        cls,
+        sch: s_tir.Schedule,
+        main: SBlockRV,
+        vecs: int,
+        cols: int,
+        lanes: int,
+        knobs: Conv2dNHWCKnobs,
     ) -> LoopRV:
         n, y, x, f, ry, rx, rc = sch.get_loops(main)
+        # a tile is a block of rows x a chunk of the row: the padded input it copies overlaps
+        # its neighbours' by the kernel's halo only (one output row per tile copied each input
+        # row three times)
+        rows = pick_factor(loop_extent(sch, y), knobs.depthwise_rows)
+        width = loop_extent(sch, x) or cols
+        chunk = pick_factor(width // cols, max(knobs.row_pixels // cols, 1)) * cols
         fo, fv, fl = sch.split(f, [None, vecs, lanes])
-        xo, xi = sch.split(x, [None, cols])
-        sch.reorder(n, y, xo, fo, ry, rx, rc, xi, fv, fl)
-        tile = sch.fuse(n, y, xo, fo)
+        yo, yi = sch.split(y, [None, rows])
+        xc, xo, xi = sch.split(x, [None, chunk // cols, cols])
+        sch.reorder(n, yo, xc, fo, yi, xo, ry, rx, rc, xi, fv, fl)
+        tile = sch.fuse(n, yo, xc, fo)
         sch.parallel(tile)
         sch.unroll(xi)
         sch.unroll(fv)

@@ -77,10 +77,42 @@ def _reads_along(sch: s_tir.Schedule, block: SBlockRV, axis: int) -> bool:
     )
 
 
+def _transposed_axis(sch: s_tir.Schedule, block: SBlockRV) -> int | None:
+    """The loop (other than the innermost) along which the input of a one-input block is
+    contiguous, when the block is a transpose; ``None`` otherwise."""
+    stmt = sch.get(block)
+    if len(stmt.reads) != 1 or len(stmt.iter_vars) != len(sch.get_loops(block)):
+        return None
+    for axis in range(len(stmt.iter_vars) - 1):
+        if _reads_along(sch, block, axis - len(stmt.iter_vars)):
+            return axis
+    return None
+
+
+def _schedule_transpose(sch: s_tir.Schedule, block: SBlockRV, axis: int, lanes: int) -> bool:
+    """Tiles of ``lanes x lanes``: the tile's input is read along ``axis`` into L1 and its
+    output written in vectors along the innermost axis (one stride-gather per vector from L1,
+    instead of one from memory). ``False`` when the axes are not whole tiles."""
+    loops = sch.get_loops(block)
+    inner, along = loops[-1], loops[axis]
+    if any((loop_extent(sch, loop) or 0) % lanes for loop in (inner, along)):
+        return False
+    ao, ai = sch.split(along, [None, lanes])
+    io, ii = sch.split(inner, [None, lanes])
+    others = [loop for i, loop in enumerate(loops[:-1]) if i != axis]
+    sch.reorder(*others, ao, io, ai, ii)
+    sch.parallel(sch.fuse(*others, ao, io))
+    sch.vectorize(ii)
+    return True
+
+
 def schedule_spatial_block(sch: s_tir.Schedule, block: SBlockRV, knobs: FallbackKnobs) -> None:
     """Parallelise the outer loops of a spatial block and vectorise its innermost loop."""
     loops = sch.get_loops(block)
     if not loops:
+        return
+    axis = _transposed_axis(sch, block)
+    if axis is not None and _schedule_transpose(sch, block, axis, knobs.vector_lanes):
         return
     inner_ext = loop_extent(sch, loops[-1])
     factor = _pow2_factor(inner_ext, knobs.vector_lanes)

@@ -62,6 +62,9 @@ __all__ = ["Matmul", "MatmulKnobs"]
 
 _S, _I, _J, _K = IterKind.kIter_S, IterKind.kIter_I, IterKind.kIter_J, IterKind.kIter_K
 
+#: A B operand this small (bytes) is read from L1 by every row tile: the row tiles go outside.
+_L1_BYTES = 16 * 1024
+
 
 @dataclass
 class MatmulKnobs:
@@ -333,6 +336,11 @@ class Matmul(CPUScheduleRule):
             ko, ki = sch.split(k, [None, k_block])
             sch.reorder(b, jo, ko, io, ki, ii, ji)
             tile, inner_k = sch.fuse(b, jo), ki
+        elif k_ext is not None and n_ext is not None and 4 * k_ext * n_ext <= _L1_BYTES:
+            # all of B stays in L1 (pointwise convs: K of 16-32): each row tile of A is read
+            # once for every column tile, and each row of C is written whole
+            sch.reorder(b, io, jo, k, ii, ji)
+            tile, inner_k = sch.fuse(b, io, jo), k
         else:
             sch.reorder(b, jo, io, k, ii, ji)
             tile, inner_k = sch.fuse(b, jo, io), k
