@@ -5,9 +5,10 @@
 
 Each model is compiled without tuning records, tuned with ``tvm_sparse.autotune`` into a cache
 (a fresh temporary one unless ``--cache`` is given, so the user's cache is left alone), compiled
-again with the records, checked against PyTorch, and both builds are timed interleaved in this
-process. Writes ``tuning.json`` and ``tuning.md``. A tuned schedule is only used where tuning
-measured it faster than the default, so ``gain`` below 1 is timing noise of a shared host.
+again with the records, checked against PyTorch, and both builds are timed interleaved, each
+case in a process of its own. Writes ``tuning.json`` and ``tuning.md``. A tuned schedule is
+only used where tuning measured it faster than the default, so ``gain`` below 1 is timing noise
+of a shared host.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import numpy as np
 import torch
 
 import tvm_sparse
-from tvm_sparse.benchmarking import interleave, write_results
+from tvm_sparse.architectures import InvertedResidual, randomize_batch_norm
+from tvm_sparse.benchmarking import in_fresh_process, interleave, write_results
 from tvm_sparse.kernels._measure import block_mask
 
 
@@ -41,9 +43,15 @@ class FFN(torch.nn.Module):
 
 
 CASES = [
-    # (name, model factory, rows of activations)
-    ("FFN 128x768->3072->768, 90% 16x1 blocks", lambda: FFN(768, 3072, 0.1), 128),
-    ("FFN 32x256->1024->256, dense", lambda: FFN(256, 1024, 1.0), 32),
+    # (name, model factory, input shape)
+    ("FFN 128x768->3072->768, 90% 16x1 blocks", lambda: FFN(768, 3072, 0.1), (128, 768)),
+    ("FFN 32x256->1024->256, dense", lambda: FFN(256, 1024, 1.0), (32, 256)),
+    # expand 1x1, depthwise 3x3 stride 2, project 1x1: where the conv defaults are weakest
+    (
+        "MobileNetV2 block 24->144->32, stride 2, 56x56",
+        lambda: randomize_batch_norm(InvertedResidual(24, 32, stride=2, expand=6)),
+        (1, 24, 56, 56),
+    ),
 ]
 
 
@@ -88,11 +96,10 @@ def run(*, trials: int, repeat: int, out_dir: str, target: str, cache: str | Non
     torch.manual_seed(0)
     rows = []
     with tempfile.TemporaryDirectory(prefix="tvm_sparse_tuning_bench_") as tmp:
-        for name, factory, m in CASES:
-            model = factory().eval()
-            x = torch.randn(m, model.up.in_features)
-            rows.append(measure(name, model, x, target=target, trials=trials,
-                                cache=cache or tmp, repeat=repeat))  # fmt: skip
+        for name, factory, shape in CASES:
+            model, x = factory().eval(), torch.randn(*shape)
+            rows.append(in_fresh_process(measure, name, model, x, target=target, trials=trials,
+                                         cache=cache or tmp, repeat=repeat))  # fmt: skip
     write_results(
         "tuning",
         rows,

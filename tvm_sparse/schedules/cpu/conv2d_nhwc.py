@@ -387,8 +387,8 @@ class Conv2dNHWC(CPUScheduleRule):
             if len(outer) > 1 and chunk == width:
                 # short rows (7 or 14 pixels): several of them share each weight block, which
                 # is then streamed from memory once per chunk of the image, not once per row
-                height = loop_extent(sch, outer[-1])
-                yo, yr = sch.split(outer[-1], [None, pick_factor(height, knobs.row_pixels // width)])
+                rows_per_chunk = pick_factor(loop_extent(sch, outer[-1]), knobs.row_pixels // width)
+                yo, yr = sch.split(outer[-1], [None, rows_per_chunk])
                 outer, rows = [*outer[:-1], yo], [yr]
             sch.reorder(outer[0], fo, *outer[1:], xc, rco, *rows, xo, rci, ry, rx, xi, fv, fl)
             tile = sch.fuse(outer[0], fo, *outer[1:], xc)
