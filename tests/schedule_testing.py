@@ -37,7 +37,7 @@ def to_fused_relax(
     mod = from_exported_program(exported, keep_params_as_input=False)
     if nhwc:
         mod = tvm.transform.Sequential(
-            [relax.transform.DecomposeOpsForInference(), ConvertToNHWC()]
+            [relax.transform.DecomposeOpsForInference(), ConvertToNHWC(min_convs=1)]
         )(mod)
     return tvm.transform.Sequential(FUSION)(mod)
 

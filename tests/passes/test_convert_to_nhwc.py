@@ -82,3 +82,14 @@ def test_model_without_convs_is_unchanged():
     before = _prepared(torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU6()).eval(),
                        torch.randn(2, 8))  # fmt: skip
     tvm.ir.assert_structural_equal(ConvertToNHWC()(before), before)
+
+
+def test_a_lone_conv_stays_nchw():
+    # two transposes of its activations would cost more than NHWC gains for one conv
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU()).eval()
+    before = _prepared(model, torch.randn(1, 8, 12, 12))
+    tvm.ir.assert_structural_equal(ConvertToNHWC()(before), before)
+    after = ConvertToNHWC(min_convs=1)(before)
+    assert any(c.op.name == "relax.nn.conv2d" and c.attrs.data_layout == "NHWC"
+               for c in _calls(after).values())  # fmt: skip

@@ -201,19 +201,29 @@ class ConvertToNHWC:
     binding keeps its name; the transposes get names of their own (``to_nhwc``, ``to_nchw``),
     and those of constant weights are folded. Pipeline: after the sparsity passes (which read
     NCHW / OIHW weights), before ``LegalizeOps``; llvm targets only.
+
+    Parameters
+    ----------
+    min_convs : int
+        Convert only models with at least this many dense or depthwise convs: a lone conv
+        would pay for two transposes of its activations (at the model's input and output)
+        and gain nothing from the layout between convs.
     """
+
+    def __init__(self, min_convs: int = 2) -> None:
+        self.min_convs = min_convs
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         main = mod["main"]
-        convs = [
+        nhwc_convs = [
             b
             for block in main.body.blocks
             for b in block.bindings
             if isinstance(b.value, relax.Call)
             and isinstance(b.value.op, tvm.ir.Op)
-            and _desired_layout(b.value)
+            and _desired_layout(b.value).get(b.value.op.name, [""])[0] == "NHWC"
         ]
-        if not convs:
+        if len(nhwc_convs) < self.min_convs:
             return mod
         decomposer = _ClipDecomposer(mod)
         mod = mod.clone()

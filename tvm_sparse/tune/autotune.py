@@ -9,8 +9,8 @@ PrimFuncs found there are the workloads:
 * dense PrimFuncs with a reduction: MetaSchedule's evolutionary search with its XGBoost cost
   model, its records written through to the cache. The design space is the knob space of the
   rule that schedules the PrimFunc by default (:func:`~tvm_sparse.tune.space.rule_space`:
-  ``Matmul``, ``Conv2d``, ``GEMV``), so a tuned schedule is that rule's schedule with other
-  knobs; a PrimFunc no knob-sampling rule claims is searched in MetaSchedule's own space
+  ``Matmul``, ``Conv2dNHWC``, ``Conv2d``, ``GEMV``), so a tuned schedule is that rule's schedule
+  with other knobs; a PrimFunc no knob-sampling rule claims is searched in MetaSchedule's own space
   (``PostOrderApply`` with the default llvm rules).
 
 For both, the default schedule is measured first with the same builder and runner, and the

@@ -11,11 +11,12 @@ Sparse kernels
     operands, which ``RewriteToSparse`` decides.
 Dense ops
     The space of a dense PrimFunc is the knobs of the CPU rule that schedules it by default
-    (:func:`tunable_rule`: ``Matmul``, ``Conv2d``, ``GEMV``): each rule can draw its knobs with a
-    ``KnobSampler``, one ``sample_categorical`` per knob, over the values valid for the
-    workload with the rule's default first: register tiles within the register file, factors
-    that divide the loops they split, the schedule's path (pointwise, output-channel or column
-    tiles for a conv), padding and weight packing. :func:`rule_space` runs the rule once per
+    (:func:`tunable_rule`: ``Matmul``, ``Conv2dNHWC``, ``Conv2d``, ``GEMV``): each rule can
+    draw its knobs with a ``KnobSampler``, one ``sample_categorical`` per knob, over the values
+    valid for the workload with the rule's default first: register tiles within the register
+    file, factors that divide the loops they split, the schedule's path (pointwise,
+    output-channel or column tiles for an NCHW conv), channel blocks, padding and weight
+    packing. :func:`rule_space` runs the rule once per
     decision vector (the default schedule is the first point) and MetaSchedule's evolutionary
     search with its XGBoost cost model picks among those schedules, one design space each:
     MetaSchedule replays traces and cannot re-draw a decision that steered the rule's Python.

@@ -1,8 +1,8 @@
 """KnobSampler: a rule's knobs drawn as ``sample_categorical`` decisions of the schedule's trace.
 
-A tunable rule (``Matmul``, ``Conv2d``, ``GEMV``) asks the sampler for a knob at the point where
-its schedule reads the knob, with the values valid for the workload in hand; the rule's default
-comes first, so decision 0 everywhere is the default schedule::
+A tunable rule (``Matmul``, ``Conv2d``, ``Conv2dNHWC``, ``GEMV``) asks the sampler for a knob at
+the point where its schedule reads the knob, with the values valid for the workload in hand; the
+rule's default comes first, so decision 0 everywhere is the default schedule::
 
     rows = sampler("tile_rows", knobs.tile_rows, [d for d in (1, 2, 4, 8) if m % d == 0])
 
