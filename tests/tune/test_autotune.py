@@ -66,16 +66,31 @@ def _searched(cache: TuningCache) -> list[Record]:
     return [r for recs in cache.records().values() for r in recs if r.source == "metaschedule"]
 
 
-def test_dense_ops_are_tuned_in_the_knobs_of_their_rules(cache):
+class TwoConvs(nn.Module):
+    """Two convs: the model runs NHWC (ConvertToNHWC), the 1x1 one as a matmul."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 32, 3, padding=1)
+        self.pointwise = nn.Conv2d(32, 16, 1)
+
+    def forward(self, x):
+        return self.pointwise(torch.relu(self.conv(x)))
+
+
+@pytest.mark.parametrize(
+    "net_type,conv_space", [(ConvLinear, "Conv2d"), (TwoConvs, "Conv2dNHWC")]
+)  # a lone conv stays NCHW
+def test_dense_ops_are_tuned_in_the_knobs_of_their_rules(cache, net_type, conv_space):
     torch.manual_seed(0)
-    net, x = ConvLinear().eval(), torch.randn(2, 8, 6, 6)
+    net, x = net_type().eval(), torch.randn(2, 8, 6, 6)
     options = dict(example_inputs=(x,), cache=cache, kinds=("dense",), progress=False)
     result = autotune(net, "x86", trials=4, **options)
-    assert sorted(w.space for w in result.workloads) == ["Conv2dNHWC", "Matmul"]
+    assert sorted(w.space for w in result.workloads) == [conv_space, "Matmul"]
     searched = _searched(cache)
     assert {r.workload for r in searched} == {w.key for w in result.workloads}
     assert len(searched) <= 6  # 3 trials per workload besides the default
-    assert all(r.extra["space"] in ("Conv2dNHWC", "Matmul") and r.knobs for r in searched)
+    assert all(r.extra["space"] in (conv_space, "Matmul") and r.knobs for r in searched)
 
     # Each stored record replays to its rule's schedule with the knobs it names.
     mod = _schedule_input(net, resolve_target("x86"), (x,), None, False, "auto")
@@ -94,7 +109,7 @@ def test_dense_ops_are_tuned_in_the_knobs_of_their_rules(cache):
     assert len(knobs) == len(set(knobs)) >= len(searched)
     compiled = tvm_sparse.compile(net, "x86", example_inputs=(x,), tuning_cache=cache.path)
     tuned = {r.kernel for r in compiled.report.rows if r.kernel.endswith("(tuned)")}
-    assert tuned <= {"Conv2d (tuned)", "Matmul (tuned)"}
+    assert tuned <= {f"{conv_space} (tuned)", "Matmul (tuned)"}
     assert len(tuned) == sum(w.tuned for w in again.workloads)
     np.testing.assert_allclose(
         compiled(x).detach().numpy(), net(x).detach().numpy(), rtol=1e-4, atol=1e-4
