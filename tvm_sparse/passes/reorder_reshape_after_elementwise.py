@@ -84,19 +84,16 @@ class _Reorderer(PyExprMutator):
         super().__init__(mod)
         self.changed = False
 
+    def _reshaped(self, expr: relax.Expr) -> relax.Expr | None:
+        """What ``expr`` reshapes, when it is a var bound to ``reshape(a, ...)``."""
+        value = self.lookup_binding(expr) if isinstance(expr, relax.Var) else None
+        is_reshape = isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.reshape")
+        return value.args[0] if is_reshape else None
+
     def _reshape_input(self, expr: relax.Expr) -> tuple[relax.Expr, tuple] | None:
-        """``(a, shape of a)`` when ``expr`` is a var bound to ``reshape(a, ...)``."""
-        if not isinstance(expr, relax.Var):
-            return None
-        value = self.lookup_binding(expr)
-        if not (
-            isinstance(value, relax.Call)
-            and isinstance(value.op, tvm.ir.Op)
-            and value.op.name == "relax.reshape"
-        ):
-            return None
-        source = value.args[0]
-        shape = _static_shape(source)
+        """``(a, shape of a)`` when ``expr`` reshapes ``a``, an op's result of static shape."""
+        source = self._reshaped(expr)
+        shape = _static_shape(source) if source is not None else None
         if shape is None or not self._fusable_producer(source):
             return None
         return source, shape
@@ -104,17 +101,8 @@ class _Reorderer(PyExprMutator):
     def _unreshaped(self, expr: relax.Expr, shape: tuple) -> relax.Expr | None:
         """What ``expr`` reshapes, when that already has ``shape`` (a residual whose own
         reshape was moved down: no reshape back and forth)."""
-        if not isinstance(expr, relax.Var):
-            return None
-        value = self.lookup_binding(expr)
-        if (
-            isinstance(value, relax.Call)
-            and isinstance(value.op, tvm.ir.Op)
-            and value.op.name == "relax.reshape"
-            and _static_shape(value.args[0]) == shape
-        ):
-            return value.args[0]
-        return None
+        source = self._reshaped(expr)
+        return source if source is not None and _static_shape(source) == shape else None
 
     def _fusable_producer(self, expr: relax.Expr) -> bool:
         """Whether ``expr`` is computed by a Relax operator, which the elementwise op can fuse

@@ -341,13 +341,27 @@ class Conv2dNHWC(CPUScheduleRule):
         return sch
 
     @staticmethod
-    def _write_back(sch: s_tir.Schedule, main: SBlockRV, tile: LoopRV, lanes: int) -> None:
-        """Accumulate in registers; the epilogue writes channel vectors from them."""
+    def _finish(
+        sch: s_tir.Schedule,
+        main: SBlockRV,
+        tile: LoopRV,
+        register_tile: tuple[LoopRV, LoopRV, LoopRV],
+        first_reduction: LoopRV,
+        lanes: int,
+    ) -> None:
+        """Parallel tiles, the register tile (pixels, vectors, lanes) unrolled and vectorised;
+        accumulate in registers, the epilogue writing channel vectors from them."""
+        sch.parallel(tile)
+        pixels, vectors, lane = register_tile
+        sch.unroll(pixels)
+        sch.unroll(vectors)
+        sch.vectorize(lane)
         acc = sch.cache_write(main, 0, "local")
         auto_inline_consumer_chain(sch, acc)
         sch.reverse_compute_at(acc, tile, preserve_unit_loops=True)
         inner = sch.get_loops(acc)[-1]
         sch.vectorize(sch.split(inner, [None, lanes])[1])
+        sch.decompose_reduction(main, first_reduction)
 
     @classmethod
     def _dense(
@@ -398,12 +412,7 @@ class Conv2dNHWC(CPUScheduleRule):
             sch.reorder(outer[0], fo, *outer[1:], xo, rc, ry, rx, xi, fv, fl)
             tile = sch.fuse(outer[0], fo, *outer[1:], xo)
             first_reduction = rc
-        sch.parallel(tile)
-        sch.unroll(xi)
-        sch.unroll(fv)
-        sch.vectorize(fl)
-        cls._write_back(sch, main, tile, lanes)
-        sch.decompose_reduction(main, first_reduction)
+        cls._finish(sch, main, tile, (xi, fv, fl), first_reduction, lanes)
         return tile
 
     @classmethod
@@ -428,10 +437,5 @@ class Conv2dNHWC(CPUScheduleRule):
         xc, xo, xi = sch.split(x, [None, chunk // cols, cols])
         sch.reorder(n, yo, xc, fo, yi, xo, ry, rx, rc, xi, fv, fl)
         tile = sch.fuse(n, yo, xc, fo)
-        sch.parallel(tile)
-        sch.unroll(xi)
-        sch.unroll(fv)
-        sch.vectorize(fl)
-        cls._write_back(sch, main, tile, lanes)
-        sch.decompose_reduction(main, ry)
+        cls._finish(sch, main, tile, (xi, fv, fl), ry, lanes)
         return tile
