@@ -90,7 +90,8 @@ class Conv2dNHWCKnobs:
         Dense convs with channel blocks: most output pixels accumulated at a time (a chunk of
         the row, or of the flattened pixels of a pointwise conv).
     depthwise_rows : int
-        Depthwise convs: output rows per tile (a divisor of the height is used).
+        Depthwise convs: output rows per tile (a divisor of the height is used); 0: four for
+        stride 1, one for strided convs (whose rows share fewer input rows; one measured best).
     tile_vectors, tile_columns : int
         A fixed tile of channel vectors by pixels (divisors are used); 0 chooses the tile
         with the most accumulators within ``accumulators`` and ``channel_vectors``.
@@ -103,7 +104,7 @@ class Conv2dNHWCKnobs:
     pad_in_tile: bool = True
     channel_block: int = 16
     row_pixels: int = 112
-    depthwise_rows: int = 4
+    depthwise_rows: int = 0
     tile_vectors: int = 0
     tile_columns: int = 0
 
@@ -123,6 +124,7 @@ class _Conv:
     data_pos: int
     depthwise: bool
     pointwise: bool  # 1x1, stride 1, no padding: the pixel axis can be flattened
+    unit_stride: bool
 
 
 def _vars(expr: tirx.PrimExpr) -> set[tirx.Var]:
@@ -171,14 +173,15 @@ def find_nhwc_conv(sch: s_tir.Schedule) -> _Conv:
         raise NotApplicable("grouped conv other than depthwise")
     in_shape = [int(d) for d in stmt.reads[data_pos].source.shape]
     out_shape = [int(d) for d in stmt.writes[0].source.shape]
+    unit_stride = _unit_stride(data, y, x)
     pointwise = (
         not depthwise
         and extents[4] == 1
         and extents[5] == 1
         and in_shape[1:3] == out_shape[1:3]
-        and _unit_stride(data, y, x)
+        and unit_stride
     )
-    return _Conv(main, data_pos, depthwise, pointwise)
+    return _Conv(main, data_pos, depthwise, pointwise, unit_stride)
 
 
 def _unit_stride(data: list[tirx.PrimExpr], y: tirx.Var, x: tirx.Var) -> bool:
@@ -223,6 +226,10 @@ def _tile(columns: int | None, vectors: int, knobs: Conv2dNHWCKnobs) -> tuple[in
 _DEPTHWISE_COLUMNS = 8
 
 
+def _depthwise_rows(conv: _Conv, knobs: Conv2dNHWCKnobs) -> int:
+    return knobs.depthwise_rows or (4 if conv.unit_stride else 1)
+
+
 def _default_tile(
     conv: _Conv, columns: int | None, vectors: int, knobs: Conv2dNHWCKnobs
 ) -> tuple[int, int]:
@@ -264,7 +271,7 @@ def _sample_knobs(
     cols = sampler("tile_columns", first, fitting)
     knobs = replace(knobs, tile_vectors=vecs, tile_columns=cols)
     if conv.depthwise:
-        rows = sampler("depthwise_rows", knobs.depthwise_rows, [1, 2, 4, 8])
+        rows = sampler("depthwise_rows", _depthwise_rows(conv, knobs), [1, 2, 4, 8])
         pad = sampler("pad_in_tile", int(knobs.pad_in_tile), [0, 1])
         return replace(knobs, depthwise_rows=rows, pad_in_tile=bool(pad))
     blocks = [
@@ -326,7 +333,8 @@ class Conv2dNHWC(CPUScheduleRule):
         else:
             vecs, cols = _default_tile(conv, columns, vectors, knobs)
         if conv.depthwise:
-            tile = self._depthwise(sch, main, vecs, cols, lanes, knobs)
+            rows = _depthwise_rows(conv, knobs)
+            tile = self._depthwise(sch, main, vecs, cols, rows, lanes, knobs)
         else:
             tile = self._dense(sch, main, 1 - conv.data_pos, vecs, cols, lanes, knobs)
         for pad in pads:
@@ -422,6 +430,7 @@ class Conv2dNHWC(CPUScheduleRule):
         main: SBlockRV,
         vecs: int,
         cols: int,
+        rows: int,
         lanes: int,
         knobs: Conv2dNHWCKnobs,
     ) -> LoopRV:
@@ -429,7 +438,7 @@ class Conv2dNHWC(CPUScheduleRule):
         # a tile is a block of rows x a chunk of the row: the padded input it copies overlaps
         # its neighbours' by the kernel's halo only (one output row per tile copied each input
         # row three times)
-        rows = pick_factor(loop_extent(sch, y), knobs.depthwise_rows)
+        rows = pick_factor(loop_extent(sch, y), rows)
         width = loop_extent(sch, x) or cols
         chunk = pick_factor(width // cols, max(knobs.row_pixels // cols, 1)) * cols
         fo, fv, fl = sch.split(f, [None, vecs, lanes])
