@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import tvm_sparse
-from tvm_sparse.architectures import InvertedResidual, randomize_batch_norm
+from tvm_sparse.architectures import BasicBlock, InvertedResidual, randomize_batch_norm
 from tvm_sparse.benchmarking import in_fresh_process, interleave, write_results
 from tvm_sparse.kernels._measure import block_mask
 
@@ -52,7 +52,12 @@ CASES = [
         lambda: randomize_batch_norm(InvertedResidual(24, 32, stride=2, expand=6)),
         (1, 24, 56, 56),
     ),
-]
+    # ResNet-18's first and last basic blocks: two 3x3 convs each, NHWC
+    ("ResNet-18 block 64->64, 56x56", lambda: randomize_batch_norm(BasicBlock(64, 64)),
+     (1, 64, 56, 56)),
+    ("ResNet-18 block 512->512, 7x7", lambda: randomize_batch_norm(BasicBlock(512, 512)),
+     (1, 512, 7, 7)),
+]  # fmt: skip
 
 
 def measure(name, model, x, *, target: str, trials: int, cache: str, repeat: int) -> dict:

@@ -252,7 +252,8 @@ def _sample_knobs(
     in_channels: int | None,
     knobs: Conv2dNHWCKnobs,
 ) -> Conv2dNHWCKnobs:
-    """``knobs`` with the tile, the channel blocks and the weight packing drawn by ``sampler``.
+    """``knobs`` with the tile, the channel blocks (and the pixels accumulated over them) and
+    the weight packing drawn by ``sampler``; for depthwise convs, rows per tile and padding.
 
     Tiles: ``vecs`` dividing the channel vectors by ``cols`` dividing the pixels, within the
     register file next to the operands, the default tile first. Channel blocks: divisors of
@@ -278,8 +279,11 @@ def _sample_knobs(
         b for b in (0, 8, 16, 32, 64) if b == 0 or (in_channels or 0) > b and in_channels % b == 0
     ]
     block = sampler("channel_block", knobs.channel_block, blocks)
+    row_pixels = knobs.row_pixels
+    if block:
+        row_pixels = sampler("row_pixels", knobs.row_pixels, [28, 56, 224, 448])
     pack = sampler("pack_weights", int(knobs.pack_weights), [0, 1])
-    return replace(knobs, channel_block=block, pack_weights=bool(pack))
+    return replace(knobs, channel_block=block, row_pixels=row_pixels, pack_weights=bool(pack))
 
 
 class Conv2dNHWC(CPUScheduleRule):
