@@ -5,7 +5,7 @@ A small CNN is trained on scikit-learn's bundled digits (8x8 images, 10 classes)
 fine-tuning, then compiled with ``tvm_sparse.compile`` and timed. Writes ``pareto.csv``,
 ``pareto.md`` and, when matplotlib is installed (the ``bench`` extra), ``pareto.png``.
 
-    python benchmarks/pareto.py --out benchmarks/results [--quick]
+    python benchmarks/pareto.py [--out benchmarks/results] [--quick]
 
 ``--no-compile`` times PyTorch instead (the ``runtime`` column says which).
 """
@@ -233,7 +233,7 @@ def write(points: list[Point], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("pareto_results"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--quick", action="store_true", help="fewer epochs and sparsities")
     parser.add_argument("--no-compile", action="store_true", help="time PyTorch only")
     args = parser.parse_args(argv)
