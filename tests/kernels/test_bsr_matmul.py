@@ -22,7 +22,7 @@ def _call(func, args):
 def test_bsr_formats_roundtrip_and_kernel(block, m, k, n):
     rng = np.random.default_rng(0)
     weight = (rng.standard_normal((n, k)) * block_mask(n, k, block, 0.3, rng)).astype("float32")
-    knobs = BSRMatmulKnobs.for_target(TARGET).resolve(block, m)
+    knobs = BSRMatmulKnobs.for_target(TARGET).resolve(block, m, n)
     bsr = to_bsr(weight, block, row_multiple=knobs.group)
     np.testing.assert_array_equal(bsr.to_dense(), weight)
     func = bsr_matmul(m, k, n, block, max(bsr.nnzb, 1), bsr.block_rows, knobs=knobs)
@@ -39,13 +39,37 @@ def test_bsr_formats_roundtrip_and_kernel(block, m, k, n):
     np.testing.assert_allclose(out.reshape(m, n), x @ weight.T, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("m_tile, row_block", [(5, 3), (16, 16), (3, 2)])
+def test_bsr_rows_tasks_of_several_block_rows(m_tile, row_block):
+    # 7 block rows (the last one short) in tasks of row_block, 37 rows in tiles of m_tile.
+    rng = np.random.default_rng(2)
+    m, k, n, block = 37, 70, 100, (16, 1)
+    weight = (rng.standard_normal((n, k)) * block_mask(n, k, block, 0.3, rng)).astype("float32")
+    knobs = BSRMatmulKnobs.for_target(TARGET, variant="rows", m_tile=m_tile, row_block=row_block)
+    knobs = knobs.resolve(block, m, n)
+    assert (knobs.m_tile, knobs.row_block) == (m_tile, min(row_block, 7))
+    bsr = to_bsr(weight, block)
+    func = bsr_matmul(m, k, n, block, bsr.nnzb, bsr.block_rows, knobs=knobs)
+    x = rng.standard_normal((m, k)).astype("float32")
+    out = _call(func, [x, bsr.data_cr(), bsr.indices, bsr.indptr, np.zeros((m, n), "float32")])
+    np.testing.assert_allclose(out, x @ weight.T, atol=1e-4, rtol=1e-4)
+
+
+def test_bsr_rows_defaults_fill_avx512_registers_and_leave_tasks():
+    # BERT FFN, 192 block rows: 16 accumulators (32 zmm), 12 block rows per task -> 16 tasks.
+    knobs = BSRMatmulKnobs.for_target(TARGET).resolve((16, 1), 128, 3072)
+    assert (knobs.variant, knobs.m_tile, knobs.row_block) == ("rows", 16, 12)
+    assert BSRMatmulKnobs.for_target(AVX2).resolve((16, 1), 128, 3072).m_tile == 4
+    assert BSRMatmulKnobs.for_target(TARGET).resolve((16, 1), 128, 64).row_block == 1
+
+
 @pytest.mark.parametrize("y_layout", ["MN", "NM"])
 def test_bsr_batched_km_layout(y_layout):
     rng = np.random.default_rng(1)
     b, m, k, n, block = 3, 20, 30, 40, (4, 4)
     weight = (rng.standard_normal((n, k)) * block_mask(n, k, block, 0.4, rng)).astype("float32")
     knobs = BSRMatmulKnobs.for_target(TARGET).resolve(
-        block, m, batch=b, x_layout="KM", y_layout=y_layout
+        block, m, n, batch=b, x_layout="KM", y_layout=y_layout
     )
     bsr = to_bsr(weight, block, row_multiple=knobs.group)
     func = bsr_matmul(
@@ -71,9 +95,9 @@ def test_bsr_batched_km_layout(y_layout):
 def test_knobs_follow_target_vector_width():
     assert BSRMatmulKnobs.for_target(TARGET).lanes == 16
     assert BSRMatmulKnobs.for_target(AVX2).lanes == 8
-    assert BSRMatmulKnobs.for_target(AVX2).resolve((16, 1), 128).variant == "rows"
-    assert BSRMatmulKnobs.for_target(TARGET).resolve((1, 4), 128).variant == "m"
-    assert BSRMatmulKnobs.for_target(TARGET).resolve((1, 4), 1).variant == "gemv"
+    assert BSRMatmulKnobs.for_target(AVX2).resolve((16, 1), 128, 256).variant == "rows"
+    assert BSRMatmulKnobs.for_target(TARGET).resolve((1, 4), 128, 256).variant == "m"
+    assert BSRMatmulKnobs.for_target(TARGET).resolve((1, 4), 1, 256).variant == "gemv"
     with pytest.raises(ValueError, match="variant"):
         BSRMatmulKnobs(variant="fast")
 

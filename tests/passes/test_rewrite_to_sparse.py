@@ -131,7 +131,7 @@ def test_rewrite_matmul_structure():
     after = _rewrite(before)
 
     bsr = to_bsr(weight, (16, 1))
-    knobs = BSRMatmulKnobs.for_target(TARGET).resolve((16, 1), 16)
+    knobs = BSRMatmulKnobs.for_target(TARGET).resolve((16, 1), 16, 32)
     kernel = bsr_matmul(16, 8, 32, (16, 1), bsr.nnzb, bsr.block_rows, knobs=knobs)
     kernel = kernel.with_attr("tvm_sparse.flops", 2 * 16 * bsr.data.size)
     expected = Expected.clone()

@@ -11,7 +11,7 @@ from tvm_sparse.tune.space import _knobs_of, sparse_candidates, sparse_spec
 
 
 def _bsr(target, m, k, n, block, **layout):
-    knobs = BSRMatmulKnobs.for_target(target).resolve(block, m, **layout)
+    knobs = BSRMatmulKnobs.for_target(target).resolve(block, m, n, **layout)
     rows = -(-n // block[0])
     rows = -(-rows // knobs.group) * knobs.group
     return bsr_matmul(m, k, n, block, 40, rows, knobs=knobs, **layout)

@@ -75,7 +75,7 @@ def measure_bsr(
     """GFLOP/s (over stored values) of the BSR kernel at ``density`` of ``block`` blocks."""
     rng = np.random.default_rng(0)
     weight = (rng.standard_normal((n, k)) * block_mask(n, k, block, density, rng)).astype("float32")
-    knobs = BSRMatmulKnobs.for_target(target).resolve(block, m)
+    knobs = BSRMatmulKnobs.for_target(target).resolve(block, m, n)
     bsr = to_bsr(weight, block, row_multiple=knobs.group)
     func = bsr_matmul(m, k, n, block, bsr.nnzb, bsr.block_rows, knobs=knobs)
     data = bsr.data_cr() if knobs.variant == "rows" else bsr.data

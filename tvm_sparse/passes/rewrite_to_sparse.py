@@ -567,7 +567,7 @@ class _SparseRewriter(PyExprMutator):
             gv = self.builder_.add_func(func, _func_name(plan.kernel))
             args = [x2, relax.const(mat.values), relax.const(mat.columns)]
         else:
-            knobs = self.knobs.resolve(plan.block, m)
+            knobs = self.knobs.resolve(plan.block, m, n)
             bsr = _nonempty_bsr(weight, plan.block, knobs.group)
             func = bsr_matmul(m, k, n, plan.block, bsr.nnzb, bsr.block_rows, knobs=knobs)
             func = func.with_attr(FLOPS_ATTR, 2 * m * int(bsr.data.size))
@@ -596,7 +596,9 @@ class _SparseRewriter(PyExprMutator):
                 ),
                 "cols",
             )
-        knobs = self.knobs.resolve(plan.block, hw, batch=geom.batch, x_layout="KM", y_layout="NM")
+        knobs = self.knobs.resolve(
+            plan.block, hw, n, batch=geom.batch, x_layout="KM", y_layout="NM"
+        )
         bsr = _nonempty_bsr(weight, plan.block, knobs.group)
         func = bsr_matmul(
             hw,

@@ -5,7 +5,8 @@ Sparse kernels
     generated from them. :func:`sparse_spec` recovers from a
     generated PrimFunc the arguments it was generated with (checked by regenerating it), and
     :func:`sparse_candidates` lists the knob sets that keep the kernel's signature, so a tuned
-    kernel replaces the default one in place: the register tile ``m_tile``, the store group
+    kernel replaces the default one in place: the register tile ``m_tile``, the block rows per
+    task ``row_block`` of the ``rows`` variant, the store group
     ``group`` where it divides the stored rows, the vector width of the ``gemv`` variant. The
     variant itself (``rows`` / ``m`` / ``gemv``) is not searched: it changes the layout of the
     operands, which ``RewriteToSparse`` decides.
@@ -206,7 +207,9 @@ def sparse_candidates(spec: SparseSpec, knobs: dict, target: Target) -> list[dic
     elif knobs.get("variant") == "gemv":
         options = [{"lanes": v} for v in (4, 8, 16, 32, 64)]
     elif knobs.get("variant") == "rows":
-        options = [{"m_tile": t} for t in (1, 2, 3, 4, 5, 6, 8, 12, 16)]
+        options = [
+            {"m_tile": t, "row_block": b} for t in (2, 4, 6, 8, 12, 16, 24) for b in (1, 4, 16)
+        ]
     else:
         tiles = [lanes // 2, lanes, 2 * lanes, 3 * lanes, 4 * lanes, 8 * lanes]
         groups = [1] if spec.y_layout == "NM" else [1, 2, 4, 8, 16]
