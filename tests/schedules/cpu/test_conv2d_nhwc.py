@@ -30,10 +30,16 @@ def _conv_funcs(claimed):
 
 
 def _vector_lanes(func) -> set[int]:
+    """Vector widths of the conv and its epilogue (a whole-image padding copy excluded: it
+    runs rows of 3-channel pixels as one vector, which LLVM splits)."""
     return {
         int(loop.extent)
         for loop in iter_stmts(func.body)
-        if isinstance(loop, tirx.For) and loop.kind == tirx.ForKind.VECTORIZED
+        if isinstance(loop, tirx.For)
+        and loop.kind == tirx.ForKind.VECTORIZED
+        and not any(
+            isinstance(b, s_tir.SBlock) and b.name_hint == "pad_temp" for b in iter_stmts(loop.body)
+        )
     }
 
 

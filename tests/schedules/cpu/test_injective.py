@@ -2,8 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from schedule_testing import assert_parallel_vectorized, run_and_compare
+from tvm import tirx
 
 from tvm_sparse.schedules.cpu import Fallback, Injective
+from tvm_sparse.schedules.cpu.base import iter_stmts
 
 
 class Elementwise(torch.nn.Module):
@@ -30,3 +32,24 @@ def test_injective_claimed_and_correct(kind, shape):
     assert set(claimed.values()) == {"Injective"}
     for name in claimed:
         assert_parallel_vectorized(mod[name], vectorized=shape[-1] % 2 == 0)
+
+
+class PadChannelsLast(torch.nn.Module):
+    def forward(self, x):
+        return F.pad(x, (0, 0, 2, 2, 1, 1)) * 2.0  # pad H and W of an NHWC image
+
+
+def test_short_channel_axis_vectorised_as_rows():
+    # 3 channels: the last two loops fuse into a row of 23 x 3 values whose flattened index
+    # stays affine, not vectors across rows whose lanes divide their index back
+    claimed, mod = run_and_compare(
+        PadChannelsLast(), [torch.randn(2, 17, 19, 3)], [Injective(), Fallback()]
+    )
+    (name,) = claimed
+    lanes = {
+        int(loop.extent)
+        for loop in iter_stmts(mod[name].body)
+        if isinstance(loop, tirx.For) and loop.kind == tirx.ForKind.VECTORIZED
+    }
+    assert lanes == {23 * 3}, mod[name].script()
+    assert_parallel_vectorized(mod[name])
