@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+import tvm
 from schedule_testing import TARGET, assert_parallel_vectorized, run_and_compare, to_fused_relax
 from tvm import s_tir, tirx
 
@@ -120,3 +121,22 @@ def test_nhwc_pooling_vectorises_channels(kind):
     (pool,) = [n for n in claimed if "pool" in n]
     assert claimed[pool] == "Pool"
     assert _vector_lanes(mod[pool]) == {16}, mod[pool].script()
+
+
+def test_short_rows_split_into_tasks_every_core_gets_alike():
+    # 64 channels of 28x28: chunks of 4 rows would make 7 tasks for 2 cores (one idle for a
+    # seventh of the time); 2 rows a chunk make 14
+    model = ConvBlock(32, 64, 3, 1, 1, False)
+    target = tvm.target.Target({**TARGET.export(), "num-cores": 2})
+    claimed, mod = run_and_compare(
+        model, [torch.randn(1, 32, 28, 28)], [Conv2dNHWC(), Fallback()], target=target, nhwc=True
+    )
+    (conv,) = _conv_funcs(claimed)
+    extents = [
+        int(loop.extent)
+        for loop in iter_stmts(mod[conv].body)
+        if isinstance(loop, tirx.For)
+        and loop.kind == tirx.ForKind.PARALLEL
+        and loop.extent < 100  # the conv's tiles, not the padding's rows
+    ]
+    assert extents and all(e % 2 == 0 for e in extents), mod[conv].script()
