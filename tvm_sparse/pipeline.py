@@ -14,6 +14,7 @@ from tvm.target import Target
 
 from .passes.collect_report import CollectFusionGroups, CollectKernelReport, CollectOpReport
 from .passes.convert_to_nhwc import ConvertToNHWC
+from .passes.inject_prefetch import InjectPrefetch
 from .passes.pack_weights import PackWeights
 from .passes.reorder_reshape_after_elementwise import ReorderReshapeAfterElementwise
 from .passes.uniquify_binding_names import UniquifyBindingNames
@@ -152,7 +153,7 @@ def pipeline(
         + tuned[:1]
         + [ApplySchedules(schedule_rules(tvm_target)), CollectKernelReport(report, fusion)]
         + tuned[1:]
-        + [PackWeights()]  # after the reports: splitting renames the kernels
+        + [PackWeights(), InjectPrefetch()]  # after the reports: splitting renames the kernels
         + _lowering_passes(tvm_target)
     )
 

@@ -6,6 +6,7 @@ Each pass works alone in any Relax pipeline; ``tvm_sparse.pipeline`` chains them
 from .collect_report import CollectFusionGroups, CollectKernelReport, CollectOpReport
 from .convert_to_nhwc import ConvertToNHWC
 from .detect_sparsity import DetectSparsity, WeightSparsity, analyze_weight
+from .inject_prefetch import InjectPrefetch
 from .pack_weights import PackWeights
 from .reorder_reshape_after_elementwise import ReorderReshapeAfterElementwise
 from .rewrite_to_sparse import RewriteToSparse
@@ -19,6 +20,7 @@ __all__ = [
     "CollectOpReport",
     "ConvertToNHWC",
     "DetectSparsity",
+    "InjectPrefetch",
     "PackWeights",
     "ReorderReshapeAfterElementwise",
     "RewriteToSparse",
