@@ -112,7 +112,8 @@ def run(*, trials: int, repeat: int, out_dir: str, target: str, cache: str | Non
         out_dir=out_dir,
         notes="Median ms of one call, best of 5 interleaved rounds; gain = untuned / tuned. "
         "trials: candidates measured (default schedules included); tuning_s: wall time of "
-        "tvm_sparse.autotune on this host.",
+        "tvm_sparse.autotune on this host. Where tuned_kernels is none the two builds are "
+        "the same (no record beat its default), and the gain is this host's timing noise.",
     )
     return rows
 
