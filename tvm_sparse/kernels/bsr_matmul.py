@@ -108,8 +108,9 @@ class BSRMatmulKnobs:
         row_block = 1
         if variant == "rows":
             vectors_per_row = max(r // self.lanes, 1)
-            # AVX-512's 32 zmm hold 16 accumulators beside the loads: measured 1.35x over 8 on
-            # the 90% 16x1 BERT FFN (with row_block; without it 16 rows overflow L1).
+            # AVX-512's 32 zmm hold 16 accumulators beside the loads. On the 90% 16x1 BERT FFN,
+            # with row_block 16: 16 rows 0.50 ms, 8 rows 0.53 ms (0.68 ms with neither); with
+            # a task of one block row, 16 rows of X overflowed L1 (0.72 ms)
             accumulators = 2 * _ACCUMULATORS if self.lanes >= 16 else _ACCUMULATORS
             m_tile = self.m_tile or max(accumulators // (2 * vectors_per_row), 1)
             group = 1
@@ -247,6 +248,13 @@ def _rows_kernel(m, k, n, block, nnzb, block_rows, m_tile, row_block, dtype):
             for mi, rr in T.grid(w, n_tail):
                 y[m0 + mi, i * r + rr] = acc[mi, rr]
 
+    @T.macro
+    def task_rows(x, data, indices, indptr, y, t, m0, w):
+        # the task's block rows, one after another, on the same rows of X (in L1 by then)
+        for ii in range(rb):
+            if t * rb + ii < row_tasks:
+                tile(x, data, indices, indptr, y, t * rb + ii, m0, w)
+
     @T.prim_func(private=True)
     def kernel(
         x: T.Buffer((m, k), dtype),
@@ -258,13 +266,9 @@ def _rows_kernel(m, k, n, block, nnzb, block_rows, m_tile, row_block, dtype):
         T.func_attr({"tirx.noalias": True})
         for t in T.parallel(tasks):
             for mo in range(m_full):
-                for ii in range(rb):
-                    if t * rb + ii < row_tasks:
-                        tile(x, data, indices, indptr, y, t * rb + ii, mo * mt, mt)
+                task_rows(x, data, indices, indptr, y, t, mo * mt, mt)
             if m_tail > 0:
-                for ii in range(rb):
-                    if t * rb + ii < row_tasks:
-                        tile(x, data, indices, indptr, y, t * rb + ii, m_full * mt, m_tail)
+                task_rows(x, data, indices, indptr, y, t, m_full * mt, m_tail)
 
     return kernel
 

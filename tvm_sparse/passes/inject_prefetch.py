@@ -42,10 +42,10 @@ from tvm import s_tir, tirx
 from tvm.sym import Analyzer
 from tvm.sym.pattern import detect_linear_equation
 
+from ..schedules.cpu.base import PREFETCH_ATTR, iter_stmts
+
 __all__ = ["PREFETCH_ATTR", "InjectPrefetch"]
 
-#: Loop annotation naming the buffer whose next chunk each iteration prefetches.
-PREFETCH_ATTR = "tvm_sparse.prefetch"
 _LINE_BYTES = 64
 #: Most prefetches issued together.
 _LINES_PER_TURN = 4
@@ -70,8 +70,6 @@ class InjectPrefetch:
 
 
 def _has_marked_loop(stmt: tirx.Stmt) -> bool:
-    from ..schedules.cpu.base import iter_stmts
-
     return any(isinstance(s, tirx.For) and PREFETCH_ATTR in s.annotations for s in iter_stmts(stmt))
 
 
@@ -113,8 +111,6 @@ class _Injector:
 
 def _with_prefetch(loop: tirx.For, body: tirx.Stmt) -> tirx.Stmt | None:
     """``body`` of the marked ``loop`` with the prefetches inserted, or ``None``."""
-    from ..schedules.cpu.base import iter_stmts
-
     name = str(loop.annotations[PREFETCH_ATTR])
     inner = {s.loop_var: s.min for s in iter_stmts(body) if isinstance(s, tirx.For)}
     for realize in iter_stmts(body):
@@ -123,12 +119,11 @@ def _with_prefetch(loop: tirx.For, body: tirx.Stmt) -> tirx.Stmt | None:
         for region in realize.block.reads:
             buffer = region.source
             if buffer.name == name and all(isinstance(d, tirx.IntImm) for d in buffer.shape):
-                start = _chunk_start(buffer, region, realize, inner)
-                return _spread(loop, body, buffer, start) if start is not None else None
+                return _spread(loop, body, buffer, _chunk_start(buffer, region, realize, inner))
     return None
 
 
-def _chunk_start(buffer, region, realize, inner) -> tirx.PrimExpr | None:
+def _chunk_start(buffer, region, realize, inner) -> tirx.PrimExpr:
     """Flat index of the first element the block reads of ``buffer`` in one iteration of the
     marked loop (the loops inside it at their start)."""
     analyzer = Analyzer()

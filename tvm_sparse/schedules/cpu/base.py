@@ -149,6 +149,11 @@ def vector_bits(target: Target) -> int:
     return 128  # SSE, NEON, and a safe floor for anything else
 
 
+#: Loop annotation a rule puts on a loop whose iterations read consecutive contiguous chunks of
+#: the buffer it names: ``tvm_sparse.passes.InjectPrefetch`` then prefetches the next chunk.
+PREFETCH_ATTR = "tvm_sparse.prefetch"
+
+
 def vector_lanes(target: Target, dtype_bits: int = 32) -> int:
     """Number of ``dtype_bits``-wide lanes in one SIMD register of ``target``."""
     return max(vector_bits(target) // dtype_bits, 1)

@@ -48,8 +48,8 @@ from tvm.s_tir.schedule import LoopRV, SBlockRV
 from tvm.target import Target
 from tvm.tirx.analysis import undefined_vars
 
-from ...passes.inject_prefetch import PREFETCH_ATTR
 from .base import (
+    PREFETCH_ATTR,
     CPUScheduleRule,
     NotApplicable,
     is_reduction_block,
