@@ -9,9 +9,10 @@ size (``ConvertToNHWC`` puts convolution networks in this layout):
   vectors read from an ``[F / nr, KH, KW, C, nr]`` copy that ``PackWeights`` folds at compile
   time. A pointwise conv (1x1, stride 1, no padding) is a GEMM over the flattened pixel axis, so
   its tiles run across row ends (196 pixels of a 14x14 plane: 28 tiles of 7).
-* depthwise: tiles of ``vecs`` channel vectors by ``cols`` pixels, each step one input vector
-  times one weight vector; the padded input the tile reads is copied into a small buffer inside
-  the tile (it stays in L1 instead of making a round trip through memory).
+* depthwise: register tiles of one channel vector by ``cols`` pixels, each step one input
+  vector times one weight vector. A parallel task takes a block of rows by a chunk of pixels
+  and walks its channel vectors; the padded input of each vector is copied into a small buffer
+  (it stays in L1 instead of making a round trip through memory).
 
 Bias, batch norm, activations and residual adds run on each tile from the accumulators, as
 contiguous vectors. Output channels that are not whole registers use the widest power-of-two
@@ -92,6 +93,11 @@ class Conv2dNHWCKnobs:
     row_pixels : int
         Dense convs with channel blocks: most output pixels accumulated at a time (a chunk of
         the row, or of the flattened pixels of a pointwise conv).
+    row_tasks : int
+        Dense convs: 1 orders the parallel tasks by rows of output pixels (each core reads
+        its share of the input and all the weights), 0 by tiles of output channels (all the
+        input, its share of the weights); -1: rows where the input is at least as large as
+        the weights.
     prefetch_pixels : int
         Dense convs with channel blocks and packed weights: prefetch the next block's weights
         (one contiguous chunk of the packed copy) while a block
@@ -100,8 +106,12 @@ class Conv2dNHWCKnobs:
         (ResNet-18's 7x7 convs: 0.91 -> 0.75 ms from memory); 0: never. Wider chunks keep
         up without it and lost time to the prefetches (a 14x14 conv: 0.63 -> 0.72 ms).
     depthwise_rows : int
-        Depthwise convs: output rows per tile (a divisor of the height is used); 0: four for
+        Depthwise convs: output rows per task (a divisor of the height is used); 0: four for
         stride 1, one for strided convs (whose rows share fewer input rows; one measured best).
+    depthwise_pixels : int
+        Depthwise convs: most output pixels of a row per task. A task reads whole pixels, all
+        its channels at once, which the hardware prefetcher streams; a small chunk keeps the
+        rows it reads in L2 while it walks the channel vectors.
     tile_vectors, tile_columns : int
         A fixed tile of channel vectors by pixels (divisors are used); 0 chooses the tile
         with the most accumulators within ``accumulators`` and ``channel_vectors``.
@@ -116,6 +126,8 @@ class Conv2dNHWCKnobs:
     row_pixels: int = 112
     prefetch_pixels: int = 64
     depthwise_rows: int = 0
+    depthwise_pixels: int = 8
+    row_tasks: int = -1
     tile_vectors: int = 0
     tile_columns: int = 0
 
@@ -256,16 +268,38 @@ def _default_tile(
     return _tile(columns, vectors, knobs)
 
 
-def _balanced_rows(height: int, most: int, others: int, cores: int) -> int:
-    """Rows per chunk of short rows: the most (up to ``most``) dividing ``height`` whose
-    ``others x height / rows`` parallel tasks split evenly over ``cores`` (or are many). Seven
-    tasks of 28x28 planes kept one of two cores idle a seventh of the time: 0.21 -> 0.17 ms."""
-    divisors = [d for d in range(max(min(most, height), 1), 0, -1) if height % d == 0]
-    for rows in divisors:
-        tasks = others * (height // rows)
+def _balanced_split(extent: int, most: int, others: int, cores: int) -> int:
+    """Iterations per task of a loop of ``extent`` split across tasks: the most (up to
+    ``most``) dividing ``extent`` whose ``others x extent / part`` parallel tasks split evenly
+    over ``cores`` (or are many). Seven tasks of 28x28 planes kept one of two cores idle a
+    seventh of the time: 0.21 -> 0.17 ms."""
+    divisors = [d for d in range(max(min(most, extent), 1), 0, -1) if extent % d == 0]
+    for part in divisors:
+        tasks = others * (extent // part)
         if tasks % cores == 0 or tasks >= 8 * cores:
-            return rows
+            return part
     return divisors[0]
+
+
+def _row_tasks(
+    sch: s_tir.Schedule, main: SBlockRV, weight_pos: int, knobs: Conv2dNHWCKnobs
+) -> bool:
+    """Whether a dense conv's parallel tasks put rows outside (``Conv2dNHWCKnobs.row_tasks``):
+    by default where the input is at least as large as the weights. The ResNet-18 1x1
+    downsampling convs ran 0.129 -> 0.084 ms so; its 3x3 convs of 256 channels, whose
+    weights are 12 times their input, 0.77 -> 0.87 ms."""
+    if knobs.row_tasks >= 0:
+        return bool(knobs.row_tasks)
+    reads = sch.get(main).reads
+    data, weight = reads[1 - weight_pos].source, reads[weight_pos].source
+    return _elements(data) >= _elements(weight)
+
+
+def _elements(buffer: tirx.Buffer) -> int:
+    count = 1
+    for extent in buffer.shape:
+        count *= int(extent)
+    return count
 
 
 def _pads(sch: s_tir.Schedule, block: SBlockRV) -> bool:
@@ -281,9 +315,11 @@ def _sample_knobs(
     vectors: int,
     in_channels: int | None,
     knobs: Conv2dNHWCKnobs,
+    rows_first: bool,
 ) -> Conv2dNHWCKnobs:
-    """``knobs`` with the tile, the channel blocks (and the pixels accumulated over them) and
-    the weight packing drawn by ``sampler``; for depthwise convs, rows per tile and padding.
+    """``knobs`` with the tile, the channel blocks (and the pixels accumulated over them), the
+    weight packing and the task order (``rows_first`` the default) drawn by ``sampler``; for
+    depthwise convs, rows and pixels per task and padding.
 
     Tiles: ``vecs`` dividing the channel vectors by ``cols`` dividing the pixels, within the
     register file next to the operands, the default tile first. Channel blocks: divisors of
@@ -303,8 +339,9 @@ def _sample_knobs(
     knobs = replace(knobs, tile_vectors=vecs, tile_columns=cols)
     if conv.depthwise:
         rows = sampler("depthwise_rows", _depthwise_rows(conv, knobs), [1, 2, 4, 8])
+        pixels = sampler("depthwise_pixels", knobs.depthwise_pixels, [16, 32, 112])
         pad = sampler("pad_in_tile", int(knobs.pad_in_tile), [0, 1])
-        return replace(knobs, depthwise_rows=rows, pad_in_tile=bool(pad))
+        return replace(knobs, depthwise_rows=rows, depthwise_pixels=pixels, pad_in_tile=bool(pad))
     blocks = [
         b for b in (0, 8, 16, 32, 64) if b == 0 or (in_channels or 0) > b and in_channels % b == 0
     ]
@@ -315,7 +352,14 @@ def _sample_knobs(
         prefetch = sampler("prefetch_pixels", knobs.prefetch_pixels, [0, 256])
         knobs = replace(knobs, prefetch_pixels=prefetch)
     pack = sampler("pack_weights", int(knobs.pack_weights), [0, 1])
-    return replace(knobs, channel_block=block, row_pixels=row_pixels, pack_weights=bool(pack))
+    row_tasks = sampler("row_tasks", int(rows_first), [0, 1])
+    return replace(
+        knobs,
+        channel_block=block,
+        row_pixels=row_pixels,
+        pack_weights=bool(pack),
+        row_tasks=row_tasks,
+    )
 
 
 class Conv2dNHWC(CPUScheduleRule):
@@ -362,7 +406,8 @@ class Conv2dNHWC(CPUScheduleRule):
         vectors = channels // lanes
         if sampler is not None:
             in_channels = loop_extent(sch, loops[-1])
-            knobs = _sample_knobs(sampler, conv, columns, vectors, in_channels, knobs)
+            rows_first = not conv.depthwise and _row_tasks(sch, main, 1 - conv.data_pos, knobs)
+            knobs = _sample_knobs(sampler, conv, columns, vectors, in_channels, knobs, rows_first)
         if knobs.tile_vectors and knobs.tile_columns:
             vecs = max(v for v in range(1, knobs.tile_vectors + 1) if vectors % v == 0)
             cols = pick_factor(columns, knobs.tile_columns)
@@ -370,7 +415,7 @@ class Conv2dNHWC(CPUScheduleRule):
             vecs, cols = _default_tile(conv, columns, vectors, knobs)
         if conv.depthwise:
             rows = _depthwise_rows(conv, knobs)
-            tile = self._depthwise(sch, main, vecs, cols, rows, lanes, knobs)
+            tile = self._depthwise(sch, main, vecs, cols, rows, lanes, knobs, num_cores(target))
         else:
             cores = num_cores(target)
             tile = self._dense(sch, main, 1 - conv.data_pos, vecs, cols, lanes, knobs, cores)
@@ -394,9 +439,8 @@ class Conv2dNHWC(CPUScheduleRule):
         first_reduction: LoopRV,
         lanes: int,
     ) -> None:
-        """Parallel tiles, the register tile (pixels, vectors, lanes) unrolled and vectorised;
-        accumulate in registers, the epilogue writing channel vectors from them."""
-        sch.parallel(tile)
+        """The register tile (pixels, vectors, lanes) unrolled and vectorised; accumulate in
+        registers, the epilogue writing channel vectors from them at ``tile``."""
         pixels, vectors, lane = register_tile
         sch.unroll(pixels)
         sch.unroll(vectors)
@@ -423,6 +467,10 @@ class Conv2dNHWC(CPUScheduleRule):
         *spatial, f, ry, rx, rc = sch.get_loops(main)
         x = spatial[-1]
         nr = vecs * lanes
+        # parallel tasks by rows: each core reads its share of the input (the rows the
+        # kernel before it wrote from the same core, in its L2) and all the weights; by
+        # channel tiles: all the input and its share of the weights
+        row_tasks = _row_tasks(sch, main, weight_pos, knobs)
         packed_name = None
         if knobs.pack_weights and (loop_extent(sch, f) or 0) > nr:
             packed = sch.cache_read(main, weight_pos, "global")
@@ -450,13 +498,14 @@ class Conv2dNHWC(CPUScheduleRule):
                 # short rows (7 or 14 pixels): several of them share each weight block, which
                 # is then streamed from memory once per chunk of the image, not once per row
                 others = loop_extent(sch, fo) * (loop_extent(sch, outer[0]) or 1)
-                rows_per_chunk = _balanced_rows(
+                rows_per_chunk = _balanced_split(
                     loop_extent(sch, outer[-1]), knobs.row_pixels // width, others, cores
                 )
                 yo, yr = sch.split(outer[-1], [None, rows_per_chunk])
                 outer, rows = [*outer[:-1], yo], [yr]
-            sch.reorder(outer[0], fo, *outer[1:], xc, rco, *rows, xo, rci, ry, rx, xi, fv, fl)
-            tile = sch.fuse(outer[0], fo, *outer[1:], xc)
+            tasks = [*outer, xc, fo] if row_tasks else [outer[0], fo, *outer[1:], xc]
+            sch.reorder(*tasks, rco, *rows, xo, rci, ry, rx, xi, fv, fl)
+            tile = sch.fuse(*tasks)
             pixels = chunk * (loop_extent(sch, rows[0]) if rows else 1)
             if packed_name and pixels <= knobs.prefetch_pixels:
                 # each block of input channels reads the next contiguous chunk of the packed
@@ -465,9 +514,11 @@ class Conv2dNHWC(CPUScheduleRule):
             first_reduction = rco
         else:
             xo, xi = sch.split(x, [None, cols])
-            sch.reorder(outer[0], fo, *outer[1:], xo, rc, ry, rx, xi, fv, fl)
-            tile = sch.fuse(outer[0], fo, *outer[1:], xo)
+            tasks = [*outer, xo, fo] if row_tasks else [outer[0], fo, *outer[1:], xo]
+            sch.reorder(*tasks, rc, ry, rx, xi, fv, fl)
+            tile = sch.fuse(*tasks)
             first_reduction = rc
+        sch.parallel(tile)
         cls._finish(sch, main, tile, (xi, fv, fl), first_reduction, lanes)
         return tile
 
@@ -481,18 +532,28 @@ class Conv2dNHWC(CPUScheduleRule):
         rows: int,
         lanes: int,
         knobs: Conv2dNHWCKnobs,
+        cores: int,
     ) -> LoopRV:
+        """Tasks of ``rows`` x a chunk of pixels walking their channel vectors (all of them,
+        or a share that leaves tasks enough for the cores); returns the channel-vector loop,
+        where the padded input of one vector is copied. A task per channel vector read one
+        line of every pixel, at a stride of the channel count, and from L3 that waited on
+        memory: MobileNetV2's 144-channel 56x56 conv 0.117 -> 0.082 ms (input in cache)."""
         n, y, x, f, ry, rx, rc = sch.get_loops(main)
-        # a tile is a block of rows x a chunk of the row: the padded input it copies overlaps
-        # its neighbours' by the kernel's halo only (one output row per tile copied each input
-        # row three times)
+        # rows and chunk: the padded input a task copies overlaps its neighbours' by the
+        # kernel's halo only (one output row per task copied each input row three times)
         rows = pick_factor(loop_extent(sch, y), rows)
         width = loop_extent(sch, x) or cols
-        chunk = pick_factor(width // cols, max(knobs.row_pixels // cols, 1)) * cols
+        chunk = pick_factor(width // cols, max(knobs.depthwise_pixels // cols, 1)) * cols
         fo, fv, fl = sch.split(f, [None, vecs, lanes])
         yo, yi = sch.split(y, [None, rows])
         xc, xo, xi = sch.split(x, [None, chunk // cols, cols])
-        sch.reorder(n, yo, xc, fo, yi, xo, ry, rx, rc, xi, fv, fl)
-        tile = sch.fuse(n, yo, xc, fo)
-        cls._finish(sch, main, tile, (xi, fv, fl), ry, lanes)
-        return tile
+        tasks = (loop_extent(sch, yo) or 1) * (loop_extent(sch, xc) or 1)
+        vectors = loop_extent(sch, fo) or 1
+        share = _balanced_split(vectors, vectors, tasks, cores)
+        fc, fo = sch.split(fo, [None, share])
+        sch.reorder(n, yo, xc, fc, fo, yi, xo, ry, rx, rc, xi, fv, fl)
+        tile = sch.fuse(n, yo, xc, fc)
+        sch.parallel(tile)
+        cls._finish(sch, main, fo, (xi, fv, fl), ry, lanes)
+        return fo
