@@ -140,3 +140,60 @@ def test_short_rows_split_into_tasks_every_core_gets_alike():
         and loop.extent < 100  # the conv's tiles, not the padding's rows
     ]
     assert extents and all(e % 2 == 0 for e in extents), mod[conv].script()
+
+
+def _task_loops(func) -> list[tuple[int, int]]:
+    """``(tasks, extent of the loop just inside)`` of each parallel loop of the conv."""
+    found = []
+    for loop in iter_stmts(func.body):
+        if isinstance(loop, tirx.For) and loop.kind == tirx.ForKind.PARALLEL:
+            inner = next(
+                (s for s in iter_stmts(loop.body) if isinstance(s, tirx.For)), None
+            )  # fmt: skip
+            found.append((int(loop.extent), int(inner.extent) if inner is not None else 1))
+    return found
+
+
+@pytest.mark.parametrize(
+    "channels,hw,tasks,vectors",
+    [
+        (96, 16, 8, 6),  # 4 rows x 8 pixels a task, each walking all 6 channel vectors
+        (64, 7, 14, 2),  # 7 tasks of 7 pixels for 2 cores: the 4 vectors split in two
+    ],
+)
+def test_depthwise_tasks_walk_channel_vectors(channels, hw, tasks, vectors):
+    model = ConvBlock(channels, channels, 3, 1, channels, False, relu6=True)
+    target = tvm.target.Target({**TARGET.export(), "num-cores": 2})
+    claimed, mod = run_and_compare(
+        model, [torch.randn(1, channels, hw, hw)], [Conv2dNHWC(), Fallback()], target=target,
+        nhwc=True,
+    )  # fmt: skip
+    (conv,) = _conv_funcs(claimed)
+    assert (tasks, vectors) in _task_loops(mod[conv]), mod[conv].script()
+
+
+@pytest.mark.parametrize("row_tasks", [-1, 0, 1])
+@pytest.mark.parametrize("cin,cout,k,stride", [(32, 64, 1, 2), (64, 64, 3, 1)])
+def test_task_order_is_correct_both_ways(cin, cout, k, stride, row_tasks):
+    model = ConvBlock(cin, cout, k, stride, 1, False)
+    knobs = Conv2dNHWCKnobs(row_tasks=row_tasks)
+    claimed, _ = run_and_compare(model, [torch.randn(1, cin, 12, 12)], [Conv2dNHWC(knobs),
+                                 Fallback()], nhwc=True)  # fmt: skip
+    assert claimed[_conv_funcs(claimed)[0]] == "Conv2dNHWC"
+
+
+def test_task_order_follows_the_larger_operand():
+    from tvm_sparse.schedules.cpu.conv2d_nhwc import _row_tasks, find_nhwc_conv
+
+    def decided(cin, cout, k, hw):
+        model = ConvBlock(cin, cout, k, 1, 1, False)
+        func = next(
+            f for gv, f in to_fused_relax(model, torch.randn(1, cin, hw, hw), nhwc=True)
+            .functions_items() if "conv2d" in gv.name_hint
+        )  # fmt: skip
+        sch = s_tir.Schedule(func)
+        conv = find_nhwc_conv(sch)
+        return _row_tasks(sch, conv.main, 1 - conv.data_pos, Conv2dNHWCKnobs())
+
+    assert decided(16, 32, 3, 56)  # 50k input values, 4.6k weights: rows
+    assert not decided(128, 128, 3, 7)  # 10k input values, 147k weights: channel tiles

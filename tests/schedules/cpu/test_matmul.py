@@ -131,3 +131,23 @@ def test_weight_panels(pack_b):
         for node in iter_stmts(mod[name].body)
     )
     assert packed == pack_b
+
+
+@pytest.mark.parametrize("row_tasks", [-1, 0, 1])
+@pytest.mark.parametrize("m,k,n", [(196, 96, 64), (24, 96, 192)])
+def test_task_order_is_correct_both_ways(m, k, n, row_tasks):
+    knobs = MatmulKnobs.for_target(TARGET)
+    knobs.row_tasks = row_tasks
+    claimed, _ = run_and_compare(LinearAct(k, n, "relu"), [torch.randn(m, k)], [Matmul(knobs),
+                                 Fallback()])  # fmt: skip
+    assert "Matmul" in claimed.values()
+
+
+def test_task_order_follows_the_larger_operand():
+    from tvm_sparse.schedules.cpu.matmul import _row_tasks
+
+    knobs = MatmulKnobs.for_target(TARGET)
+    assert _row_tasks(knobs, 196, 96)  # A (196 x K) outweighs B (K x 96): rows outside
+    assert not _row_tasks(knobs, 128, 3072)  # BERT's FFN: column panels outside
+    knobs.row_tasks = 0
+    assert not _row_tasks(knobs, 196, 96)

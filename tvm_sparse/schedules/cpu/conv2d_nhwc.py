@@ -6,7 +6,7 @@ size (``ConvertToNHWC`` puts convolution networks in this layout):
 
 * dense (``groups == 1``): register tiles of ``vecs`` output-channel vectors by ``cols`` output
   pixels of a row; each input value (one channel of one pixel) is broadcast against weight
-  vectors read from an ``[F / nr, KH, KW, C, nr]`` copy that ``PackWeights`` folds at compile
+  vectors read from an ``[F / nr, C, KH, KW, nr]`` copy that ``PackWeights`` folds at compile
   time. A pointwise conv (1x1, stride 1, no padding) is a GEMM over the flattened pixel axis, so
   its tiles run across row ends (196 pixels of a 14x14 plane: 28 tiles of 7).
 * depthwise: register tiles of one channel vector by ``cols`` pixels, each step one input
@@ -33,7 +33,7 @@ After (schematically)::
             for xi in T.unroll(8):
                 for fv in T.unroll(2):
                     for fl in T.vectorized(16):
-                        acc[xi, fv * 16 + fl] += pad_temp[..., rc] * w_packed[fo, ry, rx, rc, ...]
+                        acc[xi, fv * 16 + fl] += pad_temp[..., rc] * w_packed[fo, rc, ry, rx, ...]
         for xi, f in T.grid(8, 32):               # f vectorised, epilogue fused
             out[..., f] = T.max(acc[xi, f] + bias[f], 0)
 """
@@ -80,7 +80,7 @@ class Conv2dNHWCKnobs:
     channel_vectors : int
         Most channel vectors per tile (``vecs``); the rest of the budget goes to pixels.
     pack_weights : bool
-        Dense convs: read the weight through an ``[F / nr, KH, KW, C, nr]`` copy marked as a
+        Dense convs: read the weight through an ``[F / nr, C, KH, KW, nr]`` copy marked as a
         layout rewrite, which ``PackWeights`` moves to compile time for constant weights.
     pad_in_tile : bool
         Pad the input each tile reads inside the tile (in cache) instead of padding the whole
