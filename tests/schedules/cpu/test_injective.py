@@ -53,3 +53,21 @@ def test_short_channel_axis_vectorised_as_rows():
     }
     assert lanes == {23 * 3}, mod[name].script()
     assert_parallel_vectorized(mod[name])
+
+
+class ToChannelsLast(torch.nn.Module):
+    def forward(self, x):
+        return x.permute(0, 2, 3, 1) * 2.0  # NCHW -> NHWC of a 3-channel image
+
+
+def test_short_channel_transpose_vectorises_the_input_rows():
+    # vectors run along the rows of each input plane (stored with a stride of 3), the three
+    # channels unrolled inside the parallel image rows, not one task per vector
+    claimed, mod = run_and_compare(
+        ToChannelsLast(), [torch.randn(1, 3, 20, 32)], [Injective(), Fallback()]
+    )
+    (name,) = claimed
+    loops = [s for s in iter_stmts(mod[name].body) if isinstance(s, tirx.For)]
+    kinds = {loop.kind: int(loop.extent) for loop in loops}
+    assert kinds[tirx.ForKind.PARALLEL] == 20, mod[name].script()
+    assert kinds[tirx.ForKind.UNROLLED] == 3 and kinds[tirx.ForKind.VECTORIZED] == 16

@@ -134,11 +134,15 @@ def schedule_spatial_block(sch: s_tir.Schedule, block: SBlockRV, knobs: Fallback
     elif _reads_along(sch, block, -2) and (loop_extent(sch, loops[-2]) or 0) >= knobs.vector_lanes:
         # a transpose with a short inner axis (NCHW -> NHWC of 3 channels): vectorise the
         # axis the input is contiguous along, storing with a stride, instead of fusing the
-        # loops into a vector whose every lane divides its index back into coordinates
-        sch.reorder(loops[-1], loops[-2])
+        # loops into a vector whose every lane divides its index back into coordinates; the
+        # short axis unrolled inside the parallel rows (the 224x224 image: 0.030 -> 0.008 ms
+        # where each task was one vector, its coordinates divided out of the task index, and
+        # each channel a pass over the row)
         factor = _pow2_factor(loop_extent(sch, loops[-2]), knobs.vector_lanes)
         outer, vec = sch.split(loops[-2], [None, factor])
-        outer_loops = [*loops[:-2], loops[-1], outer]
+        sch.reorder(outer, loops[-1], vec)  # each vector's pixels written whole, one by one
+        sch.unroll(loops[-1])
+        outer_loops = loops[:-2] or [outer]
     elif (
         len(loops) > 2
         and inner_ext is not None
