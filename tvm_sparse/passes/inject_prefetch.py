@@ -37,6 +37,8 @@ the pass cannot find, or whose chunks are not a constant distance apart, is left
 
 from __future__ import annotations
 
+import math
+
 import tvm
 from tvm import s_tir, tirx
 from tvm.sym import Analyzer
@@ -166,9 +168,7 @@ def _spread(loop: tirx.For, body: tirx.Stmt, buffer, start: tirx.PrimExpr) -> ti
     turn = tirx.const(0, "int64")
     for outer in chain:
         turn = turn * outer.extent + (outer.loop_var - outer.min)
-    size = 1
-    for dim in buffer.shape:
-        size *= int(dim)
+    size = math.prod(int(dim) for dim in buffer.shape)
     flat = tirx.decl_buffer((size,), buffer.dtype, f"{buffer.name}_flat", data=buffer.data)
     t = tirx.Var("prefetch_t", "int64")
     line = turn * per_turn + t

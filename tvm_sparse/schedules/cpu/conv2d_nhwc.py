@@ -40,6 +40,7 @@ After (schematically)::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from tvm import s_tir, tirx
@@ -292,14 +293,7 @@ def _row_tasks(
         return bool(knobs.row_tasks)
     reads = sch.get(main).reads
     data, weight = reads[1 - weight_pos].source, reads[weight_pos].source
-    return _elements(data) >= _elements(weight)
-
-
-def _elements(buffer: tirx.Buffer) -> int:
-    count = 1
-    for extent in buffer.shape:
-        count *= int(extent)
-    return count
+    return math.prod(int(d) for d in data.shape) >= math.prod(int(d) for d in weight.shape)
 
 
 def _pads(sch: s_tir.Schedule, block: SBlockRV) -> bool:
@@ -413,11 +407,11 @@ class Conv2dNHWC(CPUScheduleRule):
             cols = pick_factor(columns, knobs.tile_columns)
         else:
             vecs, cols = _default_tile(conv, columns, vectors, knobs)
+        cores = num_cores(target)
         if conv.depthwise:
             rows = _depthwise_rows(conv, knobs)
-            tile = self._depthwise(sch, main, vecs, cols, rows, lanes, knobs, num_cores(target))
+            tile = self._depthwise(sch, main, vecs, cols, rows, lanes, knobs, cores)
         else:
-            cores = num_cores(target)
             tile = self._dense(sch, main, 1 - conv.data_pos, vecs, cols, lanes, knobs, cores)
         for pad in pads:
             if knobs.pad_in_tile and conv.depthwise:

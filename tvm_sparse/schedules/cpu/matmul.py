@@ -66,6 +66,11 @@ _S, _I, _J, _K = IterKind.kIter_S, IterKind.kIter_I, IterKind.kIter_J, IterKind.
 _L1_BYTES = 16 * 1024
 
 
+def _b_in_l1(k: int | None, n: int | None) -> bool:
+    """Whether a ``k x n`` fp32 ``B`` stays in L1 (``_L1_BYTES``)."""
+    return k is not None and n is not None and 4 * k * n <= _L1_BYTES
+
+
 @dataclass
 class MatmulKnobs:
     """Knobs of :class:`Matmul`.
@@ -243,7 +248,7 @@ def _sample_knobs(
         unroll_k=unroll_k,
         pack_b=pack_b,
     )
-    if m and n and k and not 0 < k_block < k and 4 * k * n > _L1_BYTES:
+    if m and n and k and not 0 < k_block < k and not _b_in_l1(k, n):
         rows_first = int(_row_tasks(knobs, m, n))
         knobs = replace(knobs, row_tasks=sampler("row_tasks", rows_first, [0, 1]))
     return knobs
@@ -353,7 +358,7 @@ class Matmul(CPUScheduleRule):
             ko, ki = sch.split(k, [None, k_block])
             sch.reorder(b, jo, ko, io, ki, ii, ji)
             tile, inner_k = sch.fuse(b, jo), ki
-        elif k_ext is not None and n_ext is not None and 4 * k_ext * n_ext <= _L1_BYTES:
+        elif _b_in_l1(k_ext, n_ext):
             # all of B stays in L1 (pointwise convs: K of 16-32): each row tile of A is read
             # once for every column tile, and each row of C is written whole
             sch.reorder(b, io, jo, k, ii, ji)
