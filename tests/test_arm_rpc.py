@@ -122,6 +122,20 @@ def test_pruned_model_runs_on_arm_over_rpc(name, prune_kwargs, arm_session):
         assert any("faster" in r.reason for r in compiled.report.rows)
 
 
+@pytest.mark.arm
+def test_winograd_convs_run_on_arm_over_rpc(arm_session):
+    # batch 1, even sizes, whole NEON vectors: the 3x3 convs run as winograd_conv2d
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(8, 16, 3, 1, 1), nn.ReLU(), nn.Conv2d(16, 12, 3, 1, 1), nn.ReLU()
+    ).eval()
+    x = torch.randn(1, 8, 10, 6)
+    compiled = tvm_sparse.compile(model, TARGET, example_inputs=(x,))
+    _assert_matches(model, x, compiled.to_remote(arm_session)(x))
+    _assert_every_kernel_recorded(compiled.report)
+    assert [r.op for r in compiled.report.rows].count("winograd_conv2d") == 2
+
+
 class _TwoOutputs(nn.Module):
     def __init__(self):
         super().__init__()

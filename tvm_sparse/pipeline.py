@@ -17,6 +17,7 @@ from .passes.convert_to_nhwc import ConvertToNHWC
 from .passes.inject_prefetch import InjectPrefetch
 from .passes.pack_weights import PackWeights
 from .passes.reorder_reshape_after_elementwise import ReorderReshapeAfterElementwise
+from .passes.rewrite_to_winograd import RewriteToWinograd
 from .passes.uniquify_binding_names import UniquifyBindingNames
 from .passes.use_fast_math import UseFastMath
 from .report import CompileReport
@@ -92,7 +93,7 @@ def schedule_input_passes(
     return (
         prepare_passes()
         + sparsity_passes(target, sparsity)
-        + ([ConvertToNHWC()] if target.kind.name == "llvm" else [])
+        + ([ConvertToNHWC(), RewriteToWinograd(target)] if target.kind.name == "llvm" else [])
         + [
             ReorderReshapeAfterElementwise(),
             CollectOpReport(report),

@@ -10,6 +10,7 @@ from .inject_prefetch import InjectPrefetch
 from .pack_weights import PackWeights
 from .reorder_reshape_after_elementwise import ReorderReshapeAfterElementwise
 from .rewrite_to_sparse import RewriteToSparse
+from .rewrite_to_winograd import RewriteToWinograd
 from .shrink_pruned_channels import ShrinkPrunedChannels
 from .uniquify_binding_names import UniquifyBindingNames
 from .use_fast_math import UseFastMath
@@ -24,6 +25,7 @@ __all__ = [
     "PackWeights",
     "ReorderReshapeAfterElementwise",
     "RewriteToSparse",
+    "RewriteToWinograd",
     "ShrinkPrunedChannels",
     "UniquifyBindingNames",
     "UseFastMath",

@@ -82,6 +82,8 @@ from ..kernels.formats import to_bsr, to_nm
 from ..kernels.gpu import CUDATileKnobs, cuda_bsr_matmul, cuda_nm_matmul, nm_group_offsets
 from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul, nm_matmul_kernel_name
 from ..kernels.sparse_conv2d import Conv2DGeometry, im2col
+from ..kernels.winograd_conv2d import winograd_applies
+from ..schedules.cpu.base import vector_lanes
 from ._bindings import function_bindings, unique_binding_names
 from .detect_sparsity import WEIGHTS_ATTR, WeightSparsity, constant_weight_of
 
@@ -90,6 +92,10 @@ __all__ = ["DECISIONS_ATTR", "LayerChoice", "RewriteToSparse", "SparsityConfig"]
 #: Effective bandwidth of im2col's copy: half the 27 GB/s measured by benchmarks/roofline.py on
 #: the 2-core reference host, since its reads are strided.
 _IM2COL_BYTES_PER_S = 13.7e9
+
+#: How much faster a dense conv runs as ``winograd_conv2d`` (``RewriteToWinograd``) than the
+#: dense rate the calibration measures: ResNet-18's 3x3 convs ran 2.3-2.5x faster so.
+_WINOGRAD_SPEEDUP = 2.2
 
 #: Block shapes ``"auto"`` always weighs besides the detected one: the vector-friendly rows.
 _ROW_BLOCKS = ((16, 1), (8, 1))
@@ -305,6 +311,17 @@ def _kernel_key(calibration: Calibration, block: tuple[int, int]) -> str:
     return min(known, key=distance)
 
 
+def _runs_as_winograd(geom: Conv2DGeometry, out_channels: int, target: Target) -> bool:
+    """Whether the dense form of this conv would be a ``winograd_conv2d`` on ``target``."""
+    if target.kind.name != "llvm" or geom.kernel != (3, 3) or geom.strides != (1, 1):
+        return False
+    if geom.padding != (1, 1, 1, 1) or geom.dilation != (1, 1):
+        return False
+    in_shape = (geom.batch, geom.height, geom.width, geom.channels)
+    weight_shape = (3, 3, geom.channels, out_channels)
+    return winograd_applies(in_shape, weight_shape, vector_lanes(target)) is None
+
+
 def _decide(
     name: str,
     info: WeightSparsity,
@@ -314,8 +331,10 @@ def _decide(
     config: SparsityConfig,
     calibration: Calibration,
     overhead_s: float = 0.0,
+    dense_speedup: float = 1.0,
 ) -> _Plan:
-    """Choose the kernel for one layer; ``overhead_s`` is time the sparse path adds (im2col)."""
+    """Choose the kernel for one layer; ``overhead_s`` is time the sparse path adds (im2col),
+    ``dense_speedup`` how much faster than the calibrated rate the dense kernel runs."""
     choice = config.choice_for(name)
     n, k = info.shape
     density = info.density
@@ -360,7 +379,9 @@ def _decide(
             key = _kernel_key(calibration, block)
             kernel = bsr_matmul_kernel_name(block)
         est = calibration.estimate(key, m, n, k, stored, stored / max(n * k, 1))
-        est = dataclasses.replace(est, sparse_s=est.sparse_s + overhead_s)
+        est = dataclasses.replace(
+            est, sparse_s=est.sparse_s + overhead_s, dense_s=est.dense_s / dense_speedup
+        )
         if best is None or est.sparse_s < best[0].sparse_s:
             best = (est, kernel, block, nm)
     if best is None:
@@ -543,9 +564,11 @@ class _SparseRewriter(PyExprMutator):
         # (matmuls) does not include that traffic.
         # The kernel runs image by image, so its rate is the one for M = OH*OW rows.
         copy_bytes = 0 if geom.is_pointwise else 8 * weight.shape[1] * oh * ow
+        winograd = _runs_as_winograd(geom, weight.shape[0], self.target)
         plan = _decide(
             name, info, weight, "conv2d", oh * ow, self.config, self.calibration,
             overhead_s=copy_bytes / _IM2COL_BYTES_PER_S,
+            dense_speedup=_WINOGRAD_SPEEDUP if winograd else 1.0,
         )  # fmt: skip
         if plan.kernel == "dense":
             return None, plan

@@ -1,0 +1,118 @@
+import numpy as np
+import torch
+import torch.nn.functional as F
+import tvm
+from tvm import relax
+
+import tvm_sparse
+from tvm_sparse.frontend import import_model
+from tvm_sparse.passes import ConvertToNHWC, RewriteToWinograd
+from tvm_sparse.pipeline import prepare_passes
+from tvm_sparse.targets import get_preset
+
+TARGET = get_preset("x86").tvm_target()
+
+
+class Block(torch.nn.Module):
+    """A residual block: conv-bn-relu, conv-bn + skip, relu; then a strided and an odd conv."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(c)
+        self.conv2 = torch.nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.bn2 = torch.nn.BatchNorm2d(c)
+        self.down = torch.nn.Conv2d(c, 2 * c, 3, 2, 1)  # stride 2: stays direct
+        self.odd = torch.nn.Conv2d(2 * c, 2 * c, 3, 1, 1)  # 5x5 output: stays direct
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)) + x)
+        return self.odd(F.relu(self.down(y)))
+
+
+def _model():
+    torch.manual_seed(0)
+    model = Block().eval()
+    for bn in (model.bn1, model.bn2):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+    return model
+
+
+def _ops(mod):
+    ops = []
+    for block in mod["main"].body.blocks:
+        for b in block.bindings:
+            if isinstance(b.value, relax.Call) and isinstance(b.value.op, tvm.ir.Op):
+                name = b.value.op.name
+                if name == "relax.call_tir":
+                    name = b.value.args[0].name_hint
+                ops.append((b.var.name, name))
+    return ops
+
+
+def test_rewrites_stride1_convs_with_their_epilogues():
+    x = torch.randn(1, 16, 10, 10)
+    mod = tvm.transform.Sequential(prepare_passes() + [ConvertToNHWC()])(
+        import_model(_model(), (x,)).mod
+    )
+    convs_before = [n for n, op in _ops(mod) if op == "relax.nn.conv2d"]
+    with TARGET:
+        after = RewriteToWinograd()(mod)
+    ops = _ops(after)
+    winograd = [n for n, op in ops if op.startswith("winograd_conv2d")]
+    # conv1 (+ bias + relu) and conv2 (+ bias + residual + relu): each one call that keeps
+    # the conv's name; the strided and the 5x5 convs stay direct
+    assert winograd == convs_before[:2]
+    assert [op for _, op in ops].count("relax.nn.conv2d") == 2
+    assert "relax.nn.relu" in [op for _, op in ops]  # the strided conv's ReLU stays
+    calls = {b.var.name: b.value for block in after["main"].body.blocks for b in block.bindings}
+    assert len(calls[winograd[0]].args[1].fields) == 3  # x, transformed weight, bias
+    assert len(calls[winograd[1]].args[1].fields) == 4  # and the residual
+    decisions = after["main"].attrs["tvm_sparse.decisions"]
+    assert "Winograd" in str(decisions[winograd[0]]["reason"])
+
+
+def test_compiled_model_matches_pytorch_and_reports_the_kernel():
+    model = _model()
+    x = torch.randn(1, 16, 10, 10)
+    compiled = tvm_sparse.compile(model, "x86", example_inputs=(x,), sparsity="off")
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(compiled(x.numpy()), expected, rtol=1e-4, atol=1e-4)
+    kernels = [r.kernel for r in compiled.report.rows if r.op == "winograd_conv2d"]
+    assert kernels == ["winograd_conv2d", "winograd_conv2d"]
+    assert all(r.flops == 2 * 10 * 10 * 16 * 9 * 16 for r in compiled.report.rows
+               if r.op == "winograd_conv2d")  # fmt: skip
+
+
+def test_a_conv_result_used_twice_keeps_its_epilogue_apart():
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(16, 16, 3, 1, 1)
+            self.conv2 = torch.nn.Conv2d(16, 16, 3, 1, 1)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return F.relu(y) + self.conv2(y)
+
+    torch.manual_seed(1)
+    model = Twice().eval()
+    x = torch.randn(1, 16, 8, 8)
+    compiled = tvm_sparse.compile(model, "x86", example_inputs=(x,), sparsity="off")
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(compiled(x.numpy()), expected, rtol=1e-4, atol=1e-4)
+    assert [r.op for r in compiled.report.rows].count("winograd_conv2d") == 2
+
+
+def test_other_targets_are_left_alone():
+    x = torch.randn(1, 16, 10, 10)
+    mod = tvm.transform.Sequential(prepare_passes() + [ConvertToNHWC()])(
+        import_model(_model(), (x,)).mod
+    )
+    cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_87"})
+    tvm.ir.assert_structural_equal(RewriteToWinograd(cuda)(mod), mod)
