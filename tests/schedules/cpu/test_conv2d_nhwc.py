@@ -157,7 +157,7 @@ def _task_loops(func) -> list[tuple[int, int]]:
 @pytest.mark.parametrize(
     "channels,hw,tasks,vectors",
     [
-        (96, 16, 8, 6),  # 4 rows x 8 pixels a task, each walking all 6 channel vectors
+        (96, 16, 4, 6),  # 4 whole rows a task, each walking all 6 channel vectors
         (64, 7, 14, 2),  # 7 tasks of 7 pixels for 2 cores: the 4 vectors split in two
     ],
 )
