@@ -1,9 +1,11 @@
-"""Sparse TIR kernels, built already scheduled, and the cost model that picks them on CPUs.
+"""Hand-written TIR kernels, built already scheduled, and the cost model that picks the sparse
+ones on CPUs.
 
 ``formats`` compresses pruned weights (BSR, N:M); ``bsr_matmul`` and ``nm_matmul`` are the CPU
 matmul kernels with their knobs; ``sparse_conv2d`` lowers convolutions onto them;
 ``cost_model`` decides per layer whether sparse beats dense on a target. ``gpu`` holds the CUDA
-kernels for the same formats.
+kernels for the same formats. ``winograd_conv2d`` is the dense Winograd F(2x2, 3x3) conv that
+``RewriteToWinograd`` puts 3x3 stride-1 convs on.
 """
 
 from .bsr_matmul import BSRMatmulKnobs, bsr_matmul, bsr_matmul_kernel_name
@@ -11,6 +13,7 @@ from .cost_model import Calibration, Estimate, calibrate, default_cache_path, lo
 from .formats import BSRMatrix, NMMatrix, to_bsr, to_nm
 from .nm_matmul import NMMatmulKnobs, nm_matmul, nm_matmul_kernel_name
 from .sparse_conv2d import Conv2DGeometry, im2col
+from .winograd_conv2d import WinogradKnobs, winograd_conv2d, winograd_weight
 
 __all__ = [
     "BSRMatmulKnobs",
@@ -20,6 +23,7 @@ __all__ = [
     "Estimate",
     "NMMatmulKnobs",
     "NMMatrix",
+    "WinogradKnobs",
     "bsr_matmul",
     "bsr_matmul_kernel_name",
     "calibrate",
@@ -30,4 +34,6 @@ __all__ = [
     "nm_matmul_kernel_name",
     "to_bsr",
     "to_nm",
+    "winograd_conv2d",
+    "winograd_weight",
 ]

@@ -43,14 +43,20 @@ from tvm.target import Target
 
 from ..schedules.cpu.base import vector_lanes
 
-__all__ = ["WinogradKnobs", "winograd_conv2d", "winograd_weight"]
+__all__ = [
+    "KERNEL_NAME",
+    "WinogradKnobs",
+    "winograd_applies",
+    "winograd_conv2d",
+    "winograd_weight",
+]
 
-#: Input transform B^T, weight transform G and output transform A^T of F(2x2, 3x3).
-_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype="float64")
+#: Weight transform G of F(2x2, 3x3). The kernel computes B^T d B with
+#: B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]] and A^T m A with
+#: A^T = [[1, 1, 1, 0], [0, 1, -1, -1]] as the additions they are.
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype="float64")
-_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype="float64")
 
-#: Bytes of the per-task buffers (transformed inputs and products) at most: half of L2.
+#: Bytes of the per-task buffers (transformed inputs and products) at most: one core's L2.
 _TASK_BYTES = 1 << 20
 
 KERNEL_NAME = "winograd_conv2d"
