@@ -93,3 +93,20 @@ def test_a_lone_conv_stays_nchw():
     after = ConvertToNHWC(min_convs=1)(before)
     assert any(c.op.name == "relax.nn.conv2d" and c.attrs.data_layout == "NHWC"
                for c in _calls(after).values())  # fmt: skip
+
+
+def test_a_lone_winograd_conv_goes_nhwc():
+    # a lone 3x3 stride-1 conv RewriteToWinograd takes (batch 1, even sizes, whole vectors)
+    # is worth its two transposes; the same conv without a target, or at stride 2, is not
+    from tvm_sparse.targets import get_preset
+
+    torch.manual_seed(0)
+    for stride, converts in ((1, True), (2, False)):
+        model = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, stride, 1), torch.nn.ReLU()).eval()
+        before = _prepared(model, torch.randn(1, 16, 12, 12))
+        tvm.ir.assert_structural_equal(ConvertToNHWC()(before), before)
+        with get_preset("x86").tvm_target():
+            after = ConvertToNHWC()(before)
+        layouts = [c.attrs.data_layout for c in _calls(after).values()
+                   if c.op.name == "relax.nn.conv2d"]  # fmt: skip
+        assert layouts == (["NHWC"] if converts else ["NCHW"])

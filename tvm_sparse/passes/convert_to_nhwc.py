@@ -6,6 +6,9 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from ..kernels.winograd_conv2d import winograd_applies
+from ..schedules.cpu.base import vector_lanes
+
 __all__ = ["ConvertToNHWC"]
 
 _LAYOUT_OPS = ("relax.permute_dims", "relax.layout_transform")
@@ -155,6 +158,21 @@ def _op_name(value: relax.Expr) -> str:
     return value.op.name if is_op else ""
 
 
+def _runs_as_winograd(call: relax.Call) -> bool:
+    """Whether an NCHW conv would be a ``winograd_conv2d`` once NHWC (for the current target)."""
+    target = tvm.target.Target.current(allow_none=True)
+    attrs = call.attrs
+    x_shape, w_shape = _static(call.args[0].ty.shape), _static(call.args[1].ty.shape)
+    if target is None or target.kind.name != "llvm" or x_shape is None or w_shape is None:
+        return False
+    if int(attrs.groups) != 1 or any(
+        int(v) != 1 for v in [*attrs.strides, *attrs.dilation, *attrs.padding]
+    ):
+        return False
+    (n, c, h, w), (f, wc, kh, kw) = x_shape, w_shape
+    return winograd_applies((n, h, w, c), (kh, kw, wc, f), vector_lanes(target)) is None
+
+
 def _binding_ops(func: relax.Function) -> dict[str, str]:
     ops: dict[str, str] = {}
     for block in func.body.blocks:
@@ -207,7 +225,10 @@ class ConvertToNHWC:
     min_convs : int
         Convert only models with at least this many dense or depthwise convs: a lone conv
         would pay for two transposes of its activations (at the model's input and output)
-        and gain nothing from the layout between convs.
+        and gain nothing from the layout between convs. A lone 3x3 stride-1 conv that
+        ``RewriteToWinograd`` then takes is converted all the same (under ``with target:``):
+        a 56x56 conv of 64 channels ran 0.72 ms NCHW, against 0.27 ms as Winograd plus two
+        transposes of about 0.03 ms.
     """
 
     def __init__(self, min_convs: int = 2) -> None:
@@ -223,7 +244,9 @@ class ConvertToNHWC:
             and isinstance(b.value.op, tvm.ir.Op)
             and _desired_layout(b.value).get(b.value.op.name, [""])[0] == "NHWC"
         ]
-        if len(nhwc_convs) < self.min_convs:
+        if len(nhwc_convs) < self.min_convs and not any(
+            _runs_as_winograd(b.value) for b in nhwc_convs
+        ):
             return mod
         decomposer = _ClipDecomposer(mod)
         mod = mod.clone()
