@@ -122,10 +122,19 @@ class WinogradKnobs:
 
 
 def winograd_applies(
-    in_shape: tuple[int, ...], weight_shape: tuple[int, ...], lanes: int
+    in_shape: tuple[int, ...],
+    weight_shape: tuple[int, ...],
+    lanes: int,
+    *,
+    strides=(1, 1),
+    padding=(1, 1, 1, 1),
+    dilation=(1, 1),
+    groups: int = 1,
 ) -> str | None:
-    """Why an NHWC conv with an HWIO weight cannot run as this kernel, or None when it can
-    (stride, padding, dilation and groups are the caller's to check)."""
+    """Why a conv of an NHWC input and an HWIO weight cannot run as this kernel, or None when
+    it can. The one test of eligibility: the pass, the layout pass and the cost model ask it."""
+    if int(groups) != 1 or any(int(v) != 1 for v in [*strides, *dilation, *padding]):
+        return "not a dense stride-1, padding-1 conv"
     if len(in_shape) != 4 or in_shape[0] != 1:
         return "Winograd kernel takes batch 1"
     _, h, w, c = in_shape

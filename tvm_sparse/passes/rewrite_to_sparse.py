@@ -313,13 +313,15 @@ def _kernel_key(calibration: Calibration, block: tuple[int, int]) -> str:
 
 def _runs_as_winograd(geom: Conv2DGeometry, out_channels: int, target: Target) -> bool:
     """Whether the dense form of this conv would be a ``winograd_conv2d`` on ``target``."""
-    if target.kind.name != "llvm" or geom.kernel != (3, 3) or geom.strides != (1, 1):
-        return False
-    if geom.padding != (1, 1, 1, 1) or geom.dilation != (1, 1):
+    if target.kind.name != "llvm":
         return False
     in_shape = (geom.batch, geom.height, geom.width, geom.channels)
-    weight_shape = (3, 3, geom.channels, out_channels)
-    return winograd_applies(in_shape, weight_shape, vector_lanes(target)) is None
+    weight_shape = (*geom.kernel, geom.channels, out_channels)
+    why = winograd_applies(
+        in_shape, weight_shape, vector_lanes(target), strides=geom.strides,
+        padding=geom.padding, dilation=geom.dilation,
+    )  # fmt: skip
+    return why is None
 
 
 def _decide(

@@ -49,7 +49,10 @@ def _why_not(call: relax.Call, lanes: int) -> str | None:
     x_shape, w_shape = _static(x), _static(w)
     if x_shape is None:
         return "dynamic shape"
-    return winograd_applies(x_shape, w_shape, lanes)
+    return winograd_applies(
+        x_shape, w_shape, lanes, strides=attrs.strides, padding=attrs.padding,
+        dilation=attrs.dilation, groups=attrs.groups,
+    )  # fmt: skip
 
 
 @mutator
