@@ -8,10 +8,11 @@ import torch
 import tvm
 from tvm import relax, s_tir, tirx
 
-from tvm_sparse.schedules.cpu.base import iter_stmts
+from tvm_sparse.schedules.cpu.base import iter_stmts, vector_lanes
 from tvm_sparse.targets import get_preset
 
 TARGET = get_preset("x86").tvm_target()  # the host CPU: tests run the code they build
+LANES = vector_lanes(TARGET)  # fp32 lanes of its vectors: 16 with AVX-512, 8 with AVX2
 
 FUSION = [
     relax.transform.DecomposeOpsForInference(),

@@ -8,6 +8,7 @@ from tvm_sparse.targets import get_preset
 
 TARGET = get_preset("x86").tvm_target()  # the host CPU: tests run the code they build
 AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
+AVX512 = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})
 
 
 def _call(func, args):
@@ -57,10 +58,10 @@ def test_bsr_rows_tasks_of_several_block_rows(m_tile, row_block):
 
 def test_bsr_rows_defaults_fill_avx512_registers_and_leave_tasks():
     # BERT FFN, 192 block rows: 16 accumulators (32 zmm), 12 block rows per task -> 16 tasks.
-    knobs = BSRMatmulKnobs.for_target(TARGET).resolve((16, 1), 128, 3072)
+    knobs = BSRMatmulKnobs.for_target(AVX512).resolve((16, 1), 128, 3072)
     assert (knobs.variant, knobs.m_tile, knobs.row_block) == ("rows", 16, 12)
     assert BSRMatmulKnobs.for_target(AVX2).resolve((16, 1), 128, 3072).m_tile == 4
-    assert BSRMatmulKnobs.for_target(TARGET).resolve((16, 1), 128, 64).row_block == 1
+    assert BSRMatmulKnobs.for_target(AVX512).resolve((16, 1), 128, 64).row_block == 1
 
 
 @pytest.mark.parametrize("y_layout", ["MN", "NM"])
@@ -93,11 +94,11 @@ def test_bsr_batched_km_layout(y_layout):
 
 
 def test_knobs_follow_target_vector_width():
-    assert BSRMatmulKnobs.for_target(TARGET).lanes == 16
+    assert BSRMatmulKnobs.for_target(AVX512).lanes == 16
     assert BSRMatmulKnobs.for_target(AVX2).lanes == 8
     assert BSRMatmulKnobs.for_target(AVX2).resolve((16, 1), 128, 256).variant == "rows"
-    assert BSRMatmulKnobs.for_target(TARGET).resolve((1, 4), 128, 256).variant == "m"
-    assert BSRMatmulKnobs.for_target(TARGET).resolve((1, 4), 1, 256).variant == "gemv"
+    assert BSRMatmulKnobs.for_target(AVX512).resolve((1, 4), 128, 256).variant == "m"
+    assert BSRMatmulKnobs.for_target(AVX512).resolve((1, 4), 1, 256).variant == "gemv"
     with pytest.raises(ValueError, match="variant"):
         BSRMatmulKnobs(variant="fast")
 

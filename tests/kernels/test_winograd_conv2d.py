@@ -13,6 +13,7 @@ from tvm_sparse.targets import get_preset
 
 TARGET = get_preset("x86").tvm_target()  # the host CPU: tests run the code they build
 AVX2 = tvm.target.Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
+AVX512 = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})
 
 
 def _reference(x, w, bias, residual, relu):
@@ -75,7 +76,7 @@ def test_avx2_tiles():
 
 
 def test_task_tiles_split_evenly_over_cores():
-    knobs = WinogradKnobs.for_target(TARGET)
+    knobs = WinogradKnobs.for_target(AVX512)
     # 28x28 pixels: 196 tiles; 7 tasks of 28 would leave a core idle, 10 of 20 do not
     assert knobs.task_tiles(196, 128, 4, 64, cores=2) == 20
     assert knobs.task_tiles(784, 64, 4, 64, cores=2) == 28

@@ -2,7 +2,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 import tvm
-from schedule_testing import TARGET, assert_parallel_vectorized, run_and_compare, to_fused_relax
+from schedule_testing import (
+    LANES,
+    TARGET,
+    assert_parallel_vectorized,
+    run_and_compare,
+    to_fused_relax,
+)
 from tvm import s_tir, tirx
 
 from tvm_sparse.schedules.cpu import Conv2dNHWC, Conv2dNHWCKnobs, Fallback, Matmul, Pool
@@ -120,7 +126,7 @@ def test_nhwc_pooling_vectorises_channels(kind):
                                    [Conv2dNHWC(), Pool(), Fallback()], nhwc=True)  # fmt: skip
     (pool,) = [n for n in claimed if "pool" in n]
     assert claimed[pool] == "Pool"
-    assert _vector_lanes(mod[pool]) == {16}, mod[pool].script()
+    assert _vector_lanes(mod[pool]) == {LANES}, mod[pool].script()
 
 
 def test_short_rows_split_into_tasks_every_core_gets_alike():
@@ -137,7 +143,10 @@ def test_short_rows_split_into_tasks_every_core_gets_alike():
         for loop in iter_stmts(mod[conv].body)
         if isinstance(loop, tirx.For)
         and loop.kind == tirx.ForKind.PARALLEL
-        and loop.extent < 100  # the conv's tiles, not the padding's rows
+        and any(  # the conv's tiles (a register tile inside), not the padding's or weights'
+            isinstance(s, tirx.For) and s.kind == tirx.ForKind.UNROLLED
+            for s in iter_stmts(loop.body)
+        )
     ]
     assert extents and all(e % 2 == 0 for e in extents), mod[conv].script()
 
@@ -155,13 +164,14 @@ def _task_loops(func) -> list[tuple[int, int]]:
 
 
 @pytest.mark.parametrize(
-    "channels,hw,tasks,vectors",
+    "channels,hw,tasks,split",
     [
-        (96, 16, 4, 6),  # 4 whole rows a task, each walking all 6 channel vectors
-        (64, 7, 14, 2),  # 7 tasks of 7 pixels for 2 cores: the 4 vectors split in two
+        (96, 16, 4, 1),  # 4 whole rows a task, each walking all the channel vectors
+        (64, 7, 14, 2),  # 7 tasks of 7 pixels for 2 cores: the channel vectors split in two
     ],
 )
-def test_depthwise_tasks_walk_channel_vectors(channels, hw, tasks, vectors):
+def test_depthwise_tasks_walk_channel_vectors(channels, hw, tasks, split):
+    vectors = channels // LANES // split
     model = ConvBlock(channels, channels, 3, 1, channels, False, relu6=True)
     target = tvm.target.Target({**TARGET.export(), "num-cores": 2})
     claimed, mod = run_and_compare(

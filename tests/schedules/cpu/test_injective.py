@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from schedule_testing import assert_parallel_vectorized, run_and_compare
+from schedule_testing import LANES, assert_parallel_vectorized, run_and_compare
 from tvm import tirx
 
 from tvm_sparse.schedules.cpu import Fallback, Injective
@@ -70,4 +70,4 @@ def test_short_channel_transpose_vectorises_the_input_rows():
     loops = [s for s in iter_stmts(mod[name].body) if isinstance(s, tirx.For)]
     kinds = {loop.kind: int(loop.extent) for loop in loops}
     assert kinds[tirx.ForKind.PARALLEL] == 20, mod[name].script()
-    assert kinds[tirx.ForKind.UNROLLED] == 3 and kinds[tirx.ForKind.VECTORIZED] == 16
+    assert kinds[tirx.ForKind.UNROLLED] == 3 and kinds[tirx.ForKind.VECTORIZED] == LANES

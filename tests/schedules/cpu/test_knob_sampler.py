@@ -74,7 +74,7 @@ def _sample_with(rule, func, values: dict):
     """The rule's schedule with the knobs in ``values`` drawn at those values (``"last"``: the
     last candidate) and the others at their defaults."""
     decisions: list[int] = []
-    for _ in range(16):  # which knobs come next depends on the ones before: to a fixed point
+    for _ in range(32):  # which knobs come next depends on the ones before: to a fixed point
         sch, sampler = rule.sample(func, TARGET, decisions)
         wanted = []
         for name, candidates in zip(sampler.names, sampler.candidates, strict=True):
@@ -82,7 +82,10 @@ def _sample_with(rule, func, values: dict):
             wanted.append(len(candidates) - 1 if value == "last" else candidates.index(value))
         if wanted == sampler.taken:
             return sch, sampler
-        decisions = wanted
+        # fix the first knob that differs; the candidates of later knobs may depend on it
+        pairs = zip(wanted, sampler.taken, strict=True)
+        first = next(i for i, (w, t) in enumerate(pairs) if w != t)
+        decisions = wanted[: first + 1]
     raise AssertionError("decisions did not settle")
 
 
