@@ -8,6 +8,7 @@ import tvm_sparse
 from tvm_sparse.frontend import import_model
 from tvm_sparse.passes import ConvertToNHWC
 from tvm_sparse.pipeline import prepare_passes
+from tvm_sparse.targets import get_preset
 
 
 class Net(torch.nn.Module):
@@ -98,8 +99,6 @@ def test_a_lone_conv_stays_nchw():
 def test_a_lone_winograd_conv_goes_nhwc():
     # a lone 3x3 stride-1 conv RewriteToWinograd takes (batch 1, even sizes, whole vectors)
     # is worth its two transposes; the same conv without a target, or at stride 2, is not
-    from tvm_sparse.targets import get_preset
-
     torch.manual_seed(0)
     for stride, converts in ((1, True), (2, False)):
         model = torch.nn.Sequential(torch.nn.Conv2d(16, 32, 3, stride, 1), torch.nn.ReLU()).eval()
