@@ -62,6 +62,15 @@ def loop_kinds(func: tirx.PrimFunc) -> set:
     return {node.kind for node in iter_stmts(func.body) if isinstance(node, tirx.For)}
 
 
+def parallel_blocks(func: tirx.PrimFunc) -> list[dict[str, s_tir.SBlock]]:
+    """The blocks under each parallel loop of ``func``, by name: what one of its tasks runs."""
+    return [
+        {b.name_hint: b for b in iter_stmts(loop.body) if isinstance(b, s_tir.SBlock)}
+        for loop in iter_stmts(func.body)
+        if isinstance(loop, tirx.For) and loop.kind == tirx.ForKind.PARALLEL
+    ]
+
+
 def assert_parallel_vectorized(func: tirx.PrimFunc, *, vectorized: bool = True) -> None:
     kinds = loop_kinds(func)
     assert tirx.ForKind.PARALLEL in kinds, func.script()

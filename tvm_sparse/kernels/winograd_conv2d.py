@@ -209,7 +209,7 @@ def winograd_conv2d(
     @T.macro
     def input_transform(x, vb, task):
         # B^T d B of each tile: rows of the 4x4 patch first, then columns
-        d = T.alloc_buffer((4, 4, lanes), dtype, scope="local")
+        d = T.alloc_buffer((4, 4, lanes), dtype)
         for i in range(tb):
             t = T.min(task * tb + i, tiles - 1)  # a last chunk's spare tiles repeat the last
             th = t // tw_count
@@ -247,7 +247,9 @@ def winograd_conv2d(
         # 16 GEMMs [tb, C] x [C, nr] in register tiles of mr tiles x nv vectors
         for e in range(16):
             for rb in range(rb_count):
-                acc = T.alloc_buffer((mr, nr), dtype, scope="local")
+                # the default "global" scope keeps a tile under 1 KB on the stack, in registers
+                # (schedules.cpu.base.TILE_SCOPE)
+                acc = T.alloc_buffer((mr, nr), dtype)
                 for r in T.unroll(mr):
                     for v in T.unroll(nv):
                         for l in T.vectorized(lanes):
@@ -268,7 +270,7 @@ def winograd_conv2d(
     @T.macro
     def output_transform(mb, bias, res, y, task, fo):
         # A^T m A of each tile: s = A^T m (2 x 4), then the two columns of s A
-        s = T.alloc_buffer((2, 4, lanes), dtype, scope="local")
+        s = T.alloc_buffer((2, 4, lanes), dtype)
         for i in range(tb):
             if task * tb + i < tiles:
                 th = (task * tb + i) // tw_count

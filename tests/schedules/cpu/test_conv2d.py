@@ -1,7 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from schedule_testing import assert_parallel_vectorized, run_and_compare
+from schedule_testing import assert_parallel_vectorized, parallel_blocks, run_and_compare
 
 from tvm_sparse.schedules.cpu import Conv2d, Fallback
 
@@ -117,22 +117,19 @@ def test_pointwise_conv_path(cin, cout, hw, pointwise):
     ],
 )
 def test_depthwise_paths(channels, stride, hw):
-    from tvm import s_tir
-
-    from tvm_sparse.schedules.cpu.base import iter_stmts
-
     model = ConvBlock(channels, channels, 3, stride, 1, channels, False)
     claimed, mod = run_and_compare(model, [torch.randn(1, channels, *hw)], [Conv2d(), Fallback()])
     conv = next(name for name in claimed if "conv2d" in name)
     assert claimed[conv] == "Conv2d"
     assert_parallel_vectorized(mod[conv])
-    local_pad = [
-        buf
-        for node in iter_stmts(mod[conv].body)
-        if isinstance(node, s_tir.SBlock)
-        for buf in node.alloc_buffers
-        if buf.name.startswith("pad_temp") and buf.scope() == "local"
+    # the padded rows a tile reads, copied in the tile's task
+    tile_pad = [
+        block.writes[0].source
+        for task in parallel_blocks(mod[conv])
+        if any("conv2d" in name and not name.startswith("pad") for name in task)
+        for name, block in task.items()
+        if name.startswith("pad_temp")
     ]
-    assert bool(local_pad) == (hw[1] // stride >= 64)
-    if local_pad and stride > 1:  # (n, c, h, phase, w // stride)
-        assert len(local_pad[0].shape) == 5
+    assert bool(tile_pad) == (hw[1] // stride >= 64)
+    if tile_pad and stride > 1:  # (n, c, h, phase, w // stride)
+        assert len(tile_pad[0].shape) == 5

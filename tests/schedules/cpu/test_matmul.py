@@ -151,3 +151,30 @@ def test_task_order_follows_the_larger_operand():
     assert not _row_tasks(knobs, 128, 3072)  # BERT's FFN: column panels outside
     knobs.row_tasks = 0
     assert not _row_tasks(knobs, 196, 96)
+
+
+def test_row_tile_takes_a_large_divisor_or_a_predicated_tail():
+    from tvm_sparse.schedules.cpu.matmul import _row_tile
+
+    assert _row_tile(196, 8) == 7  # 28 whole tiles of 7
+    assert _row_tile(6, 4) == 3
+    assert _row_tile(49, 4) == 4  # no divisor over 2: 13 tiles, the last one predicated
+    assert _row_tile(98, 4) == 4  # a tile of 2 would halve the rows per broadcast
+    assert _row_tile(3, 4) == 3
+    assert _row_tile(None, 4) == 4  # a symbolic extent: predicated
+
+
+@pytest.mark.parametrize(
+    "k,knob",
+    [(16, {}), (160, {"row_tasks": 1}), (160, {"row_tasks": 0}), (160, {"k_block": 32})],
+)
+def test_row_tail_is_correct_on_every_task_order(k, knob):
+    # 49 rows (a 7x7 feature map) in tiles of 4: B in L1, rows or panels outside, k blocks
+    knobs = MatmulKnobs.for_target(TARGET)
+    for name, value in {"tile_rows": 4, **knob}.items():
+        setattr(knobs, name, value)
+    claimed, mod = run_and_compare(LinearAct(k, 96, "relu"), [torch.randn(49, k)], [Matmul(knobs),
+                                   Fallback()])  # fmt: skip
+    name = next(n for n in claimed if "matmul" in n)
+    assert claimed[name] == "Matmul"
+    assert "T.where" in mod[name].script()  # the 13th tile's predicate

@@ -24,6 +24,7 @@ from .knob_sampler import KnobDecisionError, KnobSampler
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "TILE_SCOPE",
     "CPUScheduleRule",
     "NotApplicable",
     "block_loop_kinds",
@@ -35,6 +36,16 @@ __all__ = [
     "vector_bits",
     "vector_lanes",
 ]
+
+
+#: Storage scope of the buffers a schedule gives each tile: register accumulators, a tile's
+#: padded input. On a CPU target ``LowerTVMBuiltin`` leaves a "global" allocation under 1 KB
+#: (``kMaxStackAlloca``) on the stack, where LLVM keeps an unrolled accumulator in registers;
+#: a "local" one of any size becomes a ``TVMBackendAllocWorkspace`` call in every tile, with
+#: the accumulator zeroed and written back through that memory. As for MetaSchedule's CPU
+#: tiling, which caches writes in "global". MobileNetV2's 12544 x 16 x 96 conv (16 FMAs per
+#: output) took 1.44 ms with "local" accumulators and 1.00 ms with these, timed in turns on AVX2.
+TILE_SCOPE = "global"
 
 
 class NotApplicable(Exception):

@@ -48,6 +48,7 @@ from tvm.target import Target
 from tvm.tirx.analysis import undefined_vars
 
 from .base import (
+    TILE_SCOPE,
     CPUScheduleRule,
     NotApplicable,
     is_reduction_block,
@@ -276,7 +277,7 @@ def _is_depthwise(sch: s_tir.Schedule, main: SBlockRV, data_pos: int) -> bool:
 
 def _accumulate_locally(sch: s_tir.Schedule, main: SBlockRV, loop: LoopRV) -> SBlockRV:
     """Accumulate ``main`` in a local buffer written back (epilogue fused) under ``loop``."""
-    acc = sch.cache_write(main, 0, "local")
+    acc = sch.cache_write(main, 0, TILE_SCOPE)
     auto_inline_consumer_chain(sch, acc)
     sch.reverse_compute_at(acc, loop, preserve_unit_loops=True)
     sch.vectorize(sch.get_loops(acc)[-1])
@@ -443,7 +444,7 @@ class Conv2d(CPUScheduleRule):
         sch.unroll(fv)
         sch.vectorize(fl)
 
-        acc = sch.cache_write(main, 0, "local")
+        acc = sch.cache_write(main, 0, TILE_SCOPE)
         # channels innermost, so that each accumulator register is a contiguous vector
         sch.transform_layout(main, ("write", 0), lambda b, c, h, w: (b, h, w, c))
         auto_inline_consumer_chain(sch, acc)
@@ -483,7 +484,7 @@ class Conv2d(CPUScheduleRule):
         sch.unroll(fi)
         sch.unroll(pi)
         sch.vectorize(pl)
-        acc = sch.cache_write(main, 0, "local")
+        acc = sch.cache_write(main, 0, TILE_SCOPE)
         sch.transform_layout(main, ("write", 0), lambda n, f, y, x: (n, f, y * width + x))
         auto_inline_consumer_chain(sch, acc)
         sch.transform_block_layout(acc, lambda n, f, y, x: (n, f, y * width + x))
@@ -520,7 +521,7 @@ class Conv2d(CPUScheduleRule):
                     pad_value=0.0,
                 )
             sch.compute_at(pad, tile, preserve_unit_loops=True)
-            sch.set_scope(pad, 0, "local")
+            sch.set_scope(pad, 0, TILE_SCOPE)
             sch.vectorize(sch.get_loops(pad)[-1])
         sch.decompose_reduction(main, rc)
         return sch

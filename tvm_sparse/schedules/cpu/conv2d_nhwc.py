@@ -52,6 +52,7 @@ from tvm.tirx.analysis import undefined_vars
 
 from .base import (
     PREFETCH_ATTR,
+    TILE_SCOPE,
     CPUScheduleRule,
     NotApplicable,
     is_reduction_block,
@@ -418,7 +419,7 @@ class Conv2dNHWC(CPUScheduleRule):
         for pad in pads:
             if knobs.pad_in_tile and conv.depthwise:
                 sch.compute_at(pad, tile, preserve_unit_loops=True)
-                sch.set_scope(pad, 0, "local")
+                sch.set_scope(pad, 0, TILE_SCOPE)
                 inner = sch.get_loops(pad)[-1]
                 inner_lanes = _lane_width(loop_extent(sch, inner), knobs.vector_lanes)
                 sch.vectorize(sch.split(inner, [None, inner_lanes])[1])
@@ -441,7 +442,7 @@ class Conv2dNHWC(CPUScheduleRule):
         sch.unroll(pixels)
         sch.unroll(vectors)
         sch.vectorize(lane)
-        acc = sch.cache_write(main, 0, "local")
+        acc = sch.cache_write(main, 0, TILE_SCOPE)
         auto_inline_consumer_chain(sch, acc)
         sch.reverse_compute_at(acc, tile, preserve_unit_loops=True)
         inner = sch.get_loops(acc)[-1]

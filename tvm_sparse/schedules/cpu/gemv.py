@@ -34,7 +34,7 @@ from tvm.s_tir.dlight.gpu.matmul import (
 )
 from tvm.target import Target
 
-from .base import CPUScheduleRule, NotApplicable, loop_extent, pick_factor, vector_lanes
+from .base import TILE_SCOPE, CPUScheduleRule, NotApplicable, loop_extent, pick_factor, vector_lanes
 from .knob_sampler import KnobSampler
 from .matmul import (
     _I,
@@ -144,12 +144,12 @@ class GEMV(CPUScheduleRule):
         tile = sch.get_loops(main)[0]
         sch.parallel(tile)
         sch.compute_at(part, tile, preserve_unit_loops=True)
-        sch.set_scope(part, 0, "local")
+        sch.set_scope(part, 0, TILE_SCOPE)
         _, p_lane, p_batch, p_row, p_k = sch.get_loops(part)  # compute_at rebuilt them
         sch.reorder(p_k, p_batch, p_row, p_lane)
         sch.unroll(p_row)
         sch.vectorize(p_lane)
-        acc = sch.cache_write(main, 0, "local")
+        acc = sch.cache_write(main, 0, TILE_SCOPE)
         auto_inline_consumer_chain(sch, acc)
         sch.reverse_compute_at(acc, tile, preserve_unit_loops=True)
         sch.decompose_reduction(part, p_k)

@@ -40,6 +40,7 @@ from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain
 from tvm.target import Target
 
 from .base import (
+    TILE_SCOPE,
     CPUScheduleRule,
     NotApplicable,
     block_loop_kinds,
@@ -112,14 +113,14 @@ class Pool(CPUScheduleRule):
         sch.parallel(row)
         sch.unroll(col_o)
         sch.vectorize(col_i)
-        acc = sch.cache_write(main, 0, "local")
+        acc = sch.cache_write(main, 0, TILE_SCOPE)
         auto_inline_consumer_chain(sch, acc)
         sch.reverse_compute_at(acc, row, preserve_unit_loops=True)
         sch.vectorize(sch.get_loops(acc)[-1])
         for producer in sch.get_producers(main):
             # the padded input rows one output row reads, copied right before it (in L1)
             sch.compute_at(producer, row, preserve_unit_loops=True)
-            sch.set_scope(producer, 0, "local")
+            sch.set_scope(producer, 0, TILE_SCOPE)
             sch.vectorize(sch.get_loops(producer)[-1])
         sch.decompose_reduction(main, sch.get_loops(main)[1])
         return sch
@@ -156,14 +157,14 @@ def _schedule_channels_last(
     row = sch.fuse(*outer)
     sch.parallel(row)
     sch.vectorize(ci)
-    acc = sch.cache_write(main, 0, "local")
+    acc = sch.cache_write(main, 0, TILE_SCOPE)
     auto_inline_consumer_chain(sch, acc)
     sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
     inner = sch.get_loops(acc)[-1]
     sch.vectorize(sch.split(inner, [None, lanes])[1])
     for producer in sch.get_producers(main):
         sch.compute_at(producer, xo, preserve_unit_loops=True)
-        sch.set_scope(producer, 0, "local")
+        sch.set_scope(producer, 0, TILE_SCOPE)
         inner = sch.get_loops(producer)[-1]
         sch.vectorize(sch.split(inner, [None, lanes])[1])
     sch.decompose_reduction(main, windows[0])

@@ -37,6 +37,7 @@ from tvm.s_tir.schedule import SBlockRV
 from tvm.target import Target
 
 from .base import (
+    TILE_SCOPE,
     CPUScheduleRule,
     NotApplicable,
     block_loop_kinds,
@@ -130,7 +131,7 @@ class Reduction(CPUScheduleRule):
         sch.annotate(inner, "pragma_unroll_explicit", 1)
         consumers = sch.get_consumers(main)
         if consumers:
-            acc = sch.cache_write(main, 0, "local")
+            acc = sch.cache_write(main, 0, TILE_SCOPE)
             auto_inline_consumer_chain(sch, acc)
             sch.reverse_compute_at(acc, rows, preserve_unit_loops=True)
         return sch
