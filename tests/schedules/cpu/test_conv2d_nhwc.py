@@ -152,12 +152,20 @@ def test_short_rows_split_into_tasks_every_core_gets_alike():
 
 
 def _task_loops(func) -> list[tuple[int, int]]:
-    """``(tasks, extent of the loop just inside)`` of each parallel loop of the conv."""
+    """``(tasks, extent of the serial loop around the register tile)`` of each parallel loop
+    of the conv: for a depthwise conv, the channel vectors each tile of pixels walks."""
+
+    def tile_loop(stmt):
+        body = stmt.body
+        children = list(body.seq) if isinstance(body, tirx.SeqStmt) else [body]
+        return any(isinstance(c, tirx.For) and c.kind == tirx.ForKind.UNROLLED for c in children)
+
     found = []
     for loop in iter_stmts(func.body):
         if isinstance(loop, tirx.For) and loop.kind == tirx.ForKind.PARALLEL:
             inner = next(
-                (s for s in iter_stmts(loop.body) if isinstance(s, tirx.For)), None
+                (s for s in iter_stmts(loop.body) if isinstance(s, tirx.For)
+                 and s.kind == tirx.ForKind.SERIAL and tile_loop(s)), None
             )  # fmt: skip
             found.append((int(loop.extent), int(inner.extent) if inner is not None else 1))
     return found
