@@ -215,3 +215,24 @@ def test_task_order_follows_the_larger_operand():
 
     assert decided(16, 32, 3, 56)  # 50k input values, 4.6k weights: rows
     assert not decided(128, 128, 3, 7)  # 10k input values, 147k weights: channel tiles
+
+
+def test_padded_image_rows_are_single_vectors():
+    # the stem's pad (226 pixels x 3 channels a row): each row one vector, its index x * 3 + c,
+    # on AVX2 (85 vectors) as on AVX-512, never vectors across rows (lanes divided from the
+    # fused index)
+    model = ConvBlock(3, 32, 3, 2, 1, False)
+    claimed, mod = run_and_compare(model, [torch.randn(1, 3, 224, 224)], [Conv2dNHWC(),
+                                   Fallback()], nhwc=True)  # fmt: skip
+    (conv,) = _conv_funcs(claimed)
+    pad_vectors = [
+        int(loop.extent)
+        for loop in iter_stmts(mod[conv].body)
+        if isinstance(loop, tirx.For)
+        and loop.kind == tirx.ForKind.VECTORIZED
+        and any(
+            isinstance(b, s_tir.SBlock) and b.name_hint.startswith("pad_temp")
+            for b in iter_stmts(loop.body)
+        )
+    ]
+    assert pad_vectors == [226 * 3], mod[conv].script()
