@@ -85,9 +85,9 @@ class Conv2dNHWCKnobs:
         Dense convs: read the weight through an ``[F / nr, C, KH, KW, nr]`` copy marked as a
         layout rewrite, which ``PackWeights`` moves to compile time for constant weights.
     pad_in_tile : bool
-        Pad the input each tile reads inside the tile (in cache) instead of padding the whole
-        input once at the start (a round trip through memory). On by default for depthwise
-        convs, whose tiles share few input values.
+        Depthwise convs: pad the input each parallel task reads inside the task (in cache)
+        instead of padding the whole input once at the start (a round trip through memory).
+        On by default: a depthwise conv reads each input value a few times only.
     channel_block : int
         Dense convs: input channels per reduction block (0: no blocks). A row of output
         pixels then accumulates block by block in a buffer, and the block's weights stay in
