@@ -8,7 +8,8 @@ shrunk kernels only where its cost model says they win) and ``sparsity="off"`` (
 checked against PyTorch, then timed beside PyTorch and ONNX Runtime running the same (pruned,
 dense-stored) model. Each case runs in a process of its own (``in_fresh_process``), the four
 runtimes in turns, and each latency is the fastest turn's median (``interleave``). Ratios hold
-on a shared host; absolute times do not.
+on a shared host; absolute times do not. The roofline (``roofline.py``), measured in the same
+run, stands beside them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,14 @@ from tvm_sparse.benchmarking import (
     time_torch,
     write_results,
 )
+from tvm_sparse.compiled_model import use_all_cores
 from tvm_sparse.kernels._measure import block_mask
+from tvm_sparse.targets import get_preset
+
+try:  # run as a script (python benchmarks/sparse.py) or imported as benchmarks.sparse
+    from roofline import roofline
+except ImportError:  # pragma: no cover
+    from benchmarks.roofline import roofline
 
 N, K = 3072, 768  # BERT-base FFN: 768 -> 3072
 FFN_CASES = [
@@ -107,6 +115,8 @@ def measure(
 
 
 def run(*, repeat: int, rounds: int, out_dir: str, target: str, density: float = 0.1) -> list[dict]:
+    limits = roofline(target)
+    print(f"[sparse] roofline {limits}", flush=True)
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
     rows = []
@@ -120,15 +130,23 @@ def run(*, repeat: int, rounds: int, out_dir: str, target: str, density: float =
     tvm_sparse.prune(resnet, (x,), pattern="channel", sparsity=0.5)
     rows.append(in_fresh_process(measure, "ResNet-18 1x3x224x224, 50% channels", resnet, x,
                                  target=target, repeat=repeat, rounds=rounds))  # fmt: skip
+    for row in rows:  # the work the sparse build does (nonzero weights only), beside the peak
+        row["sparse_gflops"] = row["sparse_mflop"] / row["tvm_sparse_sparse_ms"]  # MFLOP/ms
+        row["of_peak"] = row["sparse_gflops"] / limits["peak_gflops"]
     write_results(
         "sparse",
         rows,
         ["case", "tvm_sparse_sparse_ms", "tvm_sparse_dense_ms", "pytorch_dense_ms",
          "onnxruntime_dense_ms", "vs_tvm_dense", "vs_pytorch", "vs_onnxruntime", "kernels",
-         "max_abs_error"],
+         "sparse_gflops", "of_peak", "max_abs_error"],
         out_dir=out_dir,
         notes="Median ms of one call; vs_X is X's time over tvm_sparse sparse (above 1: faster). "
-        "PyTorch and ONNX Runtime run the same pruned weights stored dense.",
+        "PyTorch and ONNX Runtime run the same pruned weights stored dense. "
+        f"Roofline on this machine: {limits['peak_gflops']:.1f} GFLOP/s peak fp32, "
+        f"{limits['bandwidth_gbs']:.1f} GB/s memory bandwidth ({limits['cores']} cores). "
+        "sparse_gflops is the sparse build's FLOPs (those of nonzero weights only, two per "
+        "multiply-add) over its latency; of_peak is that over the peak. Batch-1 rows are "
+        "bound by memory, not FLOPs.",
     )  # fmt: skip
     return rows
 
@@ -140,6 +158,8 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--target", default="x86")
     args = parser.parse_args()
+    # before any kernel runs (the roofline's): the thread pool reads its size once
+    use_all_cores(get_preset(args.target).tvm_target())
     run(repeat=args.repeat, rounds=args.rounds, out_dir=args.out, target=args.target)
 
 
