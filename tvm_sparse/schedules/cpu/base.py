@@ -38,9 +38,10 @@ __all__ = [
 ]
 
 
-#: Storage scope of the buffers a schedule gives each tile: register accumulators, a tile's
-#: padded input. On a CPU target ``LowerTVMBuiltin`` leaves a "global" allocation under 1 KB
-#: (``kMaxStackAlloca``) on the stack, where LLVM keeps an unrolled accumulator in registers;
+#: Storage scope of the accumulators a schedule gives each register tile (``cache_write``),
+#: the default scope of every other buffer. On a CPU target ``LowerTVMBuiltin`` leaves a
+#: "global" allocation under 1 KB (``kMaxStackAlloca``) on the stack, where LLVM keeps an
+#: unrolled accumulator in registers;
 #: a "local" one of any size becomes a ``TVMBackendAllocWorkspace`` call in every tile, with
 #: the accumulator zeroed and written back through that memory. As for MetaSchedule's CPU
 #: tiling, which caches writes in "global". A 12544 x 16 x 96 matmul with ReLU6 (MobileNetV2's

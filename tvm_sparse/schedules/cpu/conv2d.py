@@ -521,7 +521,6 @@ class Conv2d(CPUScheduleRule):
                     pad_value=0.0,
                 )
             sch.compute_at(pad, tile, preserve_unit_loops=True)
-            sch.set_scope(pad, 0, TILE_SCOPE)
             sch.vectorize(sch.get_loops(pad)[-1])
         sch.decompose_reduction(main, rc)
         return sch

@@ -419,7 +419,6 @@ class Conv2dNHWC(CPUScheduleRule):
         for pad in pads:
             if knobs.pad_in_tile and conv.depthwise:
                 sch.compute_at(pad, tile, preserve_unit_loops=True)
-                sch.set_scope(pad, 0, TILE_SCOPE)
                 inner = sch.get_loops(pad)[-1]
                 inner_lanes = _lane_width(loop_extent(sch, inner), knobs.vector_lanes)
                 sch.vectorize(sch.split(inner, [None, inner_lanes])[1])

@@ -144,7 +144,6 @@ class GEMV(CPUScheduleRule):
         tile = sch.get_loops(main)[0]
         sch.parallel(tile)
         sch.compute_at(part, tile, preserve_unit_loops=True)
-        sch.set_scope(part, 0, TILE_SCOPE)
         _, p_lane, p_batch, p_row, p_k = sch.get_loops(part)  # compute_at rebuilt them
         sch.reorder(p_k, p_batch, p_row, p_lane)
         sch.unroll(p_row)

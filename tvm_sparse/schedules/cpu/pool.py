@@ -120,7 +120,6 @@ class Pool(CPUScheduleRule):
         for producer in sch.get_producers(main):
             # the padded input rows one output row reads, copied right before it (in L1)
             sch.compute_at(producer, row, preserve_unit_loops=True)
-            sch.set_scope(producer, 0, TILE_SCOPE)
             sch.vectorize(sch.get_loops(producer)[-1])
         sch.decompose_reduction(main, sch.get_loops(main)[1])
         return sch
@@ -164,7 +163,6 @@ def _schedule_channels_last(
     sch.vectorize(sch.split(inner, [None, lanes])[1])
     for producer in sch.get_producers(main):
         sch.compute_at(producer, xo, preserve_unit_loops=True)
-        sch.set_scope(producer, 0, TILE_SCOPE)
         inner = sch.get_loops(producer)[-1]
         sch.vectorize(sch.split(inner, [None, lanes])[1])
     sch.decompose_reduction(main, windows[0])
