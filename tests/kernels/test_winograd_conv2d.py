@@ -93,3 +93,49 @@ def test_applies_names_the_reason():
     assert "3x3" in winograd_applies((1, 8, 8, 16), (5, 5, 16, 16), 16)
     with pytest.raises(ValueError, match="even output sizes"):
         winograd_conv2d(7, 7, 16, 16, knobs=WinogradKnobs(), cores=2)
+
+
+_GUARDED_RUN = """
+import ctypes, mmap, sys
+import numpy as np, tvm
+sys.path.insert(0, {tests!r})
+from kernels.test_winograd_conv2d import TARGET
+from tvm_sparse.kernels.winograd_conv2d import WinogradKnobs, winograd_conv2d, winograd_weight
+
+h = w = 8; c = f = 16
+page = mmap.PAGESIZE
+nbytes = h * w * c * 4
+region = mmap.mmap(-1, page + -(-nbytes // page) * page)
+base = ctypes.addressof(ctypes.c_char.from_buffer(region))
+libc = ctypes.CDLL(None)
+assert libc.mprotect(ctypes.c_void_p(base), page, 0) == 0  # no access before the image
+x = np.frombuffer(region, "float32", h * w * c, offset=page).reshape(1, h, w, c)
+x[:] = 1.0
+knobs = WinogradKnobs.for_target(TARGET)
+func = winograd_conv2d(h, w, c, f, knobs=knobs, cores=2)
+lib = tvm.compile(tvm.IRModule({{"main": func.with_attr("global_symbol", "main")}}), TARGET)
+weight = winograd_weight(np.ones((3, 3, c, f), "float32"), knobs.output_vectors(f) * knobs.lanes)
+out = tvm.runtime.tensor(np.zeros((1, h, w, f), "float32"))
+bias = np.zeros(f, "float32")
+args = [tvm.runtime.from_dlpack(x), tvm.runtime.tensor(weight), tvm.runtime.tensor(bias), out]
+lib.jit()["main"](*args)
+print(float(out.numpy()[0, 0, 0, 0]))  # a corner: 4 pixels of 16 channels
+"""
+
+
+def test_padding_reads_nothing_outside_the_image():
+    """The input sits right after a page that may not be read: the padding must come from
+    the predicate, not from a load before the image (which a select would still perform)."""
+    import os
+    import subprocess
+    import sys
+
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run(
+        [sys.executable, "-c", _GUARDED_RUN.format(tests=tests)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, f"the kernel read outside its input: {run.stderr[-2000:]}"
+    assert float(run.stdout.strip().splitlines()[-1]) == 4 * 16

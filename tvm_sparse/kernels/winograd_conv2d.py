@@ -204,7 +204,11 @@ def winograd_conv2d(
         row, col = 2 * th + i - 1, 2 * tw + j - 1
         inside = tirx.all(row >= 0, row < height, col >= 0, col < width)
         clamped = x[0, T.max(T.min(row, height - 1), 0), T.max(T.min(col, width - 1), 0), c]
-        return T.Select(inside, clamped, zero)
+        # Bound outside the select: a select evaluates both sides, and the simplifier would
+        # drop the clamp of a load inside its true side (given the condition), leaving a load
+        # before the image at the padding.
+        value = tirx.Var("pixel", dtype)
+        return tirx.Let(value, clamped, T.Select(inside, value, zero))
 
     @T.macro
     def input_transform(x, vb, task):
