@@ -244,6 +244,23 @@ def test_linear_numerics(pattern, x_shape, n):
     np.testing.assert_allclose(_run_on_cpu(after, x), np.maximum(x @ weight.T, 0), **TOL)
 
 
+def test_linear_numerics_with_tuning_records_in_the_cache(tmp_path):
+    """A non-empty tuning cache makes the pipeline read the sparse kernels of the module; the
+    CUDA N:M kernel's ``(1, M, K)`` input once made that raise (too many values to unpack)."""
+    from tvm_sparse.targets import resolve_target
+    from tvm_sparse.tune import TuningCache, TuningCacheWarning
+    from tvm_sparse.tune.cache import Record
+
+    cache = TuningCache(resolve_target("x86").tvm_target(), tmp_path)
+    cache.append(Record("sparse", "sparse:another-model", "default", 1e-4, knobs={"lanes": 8}))
+    weight = _weight("2:4", n=128, k=96)
+    after = _rewrite(_linear_module(weight, (64, 96)))
+    x = np.random.default_rng(2).standard_normal((64, 96)).astype("float32")
+    with cache, pytest.warns(TuningCacheWarning, match="tuning records not applied to nm_matmul"):
+        out = _run_on_cpu(after, x)
+    np.testing.assert_allclose(out, np.maximum(x @ weight.T, 0), **TOL)
+
+
 def test_pointwise_conv2d_numerics():
     rng = np.random.default_rng(3)
     w = (rng.standard_normal((40, 24)) * block_mask(40, 24, (8, 1), 0.2, rng)).astype("float32")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from tvm_sparse.kernels import BSRMatmulKnobs, NMMatmulKnobs, bsr_matmul, nm_matmul
@@ -110,3 +111,30 @@ def test_ops_without_a_knob_rule_have_no_rule_space(target):
     k = te.reduce_axis((0, 32), name="k")
     row_max = te.compute((8,), lambda i: te.max(x[i, k], axis=k), name="row_max")
     assert tunable_rule(te.create_prim_func([x, row_max]), target) is None
+
+
+def test_cuda_kernels_of_the_same_names_have_no_spec():
+    """The CUDA N:M kernel takes ``(1, M, K)``: reading it as the CPU one's ``(M, K)`` raised
+    ``ValueError: too many values to unpack`` in every compile with a non-empty tuning cache."""
+    from tvm import relax
+
+    from tvm_sparse.kernels.gpu import CUDATileKnobs, cuda_bsr_matmul, cuda_nm_matmul
+    from tvm_sparse.tune.space import sparse_sites
+
+    nm = cuda_nm_matmul(64, 96, 128, (2, 4), 128, knobs=CUDATileKnobs())
+    bsr = cuda_bsr_matmul(16, 8, 32, (16, 1), 1, 2, knobs=CUDATileKnobs())
+    assert sparse_spec(nm) is None and sparse_spec(bsr) is None
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 64, 96), "float32"))
+    with bb.function("main", [x]):
+        gvar = bb.add_func(nm, "nm_matmul_2_4")
+        values = relax.const(np.zeros((128, 48), "float32"))
+        offsets = relax.const(np.zeros((128, 48), "int8"))
+        out_ty = relax.TensorType((1, 64, 128), "float32")
+        out = bb.emit(relax.call_tir(gvar, (x, values, offsets), out_ty))
+        bb.emit_func_output(out)
+    skipped = []
+    assert sparse_sites(bb.get(), on_skip=lambda name, why: skipped.append((name, why))) == []
+    assert [name for name, _ in skipped] == ["nm_matmul_2_4"]
+    assert "(1, 64, 96)" in skipped[0][1]

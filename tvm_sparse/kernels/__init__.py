@@ -9,7 +9,14 @@ kernels for the same formats. ``winograd_conv2d`` is the dense Winograd F(2x2, 3
 """
 
 from .bsr_matmul import BSRMatmulKnobs, bsr_matmul, bsr_matmul_kernel_name
-from .cost_model import Calibration, Estimate, calibrate, default_cache_path, load_calibration
+from .cost_model import (
+    Calibration,
+    CalibrationWarning,
+    Estimate,
+    calibrate,
+    default_cache_path,
+    load_calibration,
+)
 from .formats import BSRMatrix, NMMatrix, to_bsr, to_nm
 from .nm_matmul import NMMatmulKnobs, nm_matmul, nm_matmul_kernel_name
 from .sparse_conv2d import Conv2DGeometry, im2col
@@ -19,6 +26,7 @@ __all__ = [
     "BSRMatmulKnobs",
     "BSRMatrix",
     "Calibration",
+    "CalibrationWarning",
     "Conv2DGeometry",
     "Estimate",
     "NMMatmulKnobs",

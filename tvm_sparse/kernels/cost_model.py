@@ -15,7 +15,9 @@ A layer's time is ``flops / rate``, interpolated linearly in density and in ``lo
 
 The table for the development host (AMD Zen 4, 2 cores, AVX-512) ships as
 ``calibration/x86_avx512.json``; :func:`calibrate` measures a fresh table on the current host
-and stores it as a cache file that :func:`load_calibration` prefers.
+and stores it as a cache file that :func:`load_calibration` prefers. A cache file that cannot be
+read, is of another format version or holds rates the model cannot use (zero, negative,
+missing) is ignored with a :class:`CalibrationWarning`: the shipped table is used instead.
 """
 
 from __future__ import annotations
@@ -24,16 +26,19 @@ import bisect
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tvm.target import Target
 
+from .._paths import cache_root
 from ..schedules.cpu.base import vector_bits
 
 __all__ = [
     "Calibration",
+    "CalibrationWarning",
     "Estimate",
     "calibrate",
     "default_cache_path",
@@ -43,6 +48,12 @@ __all__ = [
 _PACKAGE_TABLES = Path(__file__).parent / "calibration"
 # How far above the densest calibrated point an estimate may reach.
 _EXTRAPOLATION = 1.25
+#: Written into stored tables; a table without one predates it and has the same layout.
+FORMAT_VERSION = 1
+
+
+class CalibrationWarning(UserWarning):
+    """A calibration table on disk was ignored; the shipped table is used instead."""
 
 
 @dataclass(frozen=True)
@@ -73,17 +84,22 @@ class Calibration:
         GFLOP/s over stored values.
     source : str
         How the table was made (for the report).
+    evidence : str
+        Whether the table fits the target it is used for, set by :func:`load_calibration`:
+        ``calibrated (...)`` or ``uncalibrated (...)``; every decision it makes carries it.
     """
 
     host: str
     dense: dict[int, float]
     sparse: dict[str, dict[int, dict[float, float]]] = field(default_factory=dict)
     source: str = ""
+    evidence: str = field(default="", compare=False)
 
     # -- (de)serialisation -------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "format_version": FORMAT_VERSION,
             "host": self.host,
             "source": self.source,
             "dense": {str(m): v for m, v in sorted(self.dense.items())},
@@ -98,7 +114,16 @@ class Calibration:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Calibration:
-        return cls(
+        """The table of ``obj``; raises ``ValueError`` (or ``KeyError``, ``TypeError``) if it is
+        of another format version or holds what the estimates cannot use."""
+        if not isinstance(obj, dict):
+            raise TypeError(f"a calibration table is a JSON object, not {type(obj).__name__}")
+        version = obj.get("format_version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"format version {version!r}; this tvm_sparse reads version {FORMAT_VERSION}"
+            )
+        table = cls(
             host=str(obj["host"]),
             source=str(obj.get("source", "")),
             dense={int(m): float(v) for m, v in obj["dense"].items()},
@@ -110,6 +135,20 @@ class Calibration:
                 for key, by_m in obj["sparse"].items()
             },
         )
+        table._check()
+        return table
+
+    def _check(self) -> None:
+        """Every rate the estimates divide by is a positive number, and no table is empty."""
+        if not self.dense or not all(by_m and all(by_m.values()) for by_m in self.sparse.values()):
+            raise ValueError("a kernel without measurements")
+        points = [("dense", m, None, v) for m, v in self.dense.items()]
+        for key, by_m in self.sparse.items():
+            points += [(key, m, d, v) for m, by_d in by_m.items() for d, v in by_d.items()]
+        for key, m, d, v in points:
+            if m < 1 or not (d is None or 0 < d <= 1) or not (math.isfinite(v) and v > 0):
+                where = f"M={m}" + (f", density {d:g}" if d is not None else "")
+                raise ValueError(f"{key} at {where}: rate {v} GFLOP/s")
 
     def save(self, path: str | os.PathLike) -> None:
         path = Path(path)
@@ -184,8 +223,7 @@ def host_class(target: Target) -> str:
 
 def default_cache_path(target: Target) -> Path:
     """``$XDG_CACHE_HOME/tvm_sparse/calibration/<host class>.json`` (``~/.cache`` by default)."""
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "tvm_sparse" / "calibration" / f"{host_class(target)}.json"
+    return cache_root() / "calibration" / f"{host_class(target)}.json"
 
 
 def load_calibration(target: Target, *, cache_path: str | os.PathLike | None = None) -> Calibration:
@@ -199,14 +237,33 @@ def load_calibration(target: Target, *, cache_path: str | os.PathLike | None = N
         A table written by :func:`calibrate`; defaults to :func:`default_cache_path`.
     """
     path = Path(cache_path) if cache_path is not None else default_cache_path(target)
-    if path.is_file():
-        return Calibration.from_json(json.loads(path.read_text()))
-    shipped = _PACKAGE_TABLES / f"{host_class(target)}.json"
+    wanted = host_class(target)
+    try:
+        if path.is_file():
+            table = Calibration.from_json(json.loads(path.read_text()))
+            table.evidence = f"calibrated ({table.host} table measured by calibrate: {path.name})"
+            return table
+    except Exception as err:  # noqa: BLE001 - a bad cache file must not stop a compile
+        warnings.warn(
+            f"calibration table {path} ignored ({type(err).__name__}: {err}); using the shipped "
+            f"table instead (run tvm_sparse.kernels.calibrate again to replace the file)",
+            CalibrationWarning,
+            stacklevel=2,
+        )
+    shipped = _PACKAGE_TABLES / f"{wanted}.json"
     if not shipped.is_file():
-        # Another host class: the AVX-512 table scaled by vector width is a conservative guess
-        # (sparse kernels lose at least as much as dense from narrower vectors).
+        # No table of this host class ships: the AVX-512 one stands in, and says so.
         shipped = _PACKAGE_TABLES / "x86_avx512.json"
-    return Calibration.from_json(json.loads(shipped.read_text()))
+    table = Calibration.from_json(json.loads(shipped.read_text()))
+    if table.host == wanted and target.kind.name == "llvm":
+        table.evidence = f"calibrated (shipped {table.host} table, {table.source})"
+    else:
+        device = "this machine" if target.kind.name == "llvm" else "the device"
+        table.evidence = (
+            f"uncalibrated: no {wanted} table, the {table.host} table stands in; "
+            f"tvm_sparse.kernels.calibrate(target) on {device} measures one"
+        )
+    return table
 
 
 # -- measuring --------------------------------------------------------------------------------

@@ -398,7 +398,7 @@ def _decide(
             kernel,
             pattern,
             f"{pattern} requested by the sparsity config (density {density:.2f} {where}: "
-            f"est. {est.speedup:.1f}x of dense)",
+            f"est. {est.speedup:.1f}x of dense; {calibration.evidence})",
             block,
             nm,
         )
@@ -406,7 +406,8 @@ def _decide(
         return _Plan(
             kernel,
             pattern,
-            f"density {density:.2f} {where}: est. {est.speedup:.1f}x faster than dense",
+            f"density {density:.2f} {where}: est. {est.speedup:.1f}x faster than dense "
+            f"({calibration.evidence})",
             block,
             nm,
         )
@@ -414,12 +415,14 @@ def _decide(
         return _Plan(
             "dense",
             "dense",
-            f"density {density:.2f} {where}: denser than any calibrated sparse kernel, kept dense",
+            f"density {density:.2f} {where}: denser than any calibrated sparse kernel, kept dense "
+            f"({calibration.evidence})",
         )
     return _Plan(
         "dense",
         "dense",
-        f"density {density:.2f} {where}: sparse est. {est.speedup:.1f}x of dense, kept dense",
+        f"density {density:.2f} {where}: sparse est. {est.speedup:.1f}x of dense, kept dense "
+        f"({calibration.evidence})",
     )
 
 

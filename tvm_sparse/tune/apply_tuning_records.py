@@ -9,6 +9,11 @@ its calls win). The function is marked ``tirx.is_scheduled`` with ``"tvm_sparse.
 MetaSchedule's own design space), so ``ApplySchedules`` leaves it alone; :meth:`mark_report`
 returns the pass that, after ``CollectKernelReport``, marks the report rows those kernels compute.
 
+A record never makes a compile fail: one that cannot be applied (its knobs do not build, change
+the kernel's signature, or its trace does not replay) is skipped with a
+:class:`~.cache.TuningCacheWarning` naming it and a note in the report, and the next fastest
+record, or the default schedule, is used; so is a sparse kernel whose shapes cannot be read.
+
 Before (``ApplySchedules`` would pick ``Matmul``)::
 
     @T.prim_func(private=True)
@@ -25,8 +30,8 @@ After::
 from __future__ import annotations
 
 import json
-import logging
 import math
+import warnings
 from collections import defaultdict
 
 import tvm
@@ -34,18 +39,17 @@ from tvm import s_tir, tirx
 
 from ..report import CompileReport
 from ..schedules.apply_schedules import KERNEL_ATTR
-from .cache import MIN_GAIN, Record, TuningCache
+from .cache import MIN_GAIN, Record, TuningCache, TuningCacheWarning
 from .space import (
     METASCHEDULE_SPACE,
     SparseSite,
+    _shapes,
     dense_workload_key,
     keep_extra_attrs,
     sparse_sites,
 )
 
 __all__ = ["ApplyTuningRecords", "TUNED_SUFFIX"]
-
-logger = logging.getLogger(__name__)
 
 TUNED_SUFFIX = " (tuned)"
 
@@ -57,9 +61,10 @@ class ApplyTuningRecords:
     Parameters
     ----------
     cache : TuningCache
-        The records of this target; a missing, corrupt or foreign file is skipped with a warning.
+        The records of this target; a missing, corrupt or foreign file, and any record that does
+        not apply, is skipped with a warning.
     report : CompileReport, optional
-        Gets a note naming the tuned kernels and the measured gain.
+        Gets a note naming the tuned kernels and the measured gain, and one per thing skipped.
     """
 
     def __init__(self, cache: TuningCache, *, report: CompileReport | None = None):
@@ -70,16 +75,23 @@ class ApplyTuningRecords:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         self.tuned = {}
-        if not self.cache.records():
-            if self.cache.problem and self.report is not None:
+        records = self.cache.records()
+        if self.report is not None:
+            if self.cache.problem:
                 self.report.notes.append(f"tuning cache skipped: {self.cache.problem}")
+            self.report.notes.extend(f"tuning cache: {m}" for m in self.cache.skipped)
+        if not records:
             return mod
         updates = {}
         for gvar, func in self._sparse(mod).items():
             updates[gvar] = func
         for gvar, func in mod.functions_items():
             if isinstance(func, tirx.PrimFunc) and gvar not in updates:
-                new = self._dense(gvar.name_hint, func)
+                try:
+                    new = self._dense(gvar.name_hint, func)
+                except Exception as err:  # noqa: BLE001 - records must not break compilation
+                    self._skip(f"tuning records of {gvar.name_hint} skipped: {_error(err)}")
+                    continue
                 if new is not None:
                     updates[gvar] = new
         for gvar, func in updates.items():
@@ -93,28 +105,48 @@ class ApplyTuningRecords:
             )
         return mod
 
+    def _skip(self, message: str) -> None:
+        warnings.warn(message, TuningCacheWarning, stacklevel=3)
+        if self.report is not None:
+            self.report.notes.append(message)
+
     # -- sparse kernels ---------------------------------------------------------------------
 
     def _sparse(self, mod: tvm.IRModule) -> dict[tvm.ir.GlobalVar, tirx.PrimFunc]:
+        def unreadable(name: str, reason: str) -> None:
+            self._skip(f"tuning records not applied to {name}: {reason}")
+
         by_gvar: dict[str, list[SparseSite]] = defaultdict(list)
-        for site in sparse_sites(mod):
+        for site in sparse_sites(mod, on_skip=unreadable):
             by_gvar[site.gvar.name_hint].append(site)
         updates = {}
-        for sites in by_gvar.values():
-            choice = _choose_knobs([self.cache.for_workload(s.key) for s in sites])
-            if choice is None:
-                continue
-            knobs, default_s, tuned_s = choice
-            site = sites[0]
+        for name, sites in by_gvar.items():
             try:
-                func = site.spec.build(knobs)
-            except (ValueError, TypeError) as err:
-                logger.warning("tuned knobs %s of %s do not build: %s", knobs, site.spec.name, err)
+                new = self._sparse_kernel(sites)
+            except Exception as err:  # noqa: BLE001 - records must not break compilation
+                kernel = sites[0].spec.name
+                self._skip(f"tuning records of {name} ({kernel}) skipped: {_error(err)}")
+                continue
+            if new is not None:
+                updates[sites[0].gvar] = new
+        return updates
+
+    def _sparse_kernel(self, sites: list[SparseSite]) -> tirx.PrimFunc | None:
+        """The kernel built with the fastest knobs that build one of the same signature."""
+        per_site = [self.cache.for_workload(s.key) for s in sites]
+        site = sites[0]
+        for knobs, default_s, tuned_s in _rank_knobs(per_site):
+            try:
+                func = _build_in_place(site, knobs)
+            except Exception as err:  # noqa: BLE001 - a bad record is skipped, the next one tried
+                recs = [r for records in per_site for r in records if r.knobs == knobs]
+                what = recs[0].describe() if recs else f"knobs {knobs}"
+                self._skip(f"tuning record skipped: {what}: {_error(err)}")
                 continue
             kernel = site.spec.name + TUNED_SUFFIX
-            updates[site.gvar] = keep_extra_attrs(func, site.func).with_attr(KERNEL_ATTR, kernel)
             self.tuned[site.gvar.name_hint] = (kernel, default_s, tuned_s)
-        return updates
+            return keep_extra_attrs(func, site.func).with_attr(KERNEL_ATTR, kernel)
+        return None
 
     # -- dense PrimFuncs --------------------------------------------------------------------
 
@@ -122,13 +154,16 @@ class ApplyTuningRecords:
         if func.attrs is not None and func.attrs.get("tirx.is_scheduled", False):
             return None
         key = dense_workload_key(func)
-        best = self.cache.best(key)
-        if best is None or best.record is None:
-            return None
-        try:
-            sch = _replay(func, best)
-        except Exception as err:  # noqa: BLE001 - a stale record must not break compilation
-            logger.warning("tuned record of %s does not apply, using the default: %s", name, err)
+        for best in self.cache.ranked(key):
+            if best.record is None:
+                continue
+            try:
+                sch = _replay(func, best)
+            except Exception as err:  # noqa: BLE001 - a stale record must not break compilation
+                self._skip(f"tuning record skipped: {best.describe()}: {_error(err)}")
+                continue
+            break
+        else:
             return None
         default_s = min(r.latency_s for r in self.cache.for_workload(key) if r.is_default)
         space = str(best.extra.get("space", METASCHEDULE_SPACE))
@@ -164,13 +199,34 @@ def _replay(func: tirx.PrimFunc, record: Record) -> s_tir.Schedule:
     return sch
 
 
-def _choose_knobs(per_site: list[list[Record]]) -> tuple[dict, float, float] | None:
-    """The knobs with the least total time over all calls, if they beat the defaults' total."""
+def _error(err: Exception) -> str:
+    text = " ".join(str(err).split())  # one line: TVM errors can carry a traceback
+    return f"{type(err).__name__}: {text if len(text) <= 300 else text[:300] + '...'}"
+
+
+def _signature(func: tirx.PrimFunc) -> list[tuple[tuple[int, ...], str]]:
+    return list(zip(_shapes(func), (str(p.ty.dtype) for p in func.params), strict=True))
+
+
+def _build_in_place(site: SparseSite, knobs: dict) -> tirx.PrimFunc:
+    """The kernel of ``site`` built with ``knobs``; raises unless it can replace the old one."""
+    # Tuning keeps the knob names and the variant, which decides the operands' layout.
+    if set(knobs) != set(site.knobs) or knobs.get("variant") != site.knobs.get("variant"):
+        raise ValueError(f"knobs of another kernel than this one's {site.knobs}")
+    func = site.spec.build(knobs)
+    if _signature(func) != _signature(site.func):
+        raise ValueError(f"they build parameters {_signature(func)}, not {_signature(site.func)}")
+    return func
+
+
+def _rank_knobs(per_site: list[list[Record]]) -> list[tuple[dict, float, float]]:
+    """The knobs whose total time over all calls beats the defaults' total, fastest first, with
+    that default total and their own."""
     default_total, totals = 0.0, None
     for records in per_site:
         defaults = [r.latency_s for r in records if r.is_default and math.isfinite(r.latency_s)]
         if not defaults:
-            return None
+            return []
         default_total += min(defaults)
         times: dict[str, float] = {}
         confirmed = any(r.source == "confirm" for r in records)
@@ -185,9 +241,7 @@ def _choose_knobs(per_site: list[list[Record]]) -> tuple[dict, float, float] | N
             totals = times
         else:
             totals = {k: totals[k] + t for k, t in times.items() if k in totals}
-    if not totals:
-        return None
-    canon, best = min(totals.items(), key=lambda kv: kv[1])
-    if best >= MIN_GAIN * default_total:
-        return None
-    return json.loads(canon), default_total, best
+    ranked = sorted((t, canon) for canon, t in (totals or {}).items())
+    return [
+        (json.loads(canon), default_total, t) for t, canon in ranked if t < MIN_GAIN * default_total
+    ]

@@ -40,6 +40,8 @@ from typing import Any
 import tvm
 from tvm.target import Target
 
+from .._paths import cache_root
+
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
@@ -61,13 +63,12 @@ class TuningCacheError(ValueError):
 
 
 class TuningCacheWarning(UserWarning):
-    """Lines or files of the cache that were skipped."""
+    """Lines, files or records of the cache that were skipped (compiling goes on without them)."""
 
 
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/tvm_sparse/tuning`` (``~/.cache/tvm_sparse/tuning`` by default)."""
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return base / "tvm_sparse" / "tuning"
+    return cache_root() / "tuning"
 
 
 def _versions() -> dict[str, str]:
@@ -95,10 +96,18 @@ class Record:
     knobs: dict[str, Any] | None = None
     record: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: ``<file>:<line>`` it was read from (not written), to name it in warnings.
+    origin: str = field(default="", compare=False, repr=False)
 
     @property
     def is_default(self) -> bool:
         return self.source == "default"
+
+    def describe(self) -> str:
+        """Where the record is and what it holds, for warnings about it."""
+        what = f"{self.source} record of {self.name or self.kind} workload {self.workload}"
+        knobs = f" with knobs {self.knobs}" if self.knobs is not None else ""
+        return f"{what}{knobs}" + (f" ({self.origin})" if self.origin else "")
 
     def to_json(self) -> dict[str, Any]:
         line = {
@@ -119,6 +128,9 @@ class Record:
     @classmethod
     def from_json(cls, line: dict[str, Any]) -> Record:
         latency = line["latency_s"]
+        knobs = line.get("knobs")
+        if knobs is not None and not isinstance(knobs, dict):
+            raise TypeError(f"knobs must be an object, not {type(knobs).__name__}")
         known = {"kind", "workload", "name", "source", "latency_s", "knobs", "record"}
         return cls(
             kind=str(line["kind"]),
@@ -126,7 +138,7 @@ class Record:
             source=str(line["source"]),
             latency_s=math.inf if latency is None else float(latency),
             name=str(line.get("name", "")),
-            knobs=line.get("knobs"),
+            knobs=knobs,
             record=line.get("record"),
             extra={k: v for k, v in line.items() if k not in known},
         )
@@ -162,6 +174,8 @@ class TuningCache:
         self.path = Path(path) if path is not None else directory / target_file_name(target)
         self._records: dict[str, list[Record]] | None = None
         self.problem: str | None = None  # why the file was rejected, if it was
+        #: The lines that reading skipped (as warned), for the compile report.
+        self.skipped: list[str] = []
 
     def __enter__(self) -> TuningCache:
         TuningCache._current.append(self)
@@ -196,25 +210,36 @@ class TuningCache:
 
     def best(self, key: str) -> Record | None:
         """The fastest tuned record of ``key`` if it beats the measured default, else ``None``."""
+        ranked = self.ranked(key)
+        return ranked[0] if ranked else None
+
+    def ranked(self, key: str) -> list[Record]:
+        """The tuned records of ``key`` that beat the measured default, fastest first (the next
+        ones stand in when a record turns out not to apply)."""
         recs = self.for_workload(key)
         defaults = [r.latency_s for r in recs if r.is_default and math.isfinite(r.latency_s)]
         tuned = [r for r in recs if not r.is_default and math.isfinite(r.latency_s)]
         if not defaults or not tuned:
-            return None  # no measured baseline: cannot show that tuning is not slower
+            return []  # no measured baseline: cannot show that tuning is not slower
         # The fastest of many noisy samples is flattered; a re-measured winner is not.
         confirmed = [r for r in tuned if r.source == "confirm"]
-        winner = min(confirmed or tuned, key=lambda r: r.latency_s)
-        return winner if winner.latency_s < MIN_GAIN * min(defaults) else None
+        limit = MIN_GAIN * min(defaults)
+        return sorted(
+            (r for r in confirmed or tuned if r.latency_s < limit), key=lambda r: r.latency_s
+        )
 
     def check(self) -> None:
         """Raise :class:`TuningCacheError` if the file exists but cannot take new records."""
         self._header(strict=True)
 
     def _header(self, *, strict: bool) -> bool:
-        if not self.path.is_file() or self.path.stat().st_size == 0:
-            return True
-        with open(self.path, encoding="utf-8", errors="replace") as f:
-            first = f.readline()
+        try:
+            if not self.path.is_file() or self.path.stat().st_size == 0:
+                return True
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                first = f.readline()
+        except OSError as err:
+            return self._reject(f"{self.path} cannot be read ({err})", strict)
         try:
             head = json.loads(first)
             fmt, version, target = head["format"], head["format_version"], head["target"]
@@ -239,39 +264,44 @@ class TuningCache:
         warnings.warn(f"{message}; ignoring it", TuningCacheWarning, stacklevel=4)
         return False
 
+    def _warn(self, message: str) -> None:
+        self.skipped.append(message)
+        warnings.warn(message, TuningCacheWarning, stacklevel=4)
+
     def _read(self, *, strict: bool) -> Iterator[Record]:
         if not self._header(strict=strict) or not self.path.is_file():
             return
         versions = _versions()
         bad, foreign = [], 0
-        with open(self.path, encoding="utf-8", errors="replace") as f:
-            next(f, None)
-            for number, text in enumerate(f, start=2):
-                if not text.strip():
-                    continue
-                try:
-                    line = json.loads(text)
-                    rec = Record.from_json(line)
-                except (ValueError, KeyError, TypeError):
-                    bad.append(number)
-                    continue
-                if any(line.get(k) != v for k, v in versions.items()):
-                    foreign += 1
-                    continue
-                yield rec
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                lines = f.readlines()[1:]
+        except OSError as err:
+            self._reject(f"{self.path} cannot be read ({err})", strict)
+            return
+        for number, text in enumerate(lines, start=2):
+            if not text.strip():
+                continue
+            try:
+                line = json.loads(text)
+                rec = Record.from_json(line)
+            except Exception:  # noqa: BLE001 - any line that does not parse is skipped
+                bad.append(number)
+                continue
+            if any(line.get(k) != v for k, v in versions.items()):
+                foreign += 1
+                continue
+            rec.origin = f"{self.path}:{number}"
+            yield rec
         if bad:
-            warnings.warn(
+            self._warn(
                 f"{self.path}: skipped {len(bad)} unreadable line(s) ({_lines(bad)}), "
-                "e.g. from a tuner that was killed while writing",
-                TuningCacheWarning,
-                stacklevel=4,
+                "e.g. from a tuner that was killed while writing"
             )
         if foreign:
-            warnings.warn(
+            self._warn(
                 f"{self.path}: skipped {foreign} record(s) of other tvm / tvm_sparse versions "
-                f"(this is tvm {versions['tvm']}, tvm_sparse {versions['tvm_sparse']})",
-                TuningCacheWarning,
-                stacklevel=4,
+                f"(this is tvm {versions['tvm']}, tvm_sparse {versions['tvm_sparse']})"
             )
 
     # -- writing ---------------------------------------------------------------------------

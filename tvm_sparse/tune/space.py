@@ -35,7 +35,7 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -149,7 +149,7 @@ def sparse_spec(func: tirx.PrimFunc) -> SparseSpec | None:
     for spec in _readings(name, shapes, knobs, dtype):
         try:
             again = spec.build(knobs)
-        except (ValueError, TypeError):
+        except Exception:  # noqa: BLE001 - a generator refusing these arguments: not this reading
             continue
         if tvm_ffi.structural_equal(
             keep_extra_attrs(again, func).without_attr(KERNEL_ATTR), func.without_attr(KERNEL_ATTR)
@@ -167,11 +167,17 @@ def keep_extra_attrs(new: tirx.PrimFunc, old: tirx.PrimFunc) -> tirx.PrimFunc:
 
 
 def _readings(name: str, shapes, knobs: dict, dtype: str) -> list[SparseSpec]:
-    if (match := _NM.match(name)) and len(shapes) == 4:
+    """The generator arguments that the buffer shapes could stand for; none where the ranks are
+    not those the CPU generators write (the CUDA kernels of the same names take a batched
+    ``(1, M, K)`` input, for one)."""
+    ranks = [len(s) for s in shapes]
+    if (match := _NM.match(name)) and ranks == [2, 2, 2, 2]:
         (m, k), (rows, _), _, (_, n) = shapes
         nm = (int(match[1]), int(match[2]))
         return [SparseSpec("nm", name, m, k, n, nm, rows, dtype=dtype, index_args=(2,))]
     if not (match := _BSR.match(name)) or len(shapes) != 5:
+        return []
+    if ranks[0] not in (2, 3) or ranks[1:] != [3, 1, 1, ranks[0]]:
         return []
     block = (int(match[1]), int(match[2]))
     x, _, (nnzb,), (indptr,), y = shapes
@@ -346,8 +352,28 @@ class SparseSite:
         return sparse_workload_key(self.spec, [self.arrays[i] for i in self.spec.index_args])
 
 
-def sparse_sites(mod: tvm.IRModule) -> list[SparseSite]:
-    """Every ``call_tir`` of a sparse kernel whose index arrays are constants of the module."""
+def _unreadable(func: tirx.PrimFunc) -> str | None:
+    """Why ``func``, named as a project sparse matmul, is no kernel :func:`sparse_spec` reads
+    (``None`` for other functions, and for symbolic shapes, which are never tuned)."""
+    name = str((func.attrs or {}).get(KERNEL_ATTR, ""))
+    knobs = _knobs_of(func)
+    if knobs is None or not (_NM.match(name) or _BSR.match(name)):
+        return None
+    try:
+        shapes = _shapes(func)
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return f"no CPU kernel the tuner generates has its buffer shapes {shapes} and knobs {knobs}"
+
+
+def sparse_sites(
+    mod: tvm.IRModule, on_skip: Callable[[str, str], None] | None = None
+) -> list[SparseSite]:
+    """Every ``call_tir`` of a sparse kernel whose index arrays are constants of the module.
+
+    ``on_skip(function name, reason)`` hears of each function named as a sparse kernel that
+    cannot be read (its shapes fit no generator, or reading it failed): it is left as it is.
+    """
     from tvm import relax
 
     call_tir = tvm.ir.Op.get("relax.call_tir")
@@ -363,9 +389,7 @@ def sparse_sites(mod: tvm.IRModule) -> list[SparseSite]:
                     continue
                 gvar = call.args[0]
                 if gvar.name_hint not in specs:
-                    prim = mod[gvar]
-                    spec = sparse_spec(prim) if isinstance(prim, tirx.PrimFunc) else None
-                    specs[gvar.name_hint] = (spec, _knobs_of(prim)) if spec else None
+                    specs[gvar.name_hint] = _read_kernel(mod[gvar], gvar.name_hint, on_skip)
                 if specs[gvar.name_hint] is None:
                     continue
                 spec, knobs = specs[gvar.name_hint]
@@ -375,3 +399,16 @@ def sparse_sites(mod: tvm.IRModule) -> list[SparseSite]:
                     continue
                 sites.append(SparseSite(gvar, mod[gvar], spec, knobs, [*arrays, None]))
     return sites
+
+
+def _read_kernel(prim, name: str, on_skip) -> tuple[SparseSpec, dict] | None:
+    if not isinstance(prim, tirx.PrimFunc):
+        return None
+    try:
+        spec = sparse_spec(prim)
+        reason = _unreadable(prim) if spec is None else None
+    except Exception as err:  # noqa: BLE001 - one unreadable kernel must not stop the others
+        spec, reason = None, f"reading it failed ({type(err).__name__}: {err})"
+    if reason is not None and on_skip is not None:
+        on_skip(name, reason)
+    return (spec, _knobs_of(prim)) if spec is not None else None
