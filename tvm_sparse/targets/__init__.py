@@ -1,10 +1,10 @@
 """Targets as data: presets per device, resolved into TVM targets."""
 
+from .host import host_cpu_features, is_host_target, missing_host_features
 from .presets import (
     PruningDefaults,
     TargetPreset,
     get_preset,
-    is_host_target,
     list_presets,
     register_preset,
     resolve_target,
@@ -14,8 +14,10 @@ __all__ = [
     "PruningDefaults",
     "TargetPreset",
     "get_preset",
+    "host_cpu_features",
     "is_host_target",
     "list_presets",
+    "missing_host_features",
     "register_preset",
     "resolve_target",
 ]

@@ -13,6 +13,8 @@ from typing import Any
 
 from tvm.target import Target, codegen
 
+from .host import is_host_target  # noqa: F401  (its home before host.py; kept importable)
+
 __all__ = [
     "PruningDefaults",
     "TargetPreset",
@@ -278,11 +280,3 @@ def resolve_target(target: str | dict | Target | TargetPreset) -> TargetPreset:
             f"'cuda' (Jetson); presets: {', '.join(list_presets())}"
         )
     return TargetPreset("custom", str(tvm_target), tvm_target, cross, pruning, family)
-
-
-def is_host_target(target: Target) -> bool:
-    """Whether code built for ``target`` runs on this machine."""
-    if target.kind.name != "llvm":
-        return False
-    triple = str(target.attrs.get("mtriple", "") or "")
-    return not triple or triple.split("-")[0] == platform.machine()
