@@ -132,3 +132,33 @@ def test_wrong_input_type(mlp):
 def test_load_missing_metadata(tmp_path):
     with pytest.raises(FileNotFoundError):
         tvm_sparse.load(tmp_path / "nothing.so")
+
+
+def test_load_names_the_cpu_features_this_host_lacks(tmp_path):
+    """A library built for AVX-512 never runs on a host without it: load says what is missing."""
+    from tvm_sparse.targets import get_preset, missing_host_features
+
+    missing = missing_host_features(get_preset("x86-avx512").tvm_target())
+    if not missing:
+        pytest.skip("this host runs AVX-512 code")
+    model, (x,) = zoo.make("mlp")
+    compiled = tvm_sparse.compile(model, "x86-avx512", example_inputs=(x,))
+    path = compiled.export_library(tmp_path / "model.so")
+    with pytest.raises(RuntimeError, match=f"cannot run: it lacks .*{missing[0]}"):
+        tvm_sparse.load(path)
+
+
+def test_load_keeps_the_target_it_was_built_for(tmp_path, mlp):
+    compiled, x = mlp
+    path = compiled.export_library(tmp_path / "model.so")
+    again = tvm_sparse.load(path)
+    assert str(again.target) == str(compiled.target)
+    np.testing.assert_allclose(again(x).numpy(), compiled(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_bad_thread_config(mlp):
+    model, (x,) = zoo.make("mlp")
+    with pytest.raises(ValueError, match="num_threads"):
+        tvm_sparse.ThreadConfig(num_threads=-2)
+    with pytest.raises(TypeError, match="ThreadConfig"):
+        tvm_sparse.compile(model, "x86", example_inputs=(x,), threads=4)

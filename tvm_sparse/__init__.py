@@ -10,6 +10,7 @@ from .pipeline import pipeline  # noqa: E402
 from .prune import SPARSITY_SCHEMES, Pruner, PruneResult, prune  # noqa: E402
 from .remote import RemoteModel, to_remote  # noqa: E402
 from .report import CompileReport, OpRecord  # noqa: E402
+from .runtime import ThreadConfig  # noqa: E402
 from .tune import autotune  # noqa: E402
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "PruneResult",
     "Pruner",
     "RemoteModel",
+    "ThreadConfig",
     "UnsupportedOperatorError",
     "__version__",
     "autotune",

@@ -9,12 +9,13 @@ from typing import Any
 import numpy as np
 import tvm
 
-from .benchmarking import interleave
 from .compiled_model import CompiledModel, use_all_cores
 from .frontend import import_model
 from .pipeline import pipeline
 from .report import CompileReport
+from .runtime import ThreadConfig
 from .targets import TargetPreset, is_host_target, resolve_target
+from .timing import compare
 
 __all__ = ["compile"]
 
@@ -37,6 +38,7 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
     tuning_cache: Any = True,
     verify_speed: bool | None = None,
     fast_math: bool = True,
+    threads: ThreadConfig | None = None,
 ) -> CompiledModel:
     """Compile ``model`` for ``target`` and return a callable :class:`CompiledModel`.
 
@@ -62,16 +64,20 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
         cache (``~/.cache/tvm_sparse/tuning``, or the one entered with ``with TuningCache``),
         ``None`` / ``False`` ignore tuning records. The report marks tuned ops ``(tuned)``.
     verify_speed : bool, optional
-        Also build the model dense, time both builds on this machine and return the faster,
-        so that a pruned model never comes out slower than its dense build (the per-layer
-        cost model can misjudge small layers). The report's notes give both times. By default
-        on where it can run and matters: ``sparsity="auto"``, a target this machine runs, and
-        a model in which pruning was found (``TVM_SPARSE_VERIFY_SPEED=0`` turns the default
-        off).
+        Where the build uses sparse kernels, also build it with dense kernels in their place
+        (shrunk channels stay), time both on this machine by the project's timing policy
+        (:mod:`tvm_sparse.timing`: interleaved rounds, a 5% margin for the simpler build) and
+        return the faster. The report's notes give both times. By default on where it can
+        run: ``sparsity="auto"`` and a target this machine runs (``TVM_SPARSE_VERIFY_SPEED=0``
+        turns the default off).
     fast_math : bool
         Compute ``exp``, ``erf`` and ``tanh`` (in softmax, GELU, sigmoid, SiLU) with vectorised
         polynomials of about 1e-7 relative error; ``False`` calls the C library, exactly
         rounded and several times slower.
+    threads : ThreadConfig, optional
+        How the CPU kernels use threads: by default one per available core, workers not
+        pinned, so that latency holds when another process shares a core (see
+        :class:`tvm_sparse.runtime.ThreadConfig`).
 
     Returns
     -------
@@ -84,6 +90,11 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
         )
     if not isinstance(sparsity, (str, dict)):
         raise TypeError(f"sparsity must be 'auto', 'off' or a dict, not {type(sparsity).__name__}")
+    if threads is not None and not isinstance(threads, ThreadConfig):
+        raise TypeError(
+            f"threads must be a tvm_sparse.ThreadConfig (e.g. ThreadConfig(num_threads=2)), "
+            f"not {type(threads).__name__}"
+        )
     preset = resolve_target(target)
     if is_host_target(preset.tvm_target()):
         # before the first parallel kernel runs (constant folding runs some at compile time)
@@ -114,6 +125,7 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
             output_spec=imported.output_spec,
             report=report,
             device=device,
+            threads=threads,
         )
 
     runs_here = is_host_target(preset.tvm_target()) and (
@@ -127,42 +139,55 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
     compiled = build(sparsity)
     if verify_speed is None:
         verify_speed = (
-            sparsity == "auto"
-            and runs_here
-            and os.environ.get(VERIFY_SPEED_ENV, "1") != "0"
-            and any(row.pattern != "dense" for row in compiled.report.rows)
+            sparsity == "auto" and runs_here and os.environ.get(VERIFY_SPEED_ENV, "1") != "0"
         )
-    if not verify_speed:
+    if not verify_speed or not _sparse_kernel_rows(compiled.report):
         return compiled
-    return _faster_build(compiled, build("off"), _timing_inputs(imported.inputs, example_inputs))
+    # The check weighs the sparse kernels only: the other build keeps the shrunk channels.
+    return _faster_build(
+        compiled,
+        build(_without_sparse_kernels(sparsity)),
+        _timing_inputs(imported.inputs, example_inputs),
+    )
 
 
-#: Interleaved rounds (sparse, dense, sparse, ...) and calls per round of the speed check.
-_VERIFY_ROUNDS, _VERIFY_REPEAT = 3, 10
+def _sparse_kernel_rows(report: CompileReport) -> list:
+    return [r for r in report.rows if r.kernel.startswith(_SPARSE_KERNELS)]
 
 
-def _faster_build(pruned: CompiledModel, dense: CompiledModel, inputs: list) -> CompiledModel:
-    """The faster of two builds of one model, timed in turns on this machine; noted in the
-    report of the one returned."""
-    ms = interleave(
+def _without_sparse_kernels(sparsity: str | dict) -> dict:
+    """The same sparsity setting with every layer's kernel dense (channel shrinking stays)."""
+    config = dict(sparsity) if isinstance(sparsity, dict) else {}
+    return {**{name: "dense" for name in config}, "*": "dense"}
+
+
+#: Kernel names of the sparse kernels (``bsr_matmul[16x1]``, ``nm_matmul[2:4]``).
+_SPARSE_KERNELS = ("bsr_", "nm_")
+
+
+def _faster_build(pruned: CompiledModel, shrunk: CompiledModel, inputs: list) -> CompiledModel:
+    """The pruned build, or the build without sparse kernels where the sparse kernels do not
+    pay (:func:`tvm_sparse.timing.compare`); noted in the report of the one returned."""
+    result = compare(
         {
-            "pruned": lambda: pruned.benchmark(*inputs, repeat=_VERIFY_REPEAT),
-            "dense": lambda: dense.benchmark(*inputs, repeat=_VERIFY_REPEAT),
+            "sparse kernels": lambda: pruned(*inputs),
+            "dense kernels": lambda: shrunk(*inputs),
         },
-        rounds=_VERIFY_ROUNDS,
-        settle_between=False,  # one thread pool: nothing of another runtime to wait for
+        reference="dense kernels",
     )
-    pruned_ms, dense_ms = ms["pruned"], ms["dense"]
-    measured = f"speed check on this machine: pruned build {pruned_ms:.3f} ms, dense build "
-    if pruned_ms <= dense_ms:
-        pruned.report.notes.append(f"{measured}{dense_ms:.3f} ms: kept the pruned build")
+    measured = f"speed check on this machine: {result.describe()}"
+    if result.winner == "sparse kernels":
+        pruned.report.notes.append(f"{measured}: kept the sparse kernels")
         return pruned
-    dense.report.notes.append(
-        f"{measured}{dense_ms:.3f} ms: the pruned build was slower, returned the dense build "
-        "(sparsity='off'); the per-layer decisions of the pruned build were: "
-        + "; ".join(f"{r.name}: {r.kernel} ({r.reason})" for r in pruned.report.rows if r.reason)
+    shrunk.report.notes.append(
+        f"{measured}: the sparse kernels were not faster by more than the margin, so every "
+        "layer runs a dense kernel (shrunk channels kept); the per-layer decisions of the "
+        "sparse build were: "
+        + "; ".join(
+            f"{r.name}: {r.kernel} ({r.reason})" for r in _sparse_kernel_rows(pruned.report)
+        )
     )
-    return dense
+    return shrunk
 
 
 def _timing_inputs(specs: list, example_inputs: Any) -> list[Any]:

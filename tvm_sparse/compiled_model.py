@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -12,7 +14,9 @@ from tvm import relax
 
 from .frontend import InputSpec
 from .report import CompileReport
-from .targets import TargetPreset, is_host_target, resolve_target
+from .runtime import threading as runtime_threads
+from .runtime.threading import ThreadConfig
+from .targets import TargetPreset, is_host_target, missing_host_features, resolve_target
 
 __all__ = ["CompiledModel", "load", "use_all_cores"]
 
@@ -32,6 +36,11 @@ class CompiledModel:
         One row per operator: kernel, pattern and reason.
     inputs : list[InputSpec]
         Expected inputs; dynamic dimensions are named strings.
+    threads : ThreadConfig
+        How CPU kernels run their parallel loops (threads, pinning); assign a new
+        :class:`~tvm_sparse.runtime.ThreadConfig` to change it between calls.
+    launcher : str | None
+        Which parallel launcher the loaded CPU code uses, once the model has run.
     """
 
     def __init__(
@@ -43,8 +52,17 @@ class CompiledModel:
         output_spec: str | None,
         report: CompileReport,
         device: tvm.runtime.Device | None = None,
+        threads: ThreadConfig | None = None,
+        library_path: str | None = None,
     ):
+        if threads is not None and not isinstance(threads, ThreadConfig):
+            raise TypeError(
+                f"threads must be a tvm_sparse.runtime.ThreadConfig, not {type(threads).__name__}"
+            )
         self.executable = executable
+        self.threads = threads or ThreadConfig()
+        self.launcher: str | None = None
+        self._library_path = library_path
         self.preset = preset
         self.inputs = inputs
         self.output_spec = output_spec
@@ -69,9 +87,31 @@ class CompiledModel:
             if device is None:
                 device = tvm.cuda(0) if self.target.kind.name == "cuda" else tvm.cpu(0)
             use_all_cores(self.target)
-            self._vm = relax.VirtualMachine(self.executable, device)
+            module = self.executable
+            if device.dlpack_device_type() == tvm.cpu().dlpack_device_type():
+                module = self._load_with_launcher()
+            self._vm = relax.VirtualMachine(module, device)
             self._device = device
         return self._vm
+
+    def _load_with_launcher(self) -> Any:
+        """The CPU code loaded from a shared library, its parallel loops on tvm_sparse's
+        launcher (:mod:`tvm_sparse.runtime.threading`); TVM's pool where that cannot be."""
+        module, problem = runtime_threads.load_module(
+            self.executable, self.threads, path=self._library_path
+        )
+        if problem is None:
+            self.launcher = f"tvm_sparse launcher ({self.threads.describe()})"
+        else:
+            self.launcher = f"TVM's thread pool ({problem})"
+            self.report.notes.append(f"parallel loops run on {self.launcher}")
+            warnings.warn(
+                f"compiled model runs on TVM's thread pool: {problem}; latency may stall "
+                "while another process shares a core",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return module
 
     def _convert_inputs(self, args: tuple) -> tuple[list[tvm.runtime.Tensor], bool]:
         if len(args) != len(self.inputs):
@@ -102,6 +142,7 @@ class CompiledModel:
 
     def __call__(self, *args: Any) -> Any:
         tensors, as_torch = self._convert_inputs(args)
+        runtime_threads.configure(self.threads)
         result = self.vm["main"](*tensors)
         convert = _to_torch if as_torch else _to_numpy
         if self.output_spec is not None:
@@ -116,6 +157,7 @@ class CompiledModel:
     ) -> dict[str, float]:
         """Latency of one call, without Python conversion: median, min, p90 and mean in ms."""
         tensors, _ = self._convert_inputs(args)
+        runtime_threads.configure(self.threads)
         self.vm.set_input("main", *tensors)
         for _ in range(warmup):
             self.vm.invoke_stateful("main")
@@ -183,7 +225,7 @@ def use_all_cores(target: tvm.target.Target) -> None:
         return
     host = target.host or target
     cores = host.attrs.get("num-cores") if host.kind.name == "llvm" else None
-    os.environ["TVM_NUM_THREADS"] = str(int(cores) if cores else os.cpu_count())
+    os.environ["TVM_NUM_THREADS"] = str(int(cores) if cores else runtime_threads.available_cores())
 
 
 def _check_input(arg: np.ndarray, spec: InputSpec, symbols: dict[str, int]) -> None:
@@ -258,8 +300,16 @@ def _version() -> str:
     return __version__
 
 
-def load(path: str | os.PathLike, device: tvm.runtime.Device | None = None) -> CompiledModel:
-    """Load a library written by :meth:`CompiledModel.export_library`."""
+def load(
+    path: str | os.PathLike,
+    device: tvm.runtime.Device | None = None,
+    *,
+    threads: ThreadConfig | None = None,
+) -> CompiledModel:
+    """Load a library written by :meth:`CompiledModel.export_library`.
+
+    ``threads`` sets how CPU kernels use threads (see :class:`CompiledModel`).
+    """
     path = os.fspath(path)
     meta_path = path + _META_SUFFIX
     if not os.path.isfile(path):
@@ -271,17 +321,22 @@ def load(path: str | os.PathLike, device: tvm.runtime.Device | None = None) -> C
         )
     with open(meta_path) as f:
         meta = json.load(f)
+    # The target the library was built for, as stored: a preset such as "x86" resolves to
+    # this machine's CPU, which need not be the one the code was generated for.
+    text = meta["target"]
+    built_for = json.loads(text) if text.startswith("{") else text
     if meta["preset"] != "custom":
-        preset = resolve_target(meta["preset"])
+        preset = dataclasses.replace(resolve_target(meta["preset"]), target=built_for)
     else:
-        text = meta["target"]
-        preset = resolve_target(json.loads(text) if text.startswith("{") else text)
+        preset = resolve_target(built_for)
     target = preset.tvm_target()
-    if not is_host_target(target.host or target) and device is None:
+    missing = missing_host_features(target.host or target)
+    if missing and device is None:
         raise RuntimeError(
-            f"{path!r} is built for {meta['preset']} ({target.kind.name}, "
-            f"{target.host or target}), not this machine: load it on the device, or compile "
-            "the model here and run it there with CompiledModel.to_remote(session)"
+            f"{path!r} is built for {meta['preset']} ({target.host or target}), which this "
+            f"machine cannot run: it lacks {', '.join(missing)}. Load it on a machine that has "
+            "them, compile the model again here (tvm_sparse.compile(model, 'x86')), or run it "
+            "there with CompiledModel.to_remote(session)"
         )
     executable = tvm.runtime.load_module(path)
     inputs = [
@@ -295,4 +350,6 @@ def load(path: str | os.PathLike, device: tvm.runtime.Device | None = None) -> C
         output_spec=meta["output_spec"],
         report=CompileReport.from_dict(meta["report"]),
         device=device,
+        threads=threads,
+        library_path=os.path.abspath(path),
     )

@@ -7,6 +7,7 @@ import tvm
 from tvm import relax
 from tvm.target import Target
 
+from ..runtime.threading import ThreadConfig, load_module
 from .bsr_matmul import BSRMatmulKnobs, bsr_matmul
 from .formats import to_bsr, to_nm
 from .nm_matmul import NMMatmulKnobs, nm_matmul
@@ -37,7 +38,7 @@ def time_prim_func(
 ) -> float:
     """Best-of-``repeat`` seconds of one call of ``func`` (the output is the last arg)."""
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target)
-    lib = lib.jit()
+    lib, _ = load_module(lib, ThreadConfig())  # the launcher compiled models run on
     dev = tvm.cpu()
     tensors = [tvm.runtime.tensor(a, dev) for a in args]
     evaluator = lib.time_evaluator("main", dev, number=10, repeat=repeat, min_repeat_ms=20)
@@ -63,7 +64,7 @@ def time_dense_relax(target: Target, m: int, n: int, k: int, *, repeat: int = 5)
         bb.emit_func_output(out)
     exe = tvm.compile(bb.get(), target, relax_pipeline=pipeline(target, sparsity="off"))
     dev = tvm.cpu()
-    vm = relax.VirtualMachine(exe, dev)
+    vm = relax.VirtualMachine(load_module(exe, ThreadConfig())[0], dev)
     xin = tvm.runtime.tensor(rng.standard_normal((m, k)).astype("float32"), dev)
     evaluator = vm.time_evaluator("main", dev, number=10, repeat=repeat, min_repeat_ms=20)
     return float(min(evaluator(xin).results))

@@ -1,0 +1,5 @@
+"""Running compiled models: the parallel launcher and its thread settings."""
+
+from .threading import ThreadConfig, available_cores, configure, install, pool_stats
+
+__all__ = ["ThreadConfig", "available_cores", "configure", "install", "pool_stats"]
