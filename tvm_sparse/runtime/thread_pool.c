@@ -9,10 +9,11 @@
  * caller waits until the scheduler runs that worker again, up to a time slice, on
  * every parallel loop of the model.
  *
- * Here tasks are claimed, not assigned: the calling thread and the workers take the
- * next unclaimed task from one atomic word, so a worker that has not woken up yet
- * leaves its share to the caller, and the caller waits only for tasks a worker has
- * already started. A launch cuts each loop into more tasks than threads, so a thread
+ * Here tasks are claimed, not assigned: each thread (the caller is thread 0) owns a
+ * contiguous range of a loop's tasks, as in TVM's static split, and claims them one by one;
+ * a thread done with its range claims the unstarted tasks of the others. A worker that has
+ * not woken up yet leaves its share to the caller, and the caller waits only for tasks a
+ * worker has already started. A launch cuts each loop into more tasks than threads, so a thread
  * slowed by a shared core takes fewer of them, and learns per loop how many tasks keep
  * each one short.
  *
@@ -49,12 +50,23 @@ typedef int (*FDecRef)(void* object);
 #define MAX_THREADS 256
 #define MAX_TASKS 0xffff
 
-/* The task word: generation (32 bits) | number of tasks (16) | next unclaimed task (16).
- * One atomic word, so a claim can never take a task of another launch. */
+/* The launch word: generation (32 bits) | number of tasks (16) | unused (16). Workers wake
+ * on a new generation. */
 #define WORD(gen, n, next) (((uint64_t)(gen) << 32) | ((uint64_t)(n) << 16) | (uint64_t)(next))
 #define WORD_GEN(w) ((uint32_t)((w) >> 32))
-#define WORD_NTASK(w) ((uint32_t)(((w) >> 16) & 0xffff))
-#define WORD_NEXT(w) ((uint32_t)((w)&0xffff))
+
+/* A thread's range of unclaimed tasks [lo, hi) in one atomic word: generation | lo | hi. The
+ * owner claims from the bottom, in order, so that each thread runs the same contiguous share
+ * of every loop as TVM's static split gives it (the rows a kernel wrote on this core are read
+ * by the next one on this core); another thread whose own range is done steals from the top.
+ * The generation makes a claim of an earlier launch's stale value fail. */
+#define RANGE(gen, lo, hi) (((uint64_t)(gen) << 32) | ((uint64_t)(lo) << 16) | (uint64_t)(hi))
+#define RANGE_LO(w) ((uint32_t)(((w) >> 16) & 0xffff))
+#define RANGE_HI(w) ((uint32_t)((w)&0xffff))
+
+typedef struct {
+  _Alignas(64) _Atomic uint64_t word;
+} Range;
 
 static struct {
   _Alignas(64) _Atomic uint64_t word;
@@ -63,6 +75,8 @@ static struct {
   FTVMParallelLambda flambda;
   void* cdata;
   TVMParallelGroupEnv env;
+  int num_ranges; /* threads of the launch being run */
+  Range ranges[MAX_THREADS];
   _Alignas(64) _Atomic int done;
   _Atomic int failed;
   void* error;
@@ -136,15 +150,30 @@ static void futex_wake_all(_Atomic uint32_t* addr) {
   syscall(SYS_futex, (uint32_t*)addr, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
 }
 
-/* Claim and run tasks of generation `gen` until none is left; returns how many ran. */
-static int run_tasks(uint32_t gen) {
-  int ran = 0;
-  uint64_t w = atomic_load(&pool.word);
+/* A task of range `r` in generation `gen`: its lowest for the owner, its highest for a
+ * thief; -1 when the range is empty or of another launch. */
+static int claim(int r, uint32_t gen, int own) {
+  uint64_t w = atomic_load(&pool.ranges[r].word);
   for (;;) {
-    if (WORD_GEN(w) != gen || WORD_NEXT(w) >= WORD_NTASK(w)) return ran;
-    if (!atomic_compare_exchange_weak(&pool.word, &w, w + 1)) continue;
-    /* The claimed task keeps this launch unfinished, so its closure cannot change now. */
-    int task = (int)WORD_NEXT(w);
+    uint32_t lo = RANGE_LO(w), hi = RANGE_HI(w);
+    if (WORD_GEN(w) != gen || lo >= hi) return -1;
+    uint64_t next = own ? RANGE(gen, lo + 1, hi) : RANGE(gen, lo, hi - 1);
+    if (atomic_compare_exchange_weak(&pool.ranges[r].word, &w, next)) {
+      return (int)(own ? lo : hi - 1);
+    }
+  }
+}
+
+/* Run tasks of generation `gen` as thread `self`: its own range, then others'; returns how
+ * many ran. */
+static int run_tasks(uint32_t gen, int self) {
+  int ran = 0;
+  for (;;) {
+    /* A claimed task keeps this launch unfinished, so its closure and range count hold. */
+    int ranges = pool.num_ranges;
+    int task = self < ranges ? claim(self, gen, 1) : -1;
+    for (int k = 1; task < 0 && k <= ranges; ++k) task = claim((self + k) % ranges, gen, 0);
+    if (task < 0) return ran;
     if (pool.flambda(task, &pool.env, pool.cdata) != 0) {
       void* error = NULL;
       if (pool.move_from_raised) pool.move_from_raised(&error);
@@ -155,7 +184,6 @@ static int run_tasks(uint32_t gen) {
     }
     atomic_fetch_add(&pool.done, 1);
     ++ran;
-    w = atomic_load(&pool.word);
   }
 }
 
@@ -208,7 +236,7 @@ static void* worker_main(void* arg) {
       }
       pinned_to = want;
     }
-    atomic_fetch_add(&pool.worker_tasks, run_tasks(gen));
+    atomic_fetch_add(&pool.worker_tasks, run_tasks(gen, id));
   }
   return NULL;
 }
@@ -245,12 +273,16 @@ int tsp_parallel_launch(FTVMParallelLambda flambda, void* cdata, int num_task) {
   atomic_store(&pool.failed, 0);
   atomic_store(&pool.done, 0);
   uint32_t gen = ++pool.gen;
+  pool.num_ranges = threads;
+  for (int t = 0; t < threads; ++t) {
+    atomic_store(&pool.ranges[t].word, RANGE(gen, (long)n * t / threads, (long)n * (t + 1) / threads));
+  }
   atomic_store(&pool.word, WORD(gen, n, 0));
   if (atomic_load(&pool.sleepers) > 0) {
     atomic_fetch_add(&pool.wake_seq, 1);
     futex_wake_all(&pool.wake_seq);
   }
-  atomic_fetch_add(&pool.caller_tasks, run_tasks(gen));
+  atomic_fetch_add(&pool.caller_tasks, run_tasks(gen, 0));
   /* Only tasks that a worker has started are left; spin briefly, then let it have the core. */
   if (atomic_load(&pool.done) < n) {
     long start = now_ns();
