@@ -275,7 +275,8 @@ int tsp_parallel_launch(FTVMParallelLambda flambda, void* cdata, int num_task) {
   uint32_t gen = ++pool.gen;
   pool.num_ranges = threads;
   for (int t = 0; t < threads; ++t) {
-    atomic_store(&pool.ranges[t].word, RANGE(gen, (long)n * t / threads, (long)n * (t + 1) / threads));
+    long lo = (long)n * t / threads, hi = (long)n * (t + 1) / threads;
+    atomic_store(&pool.ranges[t].word, RANGE(gen, lo, hi));
   }
   atomic_store(&pool.word, WORD(gen, n, 0));
   if (atomic_load(&pool.sleepers) > 0) {
