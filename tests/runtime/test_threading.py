@@ -15,6 +15,7 @@ import pytest
 import tvm
 from tvm.script import tirx as T
 
+from tvm_sparse.benchmarking import time_callable
 from tvm_sparse.runtime import ThreadConfig, install, pool_stats
 from tvm_sparse.runtime.threading import configure
 
@@ -153,14 +154,7 @@ def _busy_process(seconds: float) -> subprocess.Popen:
 
 
 def _median_ms(fn, calls: int = 200) -> float:
-    for _ in range(10):
-        fn()
-    samples = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return float(np.median(samples) * 1e3)
+    return time_callable(fn, warmup=10, repeat=calls)["median_ms"]
 
 
 @pytest.mark.parametrize("rows", [1, 64])
