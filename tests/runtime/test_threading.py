@@ -45,6 +45,43 @@ def _run(kernel, a: np.ndarray) -> np.ndarray:
     return out.numpy()
 
 
+def _slice_ns(tid: int) -> int | None:
+    """The time slice thread ``tid`` asked for (sched_getattr's sched_runtime), or None where
+    this Python cannot make the system call."""
+    import ctypes
+    import platform
+
+    numbers = {"x86_64": 315, "aarch64": 275}  # SYS_sched_getattr
+    if platform.system() != "Linux" or platform.machine() not in numbers:
+        return None
+    attr = (ctypes.c_uint64 * 8)()  # struct sched_attr up to sched_period, 56 bytes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(numbers[platform.machine()], tid, attr, 56, 0) != 0:
+        return None
+    return int(attr[3])  # size, policy | flags | nice, priority | runtime
+
+
+def test_workers_ask_for_a_short_slice(kernel):
+    if os.uname().release.split(".")[:2] < ["6", "12"] and int(os.uname().release[0]) < 7:
+        pytest.skip("kernels before 6.12 have no custom time slices")
+    configure(ThreadConfig(num_threads=2, slice_us=250))
+    for _ in range(3):  # a worker applies the setting when it wakes for a launch
+        _run(kernel, np.zeros(N, "float32"))
+        time.sleep(0.01)
+    workers = [
+        int(tid)
+        for tid in os.listdir("/proc/self/task")
+        if open(f"/proc/self/task/{tid}/comm").read().strip() == "tvm_sparse"
+    ]
+    assert workers, "no launcher worker thread is named tvm_sparse"
+    slices = {_slice_ns(tid) for tid in workers}
+    if slices == {None}:
+        pytest.skip("sched_getattr is not callable here")
+    assert slices == {250_000}
+    assert _slice_ns(threading.get_native_id()) != 250_000  # the caller keeps its own
+    configure(ThreadConfig())
+
+
 @pytest.mark.parametrize(
     "config",
     [
@@ -145,6 +182,8 @@ def test_thread_config_rejects_bad_values():
         ThreadConfig(tasks_per_thread=0)
     with pytest.raises(ValueError, match="spin_us"):
         ThreadConfig(spin_us=-1)
+    with pytest.raises(ValueError, match="slice_us"):
+        ThreadConfig(slice_us=-1)
 
 
 def _busy_process(seconds: float) -> subprocess.Popen:

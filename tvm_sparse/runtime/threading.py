@@ -79,6 +79,12 @@ class ThreadConfig:
         run into tasks of about this long (at least ``tasks_per_thread`` per thread), so that
         at the end of a loop no thread waits long for another's last task. ``0`` keeps
         ``tasks_per_thread``.
+    slice_us
+        The scheduler time slice each worker asks for (Linux 6.12 and newer; older kernels
+        ignore it). A worker woken on a core where another thread is running (a busy
+        process, another runtime's spinning pool) gets the core within about this long
+        instead of after the other thread's default slice, which can outlast a whole call.
+        ``0`` keeps the kernel's default. The calling thread is left as it is.
     """
 
     num_threads: int | None = None
@@ -86,6 +92,7 @@ class ThreadConfig:
     spin_us: float = 100.0
     tasks_per_thread: int = 4
     task_us: float = 50.0
+    slice_us: float = 100.0
 
     def __post_init__(self) -> None:
         if self.num_threads is not None and (
@@ -97,6 +104,8 @@ class ThreadConfig:
             )
         if self.spin_us < 0:
             raise ValueError(f"spin_us must be >= 0, got {self.spin_us!r}")
+        if self.slice_us < 0:
+            raise ValueError(f"slice_us must be >= 0, got {self.slice_us!r}")
         if self.task_us < 0:
             raise ValueError(f"task_us must be >= 0, got {self.task_us!r}")
         if not isinstance(self.tasks_per_thread, int) or not 1 <= self.tasks_per_thread <= 64:
@@ -145,6 +154,7 @@ class _Pool:
                 config.tasks_per_thread,
                 int(config.task_us * 1000),
                 int(config.spin_us * 1000),
+                int(config.slice_us * 1000),
                 int(config.pin),
                 (ctypes.c_int * max(len(cpus), 1))(*cpus),
                 len(cpus),
@@ -169,6 +179,7 @@ def _build() -> ctypes.CDLL:
     lib.tsp_configure.argtypes = [
         ctypes.c_int,
         ctypes.c_int,
+        ctypes.c_long,
         ctypes.c_long,
         ctypes.c_long,
         ctypes.c_int,
