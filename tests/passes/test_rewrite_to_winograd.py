@@ -88,6 +88,28 @@ def test_compiled_model_matches_pytorch_and_reports_the_kernel():
                if r.op == "winograd_conv2d")  # fmt: skip
 
 
+def test_an_onnx_import_gets_the_same_kernels():
+    """TVM's ONNX importer leaves conv2d's out_dtype unset; such convs go Winograd (3x3) and
+    matmul (1x1) as the torch importer's do."""
+    import io
+
+    import onnx
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 1)
+    ).eval()
+    x = torch.randn(1, 16, 10, 10)
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (x,), buffer, input_names=["x"], dynamo=False)
+    compiled = tvm_sparse.compile(onnx.load_from_string(buffer.getvalue()), "x86", sparsity="off")
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(compiled(x.numpy()), expected, rtol=1e-4, atol=1e-4)
+    ops = [r.op for r in compiled.report.rows]
+    assert "winograd_conv2d" in ops and "nn.conv2d" not in ops, compiled.report.table()
+
+
 def test_a_conv_result_used_twice_keeps_its_epilogue_apart():
     class Twice(torch.nn.Module):
         def __init__(self):

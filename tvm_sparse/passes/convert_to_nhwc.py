@@ -147,7 +147,7 @@ class _PointwiseToMatmul(PyExprMutator):
             or x_shape is None
             or w_shape is None
             or w_shape[:2] != [1, 1]
-            or str(attrs.out_dtype) not in ("", str(x.ty.dtype))
+            or str(attrs.out_dtype) not in ("", "None", "void", str(x.ty.dtype))
         ):
             return None
         return x, w, x_shape, w_shape[3]

@@ -40,7 +40,8 @@ def _why_not(call: relax.Call, lanes: int) -> str | None:
         return "weight is not a constant"
     if (attrs.data_layout, attrs.kernel_layout, attrs.out_layout) != ("NHWC", "HWIO", "NHWC"):
         return "not NHWC"
-    if str(x.ty.dtype) != "float32" or str(attrs.out_dtype) not in ("", "float32"):
+    # ONNX's importer leaves out_dtype unset (None): the input's dtype
+    if str(x.ty.dtype) != "float32" or str(attrs.out_dtype) not in ("", "None", "void", "float32"):
         return "not float32"
     if int(attrs.groups) != 1 or any(
         int(v) != 1 for v in [*attrs.strides, *attrs.dilation, *attrs.padding]
