@@ -18,8 +18,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 CACHE_HOME = tempfile.mkdtemp(prefix="tvm_sparse_test_cache_")
 os.environ["XDG_CACHE_HOME"] = CACHE_HOME
 # Tests of the passes check their decisions, which a timing-based choice of build would make
-# flaky; tests/test_compile.py checks the speed check itself with verify_speed=True.
+# flaky; tests/test_compile.py checks the speed check itself with verify_speed=True, and
+# tests/test_layer_timing.py the per-layer timing with measure_layers=True.
 os.environ.setdefault("TVM_SPARSE_VERIFY_SPEED", "0")
+os.environ.setdefault("TVM_SPARSE_MEASURE_LAYERS", "0")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -11,6 +11,7 @@ import tvm
 
 from .compiled_model import CompiledModel, use_all_cores
 from .frontend import import_model
+from .layer_timing import LayerTimer
 from .pipeline import pipeline
 from .report import CompileReport
 from .runtime import ThreadConfig
@@ -24,6 +25,9 @@ _SPARSITY_MODES = ("auto", "off")
 #: Set to ``0`` to turn the default speed check of pruned models off (the test suite does, so
 #: that tests of the passes' decisions do not depend on timings).
 VERIFY_SPEED_ENV = "TVM_SPARSE_VERIFY_SPEED"
+#: Set to ``0`` to decide layers by the calibration table alone by default (the test suite
+#: does, for the same reason).
+MEASURE_LAYERS_ENV = "TVM_SPARSE_MEASURE_LAYERS"
 
 
 def compile(  # noqa: A001  (the public name mirrors tvm.compile)
@@ -39,6 +43,7 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
     verify_speed: bool | None = None,
     fast_math: bool = True,
     threads: ThreadConfig | None = None,
+    measure_layers: bool | None = None,
 ) -> CompiledModel:
     """Compile ``model`` for ``target`` and return a callable :class:`CompiledModel`.
 
@@ -74,6 +79,11 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
         Compute ``exp``, ``erf`` and ``tanh`` (in softmax, GELU, sigmoid, SiLU) with vectorised
         polynomials of about 1e-7 relative error; ``False`` calls the C library, exactly
         rounded and several times slower.
+    measure_layers : bool, optional
+        Decide each pruned matmul left to ``"auto"`` by building its candidate kernels alone
+        and timing them on this machine (:mod:`tvm_sparse.layer_timing`; cached, so a second
+        compile reads the times back), before the calibration table. By default on where the
+        target runs here (``TVM_SPARSE_MEASURE_LAYERS=0`` turns the default off).
     threads : ThreadConfig, optional
         How the CPU kernels use threads: by default one per available core, workers not
         pinned, so that latency holds when another process shares a core (see
@@ -103,6 +113,19 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
         model, example_inputs, dynamic_shapes=dynamic_shapes, dynamic_batch=dynamic_batch
     )
 
+    runs_here = is_host_target(preset.tvm_target()) and (
+        device is None or device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
+    )
+    for flag, value in (("verify_speed", verify_speed), ("measure_layers", measure_layers)):
+        if value and not runs_here:
+            raise ValueError(
+                f"{flag}=True times kernels on this machine, but target {preset.name!r} does "
+                f"not run here; leave {flag} unset for cross-compilation"
+            )
+    if measure_layers is None:
+        measure_layers = runs_here and os.environ.get(MEASURE_LAYERS_ENV, "1") != "0"
+    timer = LayerTimer(preset.tvm_target()) if measure_layers and sparsity != "off" else None
+
     def build(mode: str | dict) -> CompiledModel:
         report = CompileReport()
         start = time.perf_counter()
@@ -115,9 +138,15 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
                 report=report,
                 tuning_cache=tuning_cache,
                 fast_math=fast_math,
+                layer_timer=timer,
             ),
         )
         report.notes.append(f"compiled in {time.perf_counter() - start:.1f} s")
+        if timer is not None and timer.measured:
+            report.notes.append(
+                f"timed the candidates of {timer.measured} layer(s) on this machine in "
+                f"{timer.spent_s:.1f} s (cached for the next compile)"
+            )
         return CompiledModel(
             executable,
             preset=preset,
@@ -128,14 +157,6 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
             threads=threads,
         )
 
-    runs_here = is_host_target(preset.tvm_target()) and (
-        device is None or device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
-    )
-    if verify_speed and not runs_here:
-        raise ValueError(
-            f"verify_speed=True times the builds on this machine, but target {preset.name!r} "
-            "does not run here; leave verify_speed unset for cross-compilation"
-        )
     compiled = build(sparsity)
     if verify_speed is None:
         verify_speed = (

@@ -39,8 +39,11 @@ def prepare_passes() -> list[tvm.transform.Pass]:
     ]
 
 
-def sparsity_passes(target: Target, sparsity: Any = "auto") -> list[tvm.transform.Pass]:
-    """Detect pruned patterns, shrink zero channels, rewrite sparse weights to sparse kernels."""
+def sparsity_passes(
+    target: Target, sparsity: Any = "auto", layer_timer: Any = None
+) -> list[tvm.transform.Pass]:
+    """Detect pruned patterns, shrink zero channels, rewrite sparse weights to sparse kernels
+    (timing each layer's candidates with ``layer_timer`` where one is given)."""
     if sparsity == "off":
         return []
     from .passes import DetectSparsity, RewriteToSparse, ShrinkPrunedChannels
@@ -53,7 +56,7 @@ def sparsity_passes(target: Target, sparsity: Any = "auto") -> list[tvm.transfor
         ShrinkPrunedChannels(channel_multiple=multiple),
         relax.transform.FoldConstant(),
         DetectSparsity(),
-        RewriteToSparse(target, sparsity=sparsity),
+        RewriteToSparse(target, sparsity=sparsity, layer_timer=layer_timer),
     ]
 
 
@@ -87,12 +90,13 @@ def schedule_input_passes(
     fusion: CollectFusionGroups,
     *,
     fast_math: bool = True,
+    layer_timer: Any = None,
 ) -> list[tvm.transform.Pass]:
     """Everything before scheduling: the PrimFuncs these leave are what schedules (and the
     autotuner) see."""
     return (
         prepare_passes()
-        + sparsity_passes(target, sparsity)
+        + sparsity_passes(target, sparsity, layer_timer)
         + ([ConvertToNHWC(), RewriteToWinograd(target)] if target.kind.name == "llvm" else [])
         + [
             ReorderReshapeAfterElementwise(),
@@ -117,6 +121,7 @@ def pipeline(
     report: CompileReport | None = None,
     tuning_cache: Any = True,
     fast_math: bool = True,
+    layer_timer: Any = None,
 ) -> tvm.transform.Pass:
     """The project's Relax pipeline for ``target``.
 
@@ -137,6 +142,9 @@ def pipeline(
         Compute ``exp``, ``erf``, ``tanh`` (softmax, GELU, sigmoid, SiLU) with vectorised
         polynomials (:class:`~tvm_sparse.passes.UseFastMath`, about 1e-7 relative error)
         instead of C library calls.
+    layer_timer : tvm_sparse.layer_timing.LayerTimer, optional
+        Decide each ``"auto"`` matmul by timing its candidates on this machine (the target
+        must run here); without one the calibration table decides.
 
     Returns
     -------
@@ -150,7 +158,9 @@ def pipeline(
     fusion = CollectFusionGroups(report)
     tuned = _tuning_passes(tvm_target, tuning_cache, report, fusion)
     passes = (
-        schedule_input_passes(tvm_target, sparsity, report, fusion, fast_math=fast_math)
+        schedule_input_passes(
+            tvm_target, sparsity, report, fusion, fast_math=fast_math, layer_timer=layer_timer
+        )
         + tuned[:1]
         + [ApplySchedules(schedule_rules(tvm_target)), CollectKernelReport(report, fusion)]
         + tuned[1:]

@@ -231,6 +231,66 @@ def test_never_sparse_when_model_says_slower():
     assert decision["kernel"] == "dense" and "kept dense" in decision["reason"]
 
 
+class _StubTimer:
+    """A LayerTimer stand-in: fixed times, or none (as when the budget is spent)."""
+
+    def __init__(self, ms: dict[str, float] | None, winner: str = "dense"):
+        from tvm_sparse.layer_timing import LayerTiming
+
+        self.asked: list[tuple] = []
+        self.result = None if ms is None else LayerTiming(ms=ms, winner=winner, rounds=5)
+        self.exhausted = ms is None
+
+    def matmul(self, x_shape, weight, candidates):
+        self.asked.append((x_shape, weight.shape, list(candidates)))
+        return self.result
+
+    def conv2d(self, x_shape, weight, *, strides, padding, dilation, candidates):
+        self.asked.append((x_shape, weight.shape, strides, list(candidates)))
+        return self.result
+
+
+@pytest.mark.parametrize("winner", ["dense", "bsr:16x1", "bsr:8x1"])
+def test_measured_times_overrule_the_table(winner):
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((64, 32)) * block_mask(64, 32, (16, 1), 0.25, rng)).astype(
+        "float32"
+    )
+    ms = {"dense": 1.0, "bsr:16x1": 0.5, "bsr:8x1": 0.8}
+    timer = _StubTimer(ms, winner)
+    mod = relax.transform.FoldConstant()(_linear_module(weight, (2, 8, 32)))
+    after = RewriteToSparse(TARGET, calibration=CALIBRATION, layer_timer=timer)(
+        DetectSparsity()(mod)
+    )
+    # leading dims fold into rows; the table's two best sparse kernels are the candidates
+    assert timer.asked == [((16, 32), (64, 32), ["bsr:16x1", "bsr:8x1"])]
+    (decision,) = _decisions(after).values()
+    expected = {"dense": "dense", "bsr:16x1": "bsr_matmul[16x1]", "bsr:8x1": "bsr_matmul[8x1]"}
+    assert decision["kernel"] == expected[winner]
+    assert "measured on this machine: dense 1.000 ms, bsr:16x1 0.500 ms" in decision["reason"]
+    x = rng.standard_normal((2, 8, 32)).astype("float32")
+    np.testing.assert_allclose(
+        _run(after, x), np.maximum(x @ weight.T, 0), rtol=1e-4, atol=ATOL["float32"]
+    )
+
+
+def test_unmeasured_layers_keep_the_table_and_say_why():
+    rng = np.random.default_rng(0)
+    weight = _weight_16x1(rng)
+    mod = relax.transform.FoldConstant()(_linear_module(weight, (128, 8)))
+    after = RewriteToSparse(TARGET, calibration=CALIBRATION, layer_timer=_StubTimer(None))(
+        DetectSparsity()(mod)
+    )
+    (decision,) = _decisions(after).values()
+    assert decision["reason"].endswith("measuring budget spent on this machine")
+    # a layer the config names is not measured: the user's choice stands
+    timer = _StubTimer({"dense": 1.0, "bsr:16x1": 0.1}, "bsr:16x1")
+    RewriteToSparse(TARGET, sparsity={"*": "dense"}, calibration=CALIBRATION, layer_timer=timer)(
+        DetectSparsity()(mod)
+    )
+    assert timer.asked == []
+
+
 # --- numerics vs PyTorch ----------------------------------------------------------------------
 
 
@@ -353,6 +413,29 @@ def test_conv2d_numerics(kernel, stride, padding, block):
     xin = rng.standard_normal((2, in_c, size, size)).astype("float32")
     ref = torch.nn.functional.conv2d(
         torch.from_numpy(xin), torch.from_numpy(weight), stride=stride, padding=padding
+    )
+    np.testing.assert_allclose(_run(after, xin), ref.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_a_measured_conv_is_timed_in_its_own_shape():
+    rng = np.random.default_rng(4)
+    mask = block_mask(32, 16 * 9, (16, 1), 0.2, rng).reshape(32, 16, 3, 3)
+    weight = (rng.standard_normal(mask.shape) * mask).astype("float32")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 16, 9, 9), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.conv2d(x, relax.const(weight), strides=2, padding=1))
+        bb.emit_func_output(out)
+    timer = _StubTimer({"dense": 1.0, "bsr:16x1": 0.4, "bsr:8x1": 0.9}, "bsr:16x1")
+    after = RewriteToSparse(TARGET, calibration=CALIBRATION, layer_timer=timer)(
+        DetectSparsity()(bb.get())
+    )
+    assert timer.asked == [((1, 16, 9, 9), (32, 16, 3, 3), (2, 2), ["bsr:16x1", "bsr:8x1"])]
+    assert _kernels(after) == ["bsr_matmul[16x1]", "im2col"]
+    xin = rng.standard_normal((1, 16, 9, 9)).astype("float32")
+    ref = torch.nn.functional.conv2d(
+        torch.from_numpy(xin), torch.from_numpy(weight), stride=2, padding=1
     )
     np.testing.assert_allclose(_run(after, xin), ref.numpy(), atol=1e-4, rtol=1e-4)
 

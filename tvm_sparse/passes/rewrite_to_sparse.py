@@ -1,8 +1,9 @@
 """Rewrite matmuls and conv2ds with pruned constant weights into sparse kernels, where faster.
 
 ``RewriteToSparse`` reads the records ``DetectSparsity`` left under ``"tvm_sparse.weights"``,
-decides per layer (sparse format or dense) with the measured cost model of
-:mod:`tvm_sparse.kernels.cost_model`, compresses the chosen weights to BSR or N:M constants
+asks :mod:`~tvm_sparse.passes.sparse_decisions` per layer (sparse format or dense: the layer's
+candidates timed on this machine where a ``LayerTimer`` is given, else the measured cost model
+of :mod:`tvm_sparse.kernels.cost_model`), compresses the chosen weights to BSR or N:M constants
 and replaces the op by a ``call_tir`` of a kernel that is already scheduled
 (``tirx.is_scheduled``, ``"tvm_sparse.kernel"``), which ``ApplySchedules`` then skips. Every
 candidate gets a row in ``"tvm_sparse.decisions"``: the kernel, the pattern and why.
@@ -63,10 +64,7 @@ Configuration (``sparsity=``)
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -80,118 +78,30 @@ from ..kernels.bsr_matmul import BSRMatmulKnobs, bsr_matmul, bsr_matmul_kernel_n
 from ..kernels.cost_model import Calibration, load_calibration
 from ..kernels.formats import to_bsr, to_nm
 from ..kernels.gpu import CUDATileKnobs, cuda_bsr_matmul, cuda_nm_matmul, nm_group_offsets
-from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul, nm_matmul_kernel_name
+from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul
 from ..kernels.sparse_conv2d import Conv2DGeometry, im2col
-from ..kernels.winograd_conv2d import winograd_applies
-from ..schedules.cpu.base import vector_lanes
 from ._bindings import function_bindings, unique_binding_names
 from .detect_sparsity import WEIGHTS_ATTR, WeightSparsity, constant_weight_of
+from .sparse_decisions import (
+    GPU_RULE,
+    IM2COL_BYTES_PER_S,
+    WINOGRAD_SPEEDUP,
+    LayerChoice,
+    Plan,
+    SparsityConfig,
+    decide,
+    decide_cuda,
+    measured,
+    runs_as_winograd,
+)
 
 __all__ = ["DECISIONS_ATTR", "LayerChoice", "RewriteToSparse", "SparsityConfig"]
 
-#: Effective bandwidth of im2col's copy: half the 27 GB/s measured by benchmarks/roofline.py on
-#: the 2-core reference host, since its reads are strided.
-_IM2COL_BYTES_PER_S = 13.7e9
-
-#: How much faster a dense conv runs as ``winograd_conv2d`` (``RewriteToWinograd``) than the
-#: dense rate the calibration measures: ResNet-18's 3x3 convs ran 2.3-2.5x faster so.
-_WINOGRAD_SPEEDUP = 2.2
-
-#: Block shapes ``"auto"`` always weighs besides the detected one: the vector-friendly rows.
-_ROW_BLOCKS = ((16, 1), (8, 1))
 
 #: PrimFunc attribute: FLOPs the sparse kernel performs (stored values only), for the report.
 FLOPS_ATTR = "tvm_sparse.flops"
 
 DECISIONS_ATTR = "tvm_sparse.decisions"
-CHOICES = ("auto", "dense", "bsr", "bsr:RxC", "unstructured", "nm", "nm:N:M")
-
-
-@dataclass(frozen=True)
-class LayerChoice:
-    """What to do with one layer: ``kind`` in auto/dense/bsr/nm, optionally a fixed shape."""
-
-    kind: str = "auto"
-    block: tuple[int, int] | None = None
-    nm: tuple[int, int] | None = None
-
-    @classmethod
-    def parse(cls, value: str | LayerChoice, *, key: str = "sparsity") -> LayerChoice:
-        if isinstance(value, LayerChoice):
-            return value
-        text = str(value).strip().lower()
-        try:
-            if text in ("auto", "dense", "bsr", "nm"):
-                return cls(kind=text)
-            if text in ("unstructured", "csr"):
-                return cls(kind="bsr", block=(1, 1))
-            if text.startswith("bsr:"):
-                r, c = text[4:].split("x")
-                block = (int(r), int(c))
-                if min(block) < 1:
-                    raise ValueError
-                return cls(kind="bsr", block=block)
-            if text.startswith("nm:"):
-                n, m = text[3:].split(":")
-                pair = (int(n), int(m))
-                if not 0 < pair[0] <= pair[1]:
-                    raise ValueError
-                return cls(kind="nm", nm=pair)
-        except ValueError:
-            pass
-        raise ValueError(
-            f"{key}: unknown sparsity choice {value!r}; choose one of {', '.join(CHOICES)}"
-        )
-
-
-@dataclass(frozen=True)
-class SparsityConfig:
-    """Validated per-layer sparsity configuration of :class:`RewriteToSparse`.
-
-    Parameters
-    ----------
-    default : LayerChoice
-        Choice for layers not named in ``layers``.
-    layers : Mapping[str, LayerChoice]
-        Binding name (as in ``"tvm_sparse.weights"``) -> choice.
-    min_speedup : float
-        ``"auto"`` goes sparse only when the model estimates at least this speedup.
-    """
-
-    default: LayerChoice = field(default_factory=LayerChoice)
-    layers: Mapping[str, LayerChoice] = field(default_factory=dict)
-    min_speedup: float = 1.1
-
-    @classmethod
-    def from_arg(cls, sparsity: Any) -> SparsityConfig:
-        """Build from ``"auto"``, ``"off"``, a ``{name: choice}`` dict or a config."""
-        if isinstance(sparsity, SparsityConfig):
-            return sparsity
-        if sparsity is None or sparsity == "auto":
-            return cls()
-        if sparsity == "off":
-            return cls(default=LayerChoice("dense"))
-        if isinstance(sparsity, str):
-            return cls(default=LayerChoice.parse(sparsity))
-        if isinstance(sparsity, Mapping):
-            layers = {}
-            default = LayerChoice()
-            for key, value in sparsity.items():
-                if not isinstance(key, str):
-                    raise ValueError(f"sparsity: layer names must be strings, got {key!r}")
-                choice = LayerChoice.parse(value, key=f"sparsity[{key!r}]")
-                if key == "*":
-                    default = choice
-                else:
-                    layers[key] = choice
-            return cls(default=default, layers=layers)
-        raise ValueError(
-            f"sparsity must be 'auto', 'off', a dict of layer choices or a SparsityConfig, "
-            f"got {sparsity!r}"
-        )
-
-    def choice_for(self, name: str) -> LayerChoice:
-        return self.layers.get(name, self.default)
 
 
 @tvm.transform.module_pass(opt_level=0, name="RewriteToSparse")
@@ -206,6 +116,9 @@ class RewriteToSparse:
         See the module docstring.
     calibration : Calibration, optional
         Cost-model table; :func:`~tvm_sparse.kernels.load_calibration` of the target if omitted.
+    layer_timer : tvm_sparse.layer_timing.LayerTimer, optional
+        Times the candidates of each ``"auto"`` matmul on this machine (the first source of
+        evidence); without one, or where it cannot measure, the calibration table decides.
     """
 
     def __init__(
@@ -214,10 +127,12 @@ class RewriteToSparse:
         *,
         sparsity: Any = "auto",
         calibration: Calibration | None = None,
+        layer_timer: Any = None,
     ) -> None:
         self.target = _as_target(target)
         self.config = SparsityConfig.from_arg(sparsity)
         self.calibration = calibration
+        self.layer_timer = layer_timer
 
     def transform_module(self, mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
         calibration = self.calibration or load_calibration(self.target)
@@ -235,7 +150,7 @@ class RewriteToSparse:
             )
         if self.target.kind.name not in ("llvm", "cuda"):
             return _record_dense(mod, f"no sparse kernel for {self.target.kind.name} yet: dense")
-        rewriter = _SparseRewriter(mod, self.target, self.config, calibration)
+        rewriter = _SparseRewriter(mod, self.target, self.config, calibration, self.layer_timer)
         for gv, func in list(mod.functions_items()):
             if isinstance(func, relax.Function) and func.attrs and WEIGHTS_ATTR in func.attrs:
                 rewriter.rewrite_function(gv, func)
@@ -250,7 +165,7 @@ def _record_dense(mod: IRModule, reason: str) -> IRModule:
         decisions = {str(k): dict(v) for k, v in (func.attrs.get(DECISIONS_ATTR) or {}).items()}
         for name in map(str, func.attrs[WEIGHTS_ATTR]):
             if decisions.get(name, {}).get("kernel", "dense") == "dense":
-                decisions[name] = _Plan("dense", "dense", reason).record()
+                decisions[name] = Plan("dense", "dense", reason).record()
         mod[gv] = func.with_attr(DECISIONS_ATTR, decisions)
     return mod
 
@@ -262,176 +177,6 @@ def _as_target(target: Target | str | dict | None) -> Target:
         current = Target.current(allow_none=True)
         return current if current is not None else Target("llvm")
     return Target(target)
-
-
-# -- decisions --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Plan:
-    kernel: str  # "dense" or a kernel name
-    pattern: str
-    reason: str
-    block: tuple[int, int] | None = None
-    nm: tuple[int, int] | None = None
-
-    def record(self) -> dict[str, str]:
-        return {"kernel": self.kernel, "pattern": self.pattern, "reason": self.reason}
-
-
-def _pattern_of(block: tuple[int, int] | None, nm: tuple[int, int] | None) -> str:
-    if nm is not None:
-        return f"{nm[0]}:{nm[1]}"
-    if block == (1, 1):
-        return "unstructured"
-    return f"block {block[0]}x{block[1]}"
-
-
-def _stored_bsr(info: WeightSparsity, block: tuple[int, int]) -> int:
-    n, k = info.shape
-    if block == (1, 1):
-        return round(info.density * n * k)
-    if tuple(info.block_shape) == block:
-        r, c = block
-        return round(info.block_density * -(-n // r) * -(-k // c) * r * c)
-    return -1  # unknown without the weight: measured by the caller
-
-
-def _kernel_key(calibration: Calibration, block: tuple[int, int]) -> str:
-    """The table entry for ``block``: itself, else the measured block of closest shape."""
-    key = bsr_matmul_kernel_name(block)
-    if calibration.has_kernel(key):
-        return key
-    known = [k for k in calibration.sparse if k.startswith("bsr_matmul[")]
-
-    def distance(name: str) -> float:
-        r, c = (int(v) for v in name[len("bsr_matmul[") : -1].split("x"))
-        return abs(math.log2(r) - math.log2(block[0])) + abs(math.log2(c) - math.log2(block[1]))
-
-    return min(known, key=distance)
-
-
-def _runs_as_winograd(geom: Conv2DGeometry, out_channels: int, target: Target) -> bool:
-    """Whether the dense form of this conv would be a ``winograd_conv2d`` on ``target``."""
-    if target.kind.name != "llvm":
-        return False
-    in_shape = (geom.batch, geom.height, geom.width, geom.channels)
-    weight_shape = (*geom.kernel, geom.channels, out_channels)
-    why = winograd_applies(
-        in_shape, weight_shape, vector_lanes(target), strides=geom.strides,
-        padding=geom.padding, dilation=geom.dilation,
-    )  # fmt: skip
-    return why is None
-
-
-def _decide(
-    name: str,
-    info: WeightSparsity,
-    weight: np.ndarray,
-    op: str,
-    m: int,
-    config: SparsityConfig,
-    calibration: Calibration,
-    overhead_s: float = 0.0,
-    dense_speedup: float = 1.0,
-) -> _Plan:
-    """Choose the kernel for one layer; ``overhead_s`` is time the sparse path adds (im2col),
-    ``dense_speedup`` how much faster than the calibrated rate the dense kernel runs."""
-    choice = config.choice_for(name)
-    n, k = info.shape
-    density = info.density
-    if choice.kind == "dense":
-        return _Plan("dense", "dense", "dense requested by the sparsity config")
-    # Candidates (block, nm) to compare; forced choices have exactly one.
-    options: list[tuple[tuple[int, int] | None, tuple[int, int] | None]] = []
-    if choice.kind in ("auto", "bsr"):
-        block = choice.block or tuple(info.block_shape)
-        options.append((block, None))
-        if choice.kind == "auto":
-            # Row blocks also pay off on patterns they do not fit exactly, e.g. 16x1 blocks
-            # shifted off the grid when ShrinkPrunedChannels removed some rows; the cost model
-            # weighs the zeros they store.
-            for extra in ((1, 1), *_ROW_BLOCKS):
-                if extra != block:
-                    options.append((extra, None))
-    if choice.kind in ("auto", "nm"):
-        wanted = choice.nm or info.nm
-        if op != "matmul":
-            if choice.kind == "nm":  # conv runs N:M weights through the 1x1 BSR kernel
-                options.append(((1, 1), None))
-        elif wanted is not None and (choice.nm is None or _conforms(weight, wanted)):
-            options.append((None, tuple(wanted)))
-        elif choice.kind == "nm":
-            return _Plan(
-                "dense", "dense", f"N:M requested but the weight is not {wanted or 'N:M'} sparse"
-            )
-    forced = choice.kind != "auto"
-    best = None
-    for block, nm in options:
-        if nm is not None:
-            key = nm_matmul_kernel_name(nm)
-            stored = n * (-(-k // nm[1])) * nm[0]
-            if not calibration.has_kernel(key):
-                continue
-            kernel = key
-        else:
-            stored = _stored_bsr(info, block)
-            if stored < 0:
-                stored = to_bsr(weight, block).data.size
-            key = _kernel_key(calibration, block)
-            kernel = bsr_matmul_kernel_name(block)
-        est = calibration.estimate(key, m, n, k, stored, stored / max(n * k, 1))
-        est = dataclasses.replace(
-            est, sparse_s=est.sparse_s + overhead_s, dense_s=est.dense_s / dense_speedup
-        )
-        if best is None or est.sparse_s < best[0].sparse_s:
-            best = (est, kernel, block, nm)
-    if best is None:
-        return _Plan("dense", "dense", f"density {density:.2f}: no sparse kernel fits")
-    est, kernel, block, nm = best
-    pattern = _pattern_of(block, nm)
-    where = f"in {block[0]}x{block[1]} blocks" if nm is None else f"as {nm[0]}:{nm[1]}"
-    if nm is None and info.nm:
-        where += f" (conforms to {info.nm[0]}:{info.nm[1]})"
-    if forced:
-        return _Plan(
-            kernel,
-            pattern,
-            f"{pattern} requested by the sparsity config (density {density:.2f} {where}: "
-            f"est. {est.speedup:.1f}x of dense; {calibration.evidence})",
-            block,
-            nm,
-        )
-    if density == 0.0 or est.speedup >= config.min_speedup:
-        return _Plan(
-            kernel,
-            pattern,
-            f"density {density:.2f} {where}: est. {est.speedup:.1f}x faster than dense "
-            f"({calibration.evidence})",
-            block,
-            nm,
-        )
-    if est.sparse_s == float("inf"):
-        return _Plan(
-            "dense",
-            "dense",
-            f"density {density:.2f} {where}: denser than any calibrated sparse kernel, kept dense "
-            f"({calibration.evidence})",
-        )
-    return _Plan(
-        "dense",
-        "dense",
-        f"density {density:.2f} {where}: sparse est. {est.speedup:.1f}x of dense, kept dense "
-        f"({calibration.evidence})",
-    )
-
-
-def _conforms(weight: np.ndarray, nm: tuple[int, int]) -> bool:
-    try:
-        to_nm(weight, nm)
-    except ValueError:
-        return False
-    return True
 
 
 # -- the rewriter -----------------------------------------------------------------------------
@@ -451,9 +196,15 @@ def _static_shape(expr: relax.Expr) -> tuple[list[int], str] | None:
 @mutator
 class _SparseRewriter(PyExprMutator):
     def __init__(
-        self, mod: IRModule, target: Target, config: SparsityConfig, calibration: Calibration
+        self,
+        mod: IRModule,
+        target: Target,
+        config: SparsityConfig,
+        calibration: Calibration,
+        layer_timer: Any = None,
     ) -> None:
         super().__init__(mod)
+        self.layer_timer = layer_timer
         self.target = target
         self.config = config
         self.calibration = calibration
@@ -484,7 +235,7 @@ class _SparseRewriter(PyExprMutator):
                 record = {**record, "reason": f"{record['reason']}; {earlier.get('reason', '')}"}
             merged[name] = record
         for name in self._records:  # candidates this pass never reached keep a row too
-            merged.setdefault(str(name), _Plan("dense", "dense", "op not found").record())
+            merged.setdefault(str(name), Plan("dense", "dense", "op not found").record())
         new_func = new_func.with_attr(DECISIONS_ATTR, merged)
         self.builder_.update_func(gv, new_func)
 
@@ -507,36 +258,41 @@ class _SparseRewriter(PyExprMutator):
 
     # -- per op -------------------------------------------------------------------------------
 
-    def _rewrite(self, name: str, call: relax.Expr) -> tuple[relax.Expr | None, _Plan]:
+    def _rewrite(self, name: str, call: relax.Expr) -> tuple[relax.Expr | None, Plan]:
         found = constant_weight_of(call, self._values)
         if found is None:
-            return None, _Plan("dense", "dense", "weight is not a constant the pass can read")
+            return None, Plan("dense", "dense", "weight is not a constant the pass can read")
         weight, op_info = found
         info = WeightSparsity.from_attr(self._records[name])
         x = self.visit_expr(call.args[0])
         shape = _static_shape(x)
         out = _static_shape(call)
         if shape is None or out is None:
-            return None, _Plan("dense", "dense", "symbolic or unknown shapes: kept dense")
+            return None, Plan("dense", "dense", "symbolic or unknown shapes: kept dense")
         (x_shape, dtype), (out_shape, out_dtype) = shape, out
         if dtype != "float32" or out_dtype != "float32" or weight.dtype != np.float32:
-            return None, _Plan("dense", "dense", f"dtype {dtype}: sparse kernels are fp32 only")
+            return None, Plan("dense", "dense", f"dtype {dtype}: sparse kernels are fp32 only")
         if call.op.name == "relax.matmul":
             if len(x_shape) < 1:
-                return None, _Plan("dense", "dense", "scalar activations")
+                return None, Plan("dense", "dense", "scalar activations")
             m = int(np.prod(x_shape[:-1])) if len(x_shape) > 1 else 1
             if self.cuda:
-                plan = _decide_cuda(name, info, weight, "matmul", self.config)
+                plan = decide_cuda(name, info, weight, "matmul", self.config)
                 if plan.kernel == "dense":
                     return None, plan
                 return self._cuda_matmul(x, out_shape, weight, m, plan), plan
-            plan = _decide(name, info, weight, "matmul", m, self.config, self.calibration)
+            plan = decide(name, info, weight, "matmul", m, self.config, self.calibration)
+            timer = self.layer_timer
+            if timer is not None and self.config.choice_for(name).kind == "auto":
+                # leading batch dims fold into the rows, as the rewrite does
+                measure = lambda c: timer.matmul((m, weight.shape[1]), weight, c)  # noqa: E731
+                plan = measured(plan, info, weight, m, self.calibration, timer, measure)
             if plan.kernel == "dense":
                 return None, plan
             return self._matmul(x, x_shape, out_shape, weight, m, plan), plan
         attrs = call.attrs
         if attrs.data_layout != "NCHW" or attrs.out_layout != "NCHW" or int(attrs.groups) != 1:
-            return None, _Plan(
+            return None, Plan(
                 "dense",
                 "dense",
                 f"conv2d {attrs.data_layout}, groups={int(attrs.groups)}: only NCHW, groups=1",
@@ -554,13 +310,13 @@ class _SparseRewriter(PyExprMutator):
         )
         if self.cuda:
             if not geom.is_pointwise:
-                return None, _Plan(
+                return None, Plan(
                     "dense",
                     "dense",
-                    f"{_GPU_RULE}: only 1x1, stride-1, unpadded conv2d maps onto the GPU kernels "
+                    f"{GPU_RULE}: only 1x1, stride-1, unpadded conv2d maps onto the GPU kernels "
                     "(no GPU im2col kernel yet): dense",
                 )
-            plan = _decide_cuda(name, info, weight, "conv2d", self.config)
+            plan = decide_cuda(name, info, weight, "conv2d", self.config)
             if plan.kernel == "dense":
                 return None, plan
             return self._cuda_pointwise_conv2d(x, x_shape, out_shape, weight, plan), plan
@@ -569,22 +325,32 @@ class _SparseRewriter(PyExprMutator):
         # (matmuls) does not include that traffic.
         # The kernel runs image by image, so its rate is the one for M = OH*OW rows.
         copy_bytes = 0 if geom.is_pointwise else 8 * weight.shape[1] * oh * ow
-        winograd = _runs_as_winograd(geom, weight.shape[0], self.target)
-        plan = _decide(
+        winograd = runs_as_winograd(geom, weight.shape[0], self.target)
+        plan = decide(
             name, info, weight, "conv2d", oh * ow, self.config, self.calibration,
-            overhead_s=copy_bytes / _IM2COL_BYTES_PER_S,
-            dense_speedup=_WINOGRAD_SPEEDUP if winograd else 1.0,
+            overhead_s=copy_bytes / IM2COL_BYTES_PER_S,
+            dense_speedup=WINOGRAD_SPEEDUP if winograd else 1.0,
         )  # fmt: skip
+        timer = self.layer_timer
+        if timer is not None and self.config.choice_for(name).kind == "auto":
+            oihw = weight.reshape(weight.shape[0], geom.channels, *geom.kernel)
+            measure = lambda c: timer.conv2d(  # noqa: E731
+                tuple(x_shape), oihw, strides=geom.strides, padding=geom.padding,
+                dilation=geom.dilation, candidates=c,
+            )  # fmt: skip
+            plan = measured(
+                plan, info, weight, oh * ow, self.calibration, timer, measure, nm_kernel=False
+            )
         if plan.kernel == "dense":
             return None, plan
         if plan.nm is not None:  # N:M conv weights run through the 1x1 BSR kernel
-            plan = _Plan(bsr_matmul_kernel_name((1, 1)), plan.pattern, plan.reason, (1, 1))
+            plan = Plan(bsr_matmul_kernel_name((1, 1)), plan.pattern, plan.reason, (1, 1))
         return self._conv2d(x, geom, out_shape, weight, plan), plan
 
     def _emit(self, expr: relax.Expr, suffix: str) -> relax.Var:
         return self.builder_.emit(expr, name_hint=f"{self._layer}_{suffix}")
 
-    def _matmul(self, x, x_shape, out_shape, weight, m, plan: _Plan) -> relax.Expr:
+    def _matmul(self, x, x_shape, out_shape, weight, m, plan: Plan) -> relax.Expr:
         n, k = weight.shape
         x2 = x if len(x_shape) == 2 else self._emit(relax.op.reshape(x, (m, k)), "x2d")
         if plan.nm is not None:
@@ -610,7 +376,7 @@ class _SparseRewriter(PyExprMutator):
             return y
         return relax.op.reshape(self._emit(y, "sparse"), out_shape)
 
-    def _conv2d(self, x, geom: Conv2DGeometry, out_shape, weight, plan: _Plan) -> relax.Expr:
+    def _conv2d(self, x, geom: Conv2DGeometry, out_shape, weight, plan: Plan) -> relax.Expr:
         n, k = weight.shape
         oh, ow = geom.out_hw
         hw = oh * ow
@@ -652,7 +418,7 @@ class _SparseRewriter(PyExprMutator):
         )
         return relax.op.reshape(y, out_shape)
 
-    def _cuda_matmul(self, x, out_shape, weight: np.ndarray, m: int, plan: _Plan) -> relax.Expr:
+    def _cuda_matmul(self, x, out_shape, weight: np.ndarray, m: int, plan: Plan) -> relax.Expr:
         n, k = weight.shape
         x3 = self._emit(relax.op.reshape(x, (1, m, k)), "x3d")
         if plan.nm is not None:
@@ -675,7 +441,7 @@ class _SparseRewriter(PyExprMutator):
         )
         return relax.op.reshape(y, out_shape)
 
-    def _cuda_pointwise_conv2d(self, x, x_shape, out_shape, weight: np.ndarray, plan: _Plan):
+    def _cuda_pointwise_conv2d(self, x, x_shape, out_shape, weight: np.ndarray, plan: Plan):
         n, k = weight.shape
         batch, _, height, width = x_shape
         hw = height * width
@@ -723,101 +489,4 @@ def _nonempty_bsr(weight: np.ndarray, block: tuple[int, int], row_multiple: int)
         indptr=indptr,
         shape=bsr.shape,
         block=bsr.block,
-    )
-
-
-# -- CUDA -------------------------------------------------------------------------------------
-# No GPU has calibrated the CUDA kernels yet, so the cost model is replaced by a fixed rule,
-# conservative on purpose: go sparse only where work and weight traffic shrink by far more than
-# the sparse kernels could plausibly lose against dlight's dense GPU schedules.
-
-_GPU_RULE = "uncalibrated GPU rule"
-#: BSR only for blocks of at least this many rows (a thread reuses one activation load for each)
-_GPU_MIN_BLOCK_ROWS = 8
-#: ... holding at most this fraction of the blocks.
-_GPU_MAX_BLOCK_DENSITY = 0.3
-#: N:M patterns the compressed kernel takes in "auto" (halving or better, int8 offsets).
-_GPU_NM = ((2, 4), (4, 8))
-#: Blocks "auto" weighs besides the detected one (fits block patterns shifted off the grid).
-_GPU_ROW_BLOCKS = ((16, 1), (8, 1))
-
-
-def _block_density(weight: np.ndarray, block: tuple[int, int]) -> float:
-    """Fraction of the ``block`` grid (over the real ``N x K``) holding a nonzero."""
-    bsr = to_bsr(weight, block)
-    n, k = weight.shape
-    return bsr.nnzb / max(-(-n // block[0]) * -(-k // block[1]), 1)
-
-
-def _decide_cuda(
-    name: str, info: WeightSparsity, weight: np.ndarray, op: str, config: SparsityConfig
-) -> _Plan:
-    """The GPU rule: BSR for blocks of >= 8 rows at block density <= 0.3, else the N:M kernel
-    for a matmul weight that conforms to 2:4 or 4:8, else dense. Config choices are honoured."""
-    choice = config.choice_for(name)
-    if choice.kind == "dense":
-        return _Plan("dense", "dense", f"{_GPU_RULE}: dense requested by the sparsity config")
-    if choice.kind == "bsr":
-        block = choice.block or tuple(info.block_shape)
-        pattern = _pattern_of(block, None)
-        return _Plan(
-            bsr_matmul_kernel_name(block),
-            pattern,
-            f"{_GPU_RULE}: {pattern} requested by the sparsity config (block density "
-            f"{_block_density(weight, block):.2f})",
-            block,
-        )
-    if choice.kind == "nm":
-        wanted = tuple(choice.nm or info.nm or ())
-        if op != "matmul":
-            return _Plan(
-                bsr_matmul_kernel_name((1, 1)),
-                _pattern_of((1, 1), None),
-                f"{_GPU_RULE}: N:M requested by the sparsity config; a convolution runs it "
-                "through the 1x1 BSR kernel",
-                (1, 1),
-            )
-        if not wanted or not _conforms(weight, wanted):
-            return _Plan(
-                "dense",
-                "dense",
-                f"{_GPU_RULE}: N:M requested but the weight is not {wanted or 'N:M'} sparse",
-            )
-        return _Plan(
-            nm_matmul_kernel_name(wanted),
-            _pattern_of(None, wanted),
-            f"{_GPU_RULE}: {wanted[0]}:{wanted[1]} requested by the sparsity config",
-            None,
-            wanted,
-        )
-    # "auto": the detected block if tall enough, and the row blocks patterns shifted off the
-    # grid still fit; the one storing fewest blocks wins.
-    blocks = {tuple(info.block_shape), *_GPU_ROW_BLOCKS}
-    tall = [b for b in blocks if b[0] >= _GPU_MIN_BLOCK_ROWS]
-    # ties go to the larger block: more FMAs per activation load, fewer indices
-    density, _, block = min((_block_density(weight, b), (-b[0], -b[1]), b) for b in tall)
-    where = f"block density {density:.2f} in {block[0]}x{block[1]} blocks"
-    if density <= _GPU_MAX_BLOCK_DENSITY:
-        return _Plan(
-            bsr_matmul_kernel_name(block),
-            _pattern_of(block, None),
-            f"{_GPU_RULE}: {where} (>= {_GPU_MIN_BLOCK_ROWS} rows, <= "
-            f"{_GPU_MAX_BLOCK_DENSITY}): BSR kernel",
-            block,
-        )
-    nm = tuple(info.nm) if info.nm else None
-    if op == "matmul" and nm in _GPU_NM:
-        return _Plan(
-            nm_matmul_kernel_name(nm),
-            _pattern_of(None, nm),
-            f"{_GPU_RULE}: {where} too dense for BSR; conforms to {nm[0]}:{nm[1]}: "
-            "compressed N:M kernel",
-            None,
-            nm,
-        )
-    why_not_nm = "not 2:4 or 4:8" if op == "matmul" else "N:M is for matmuls"
-    return _Plan(
-        "dense",
-        "dense",
-        f"{_GPU_RULE}: {where} (BSR needs <= {_GPU_MAX_BLOCK_DENSITY}), {why_not_nm}: dense",
     )

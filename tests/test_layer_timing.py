@@ -1,0 +1,117 @@
+"""Per-layer evidence: a pruned matmul's candidates are built, timed on this machine, cached,
+and the decision says so; every build it returns matches PyTorch."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import tvm_sparse
+from tvm_sparse.kernels._measure import block_mask
+from tvm_sparse.layer_timing import LayerTimer
+from tvm_sparse.targets import get_preset
+from tvm_sparse.timing import TimingPolicy
+
+QUICK = TimingPolicy(min_rounds=3, max_rounds=6, budget_s=0.5, round_ms=5.0)
+
+
+def _weight(n: int, k: int, density: float, block=(16, 1)) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    mask = block_mask(n, k, block, density, rng)
+    return (rng.standard_normal((n, k)) * mask).astype("float32")
+
+
+@pytest.fixture
+def timer(tmp_path):
+    return LayerTimer(get_preset("x86").tvm_target(), cache_dir=tmp_path, policy=QUICK)
+
+
+def test_times_are_cached_per_weight_pattern(timer, tmp_path):
+    weight = _weight(512, 256, 0.1)
+    first = timer.matmul((32, 256), weight, ["bsr:16x1", "unstructured"])
+    assert first is not None and not first.cached
+    assert set(first.ms) == {"dense", "bsr:16x1", "unstructured"}
+    assert all(ms > 0 for ms in first.ms.values())
+    assert first.winner in first.ms
+    assert len(list(tmp_path.glob("*.json"))) == 1
+    again = timer.matmul((32, 256), weight * 3, ["bsr:16x1", "unstructured"])  # same pattern
+    assert again.cached and again.ms == first.ms and again.winner == first.winner
+    assert timer.measured == 1
+    other = _weight(512, 256, 0.1)
+    other[:16, :] = 0  # another pattern is another layer
+    assert not timer.matmul((32, 256), other, ["bsr:16x1", "unstructured"]).cached
+
+
+def test_convolutions_are_timed_between_channels_last_neighbours(timer):
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((32, 16, 3, 3)) * (rng.random((32, 16, 3, 3)) < 0.1)).astype(
+        "float32"
+    )
+    kwargs = dict(strides=(1, 1), padding=(1, 1, 1, 1), dilation=(1, 1))
+    first = timer.conv2d((1, 16, 28, 28), weight, candidates=["unstructured"], **kwargs)
+    assert set(first.ms) == {"dense", "unstructured"} and not first.cached
+    # the dense build of a shape is reused for another weight of that shape
+    other = weight.copy()
+    other[0] = 0
+    second = timer.conv2d((1, 16, 28, 28), other, candidates=["unstructured"], **kwargs)
+    assert not second.cached and len(timer._dense) == 1
+    strided = timer.conv2d((1, 16, 28, 28), weight, candidates=["unstructured"],
+                           **{**kwargs, "strides": (2, 2)})  # fmt: skip
+    assert not strided.cached and len(timer._dense) == 2
+
+
+def test_a_bad_record_is_measured_again(timer, tmp_path):
+    weight = _weight(256, 256, 0.2)
+    timer.matmul((8, 256), weight, ["bsr:16x1"])
+    (record,) = tmp_path.glob("*.json")
+    record.write_text(json.dumps({"format_version": 1, "ms": {"dense": -1}, "winner": "dense"}))
+    with pytest.warns(RuntimeWarning, match="ignored"):
+        timing = timer.matmul((8, 256), weight, ["bsr:16x1"])
+    assert not timing.cached and timing.ms["dense"] > 0
+
+
+def test_a_spent_budget_falls_back_to_the_table(tmp_path):
+    timer = LayerTimer(get_preset("x86").tvm_target(), cache_dir=tmp_path, budget_s=0.0)
+    assert timer.matmul((8, 256), _weight(256, 256, 0.1), ["bsr:16x1"]) is None
+
+
+def _ffn(density: float, block=(16, 1)) -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(384, 768), torch.nn.ReLU(), torch.nn.Linear(768, 96)
+    )
+    with torch.no_grad():
+        for linear in (model[0], model[2]):
+            n, k = linear.weight.shape
+            mask = block_mask(n, k, block, density, np.random.default_rng(n))
+            linear.weight.mul_(torch.from_numpy(mask.astype("float32")))
+    return model.eval(), torch.randn(32, 384)
+
+
+def test_compile_decides_matmuls_by_their_measured_times():
+    model, x = _ffn(0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        compiled = tvm_sparse.compile(model, "x86", example_inputs=(x,), measure_layers=True)
+    rows = [r for r in compiled.report.rows if "measured" in r.reason]
+    assert len(rows) == 2, str(compiled.report)
+    for row in rows:
+        assert "measured on this machine" in row.reason and "dense" in row.reason
+    assert any("timed the candidates of 2 layer(s)" in n for n in compiled.report.notes)
+    with torch.no_grad():
+        np.testing.assert_allclose(compiled(x), model(x).numpy(), rtol=1e-4, atol=1e-4)
+    # The second compile reads the times back and decides the same way.
+    again = tvm_sparse.compile(model, "x86", example_inputs=(x,), measure_layers=True)
+    cached = [r for r in again.report.rows if "measured on this machine (cached)" in r.reason]
+    assert [(r.name, r.kernel) for r in cached] == [(r.name, r.kernel) for r in rows]
+    assert not any("timed the candidates" in n for n in again.report.notes)
+
+
+def test_measure_layers_needs_a_target_that_runs_here():
+    model, x = _ffn(0.1)
+    with pytest.raises(ValueError, match="measure_layers=True .* does not run here"):
+        tvm_sparse.compile(model, "arm-cortex-a72", example_inputs=(x,), measure_layers=True)

@@ -1,0 +1,277 @@
+"""Per-layer evidence: one pruned layer's candidate kernels, built and timed on this machine.
+
+The first source of evidence ``RewriteToSparse`` asks for a layer. For a pruned matmul it builds
+the layer alone, once per candidate (dense, and the sparse kernels the cost model ranks
+first), with the project's own pipeline and the layer's real weight, so that the index arrays,
+the padding of blocks and the schedule are those of the model; then times the builds against
+each other by the project's timing policy (:func:`tvm_sparse.timing.compare`: interleaved
+rounds, a 5% margin under which dense wins). Results are cached under
+``$XDG_CACHE_HOME/tvm_sparse/layers``, keyed by the machine, the target, the activation shape
+and the weight's nonzero pattern (the values do not change a kernel's time), so that a second
+compile of the model reads them back.
+
+A convolution is built between the channels-last layouts of its neighbours in a CPU build,
+so that a sparse conv (which runs channels-first) pays the transposes it pays in the model.
+Only a target this machine runs can be measured here; others use the calibration table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.target import Target
+
+from ._paths import cache_root
+from .timing import TimingPolicy, compare
+
+__all__ = ["LayerTimer", "LayerTiming"]
+
+#: Written into cache records; a record of another version is measured again.
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layer:
+    op: str  # "matmul" or "conv2d"
+    x_shape: tuple[int, ...]
+    weight: np.ndarray  # (out, in) for a matmul, OIHW for a conv2d
+    attrs: tuple = ()  # a conv2d's strides, padding, dilation
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerTiming:
+    """Milliseconds per call of each candidate of one layer, and the one chosen.
+
+    ``winner`` is ``"dense"`` unless a sparse candidate beat dense by more than the timing
+    policy's margin; ``cached`` says whether the numbers were read back from an earlier compile.
+    """
+
+    ms: dict[str, float]
+    winner: str
+    rounds: int
+    cached: bool = False
+
+    def describe(self) -> str:
+        times = ", ".join(f"{name} {ms:.3f} ms" for name, ms in self.ms.items())
+        where = "measured on this machine" + (" (cached)" if self.cached else "")
+        return f"{where}: {times}"
+
+
+class LayerTimer:
+    """Builds and times the candidates of single layers for ``target`` on this machine.
+
+    Parameters
+    ----------
+    target : tvm.target.Target
+        A target this machine runs (see :func:`tvm_sparse.targets.is_host_target`).
+    cache_dir : str | os.PathLike, optional
+        Where results are kept; ``$XDG_CACHE_HOME/tvm_sparse/layers`` by default.
+    policy : TimingPolicy, optional
+        Rounds, budget and margin of each layer's comparison.
+    budget_s : float
+        Seconds of building and timing one compile may spend on layers; once spent, the
+        remaining layers fall back to the calibration table (their reasons say so).
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        cache_dir: str | os.PathLike | None = None,
+        policy: TimingPolicy | None = None,
+        budget_s: float = 60.0,
+    ) -> None:
+        self.target = target
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "layers"
+        self.policy = policy or TimingPolicy(budget_s=1.5)
+        self.budget_s = budget_s
+        self.spent_s = 0.0
+        self.measured = 0
+        self._dense: dict[tuple, Any] = {}  # dense builds by shape, reused across layers
+
+    @property
+    def exhausted(self) -> bool:
+        return self.spent_s >= self.budget_s
+
+    def matmul(
+        self, x_shape: tuple[int, ...], weight: np.ndarray, candidates: list[str]
+    ) -> LayerTiming | None:
+        """Time ``x @ weight.T`` (``weight`` is ``(out, in)``) as ``"dense"`` and as each of
+        ``candidates`` (sparsity choices such as ``"bsr:16x1"``, ``"unstructured"``,
+        ``"nm:2:4"``). ``None`` when the budget is spent or a candidate did not build (with a
+        warning): the caller falls back to the calibration table."""
+        return self._time(_Layer("matmul", tuple(x_shape), weight), candidates)
+
+    def conv2d(
+        self,
+        x_shape: tuple[int, int, int, int],
+        weight: np.ndarray,
+        *,
+        strides: tuple[int, int],
+        padding: tuple[int, ...],
+        dilation: tuple[int, int],
+        candidates: list[str],
+    ) -> LayerTiming | None:
+        """Time an ``NCHW`` / ``OIHW`` conv2d (``weight`` 4-D) as ``"dense"`` and as each of
+        ``candidates``, between the channels-last layouts of its neighbours in a CPU build:
+        the dense conv runs channels-last, a sparse one pays the transposes it pays in the
+        model. ``None`` as for :meth:`matmul`."""
+        attrs = (tuple(strides), tuple(padding), tuple(dilation))
+        return self._time(_Layer("conv2d", tuple(x_shape), weight, attrs), candidates)
+
+    def _time(self, layer: _Layer, candidates: list[str]) -> LayerTiming | None:
+        names = ["dense", *[c for c in candidates if c != "dense"]]
+        key = self._key(layer, names)
+        cached = self._read(key, names)
+        if cached is not None:
+            return cached
+        if self.exhausted:
+            return None
+        start = time.perf_counter()
+        try:
+            calls = {}
+            for name in names:
+                # the dense build does not depend on the weight's values: one per shape
+                shape_key = (layer.op, layer.x_shape, layer.weight.shape, layer.attrs)
+                if name == "dense" and shape_key in self._dense:
+                    calls[name] = self._dense[shape_key]
+                    continue
+                calls[name] = self._build(layer, name)
+                if name == "dense":
+                    self._dense[shape_key] = calls[name]
+            result = compare(calls, reference="dense", policy=self.policy)
+        except Exception as err:  # noqa: BLE001 - a failed measurement falls back, it never stops a compile
+            warnings.warn(
+                f"timing the candidates {names} of a {layer.op} of weight {layer.weight.shape} "
+                f"failed ({type(err).__name__}: {err}); the calibration table decides it",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+        finally:
+            self.spent_s += time.perf_counter() - start
+        self.measured += 1
+        timing = LayerTiming(ms=result.ms, winner=result.winner, rounds=result.rounds)
+        self._write(key, timing)
+        return timing
+
+    # -- building ---------------------------------------------------------------------------
+
+    def _build(self, layer: _Layer, choice: str):
+        from .pipeline import pipeline
+        from .runtime.threading import ThreadConfig, load_module
+
+        bb = relax.BlockBuilder()
+        if layer.op == "matmul":
+            x = relax.Var("x", relax.TensorType(list(layer.x_shape), "float32"))
+            w = relax.const(np.ascontiguousarray(layer.weight.T))
+            with bb.function("main", [x]):
+                with bb.dataflow():
+                    out = bb.emit_output(relax.op.matmul(x, w))
+                bb.emit_func_output(out)
+            x_shape = layer.x_shape
+        else:
+            n, c, h, w_ = layer.x_shape
+            x_shape = (n, h, w_, c)
+            strides, padding, dilation = layer.attrs
+            x = relax.Var("x", relax.TensorType(list(x_shape), "float32"))
+            w = relax.const(np.ascontiguousarray(layer.weight))
+            with bb.function("main", [x]):
+                with bb.dataflow():
+                    nchw = bb.emit(relax.op.permute_dims(x, [0, 3, 1, 2]))
+                    y = bb.emit(relax.op.nn.conv2d(
+                        nchw, w, strides=strides, padding=padding, dilation=dilation,
+                        out_dtype="float32"))  # fmt: skip
+                    out = bb.emit_output(relax.op.permute_dims(y, [0, 2, 3, 1]))
+                bb.emit_func_output(out)
+        exe = tvm.compile(
+            bb.get(),
+            self.target,
+            relax_pipeline=pipeline(self.target, sparsity={"*": choice}, tuning_cache=None),
+        )
+        dev = tvm.cpu()
+        vm = relax.VirtualMachine(load_module(exe, ThreadConfig())[0], dev)
+        rng = np.random.default_rng(0)
+        xin = tvm.runtime.tensor(rng.standard_normal(x_shape).astype("float32"), dev)
+        main = vm["main"]
+        return lambda: main(xin)
+
+    # -- cache ------------------------------------------------------------------------------
+
+    def _key(self, layer: _Layer, names: list[str]) -> str:
+        digest = hashlib.sha256()
+        for part in (
+            f"v{FORMAT_VERSION}",
+            str(self.target),
+            _machine(),
+            layer.op,
+            repr(layer.x_shape),
+            repr(layer.weight.shape),
+            repr(layer.attrs),
+            ",".join(names),
+        ):
+            digest.update(part.encode())
+            digest.update(b"\0")
+        digest.update(np.packbits(layer.weight != 0).tobytes())
+        return digest.hexdigest()[:32]
+
+    def _read(self, key: str, names: list[str]) -> LayerTiming | None:
+        path = self.cache_dir / f"{key}.json"
+        try:
+            if not path.is_file():
+                return None
+            record = json.loads(path.read_text())
+            ms = {name: float(record["ms"][name]) for name in names}
+            if record.get("format_version") != FORMAT_VERSION or record["winner"] not in ms:
+                raise ValueError("not a record of this version")
+            if not all(np.isfinite(v) and v > 0 for v in ms.values()):
+                raise ValueError("a time that is not a positive number")
+            return LayerTiming(ms=ms, winner=record["winner"], rounds=int(record["rounds"]),
+                               cached=True)  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - a bad record is measured again
+            warnings.warn(
+                f"layer timing record {path.name} ignored ({type(err).__name__}: {err}); "
+                "measuring the layer again",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+
+    def _write(self, key: str, timing: LayerTiming) -> None:
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_dir / f".{key}.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps({
+                "format_version": FORMAT_VERSION, "ms": timing.ms, "winner": timing.winner,
+                "rounds": timing.rounds,
+            }))  # fmt: skip
+            tmp.replace(self.cache_dir / f"{key}.json")  # atomic: a killed compile leaves no half
+        except OSError as err:
+            warnings.warn(f"layer timing not cached ({err})", RuntimeWarning, stacklevel=3)
+
+
+def _machine() -> str:
+    """This machine's CPU (LLVM's name for it and its CPU model line) and the cores this process
+    may use: a record measured on another machine, or with fewer cores, is not evidence here."""
+    from tvm.target import codegen
+
+    from .runtime.threading import available_cores
+
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith(("model name", "CPU part"))), "")  # fmt: skip
+    except OSError:
+        pass
+    return f"{codegen.llvm_get_system_cpu()}|{model}|{available_cores()}"

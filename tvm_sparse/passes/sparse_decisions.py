@@ -1,0 +1,442 @@
+"""Which kernel a pruned layer runs, and why: the sparsity config a user gives, the cost
+model's estimate, a measurement of the layer's candidates on this machine, and the fixed rule
+of GPU targets. :class:`~tvm_sparse.passes.RewriteToSparse` asks here for every layer and builds
+what the returned :class:`Plan` names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tvm.target import Target
+
+from ..kernels.bsr_matmul import bsr_matmul_kernel_name
+from ..kernels.cost_model import Calibration
+from ..kernels.formats import to_bsr, to_nm
+from ..kernels.nm_matmul import nm_matmul_kernel_name
+from ..kernels.sparse_conv2d import Conv2DGeometry
+from ..kernels.winograd_conv2d import winograd_applies
+from ..schedules.cpu.base import vector_lanes
+from .detect_sparsity import WeightSparsity
+
+__all__ = ["CHOICES", "LayerChoice", "Plan", "SparsityConfig", "decide", "decide_cuda", "measured"]
+
+
+#: Effective bandwidth of im2col's copy: half the 27 GB/s measured by benchmarks/roofline.py on
+#: the 2-core reference host, since its reads are strided.
+IM2COL_BYTES_PER_S = 13.7e9
+
+#: How much faster a dense conv runs as ``winograd_conv2d`` (``RewriteToWinograd``) than the
+#: dense rate the calibration measures: ResNet-18's 3x3 convs ran 2.3-2.5x faster so.
+WINOGRAD_SPEEDUP = 2.2
+
+#: Block shapes ``"auto"`` always weighs besides the detected one: the vector-friendly rows.
+_ROW_BLOCKS = ((16, 1), (8, 1))
+
+CHOICES = ("auto", "dense", "bsr", "bsr:RxC", "unstructured", "nm", "nm:N:M")
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """What to do with one layer: ``kind`` in auto/dense/bsr/nm, optionally a fixed shape."""
+
+    kind: str = "auto"
+    block: tuple[int, int] | None = None
+    nm: tuple[int, int] | None = None
+
+    @classmethod
+    def parse(cls, value: str | LayerChoice, *, key: str = "sparsity") -> LayerChoice:
+        if isinstance(value, LayerChoice):
+            return value
+        text = str(value).strip().lower()
+        try:
+            if text in ("auto", "dense", "bsr", "nm"):
+                return cls(kind=text)
+            if text in ("unstructured", "csr"):
+                return cls(kind="bsr", block=(1, 1))
+            if text.startswith("bsr:"):
+                r, c = text[4:].split("x")
+                block = (int(r), int(c))
+                if min(block) < 1:
+                    raise ValueError
+                return cls(kind="bsr", block=block)
+            if text.startswith("nm:"):
+                n, m = text[3:].split(":")
+                pair = (int(n), int(m))
+                if not 0 < pair[0] <= pair[1]:
+                    raise ValueError
+                return cls(kind="nm", nm=pair)
+        except ValueError:
+            pass
+        raise ValueError(
+            f"{key}: unknown sparsity choice {value!r}; choose one of {', '.join(CHOICES)}"
+        )
+
+
+@dataclass(frozen=True)
+class SparsityConfig:
+    """Validated per-layer sparsity configuration of :class:`RewriteToSparse`.
+
+    Parameters
+    ----------
+    default : LayerChoice
+        Choice for layers not named in ``layers``.
+    layers : Mapping[str, LayerChoice]
+        Binding name (as in ``"tvm_sparse.weights"``) -> choice.
+    min_speedup : float
+        ``"auto"`` goes sparse only when the model estimates at least this speedup.
+    """
+
+    default: LayerChoice = field(default_factory=LayerChoice)
+    layers: Mapping[str, LayerChoice] = field(default_factory=dict)
+    min_speedup: float = 1.1
+
+    @classmethod
+    def from_arg(cls, sparsity: Any) -> SparsityConfig:
+        """Build from ``"auto"``, ``"off"``, a ``{name: choice}`` dict or a config."""
+        if isinstance(sparsity, SparsityConfig):
+            return sparsity
+        if sparsity is None or sparsity == "auto":
+            return cls()
+        if sparsity == "off":
+            return cls(default=LayerChoice("dense"))
+        if isinstance(sparsity, str):
+            return cls(default=LayerChoice.parse(sparsity))
+        if isinstance(sparsity, Mapping):
+            layers = {}
+            default = LayerChoice()
+            for key, value in sparsity.items():
+                if not isinstance(key, str):
+                    raise ValueError(f"sparsity: layer names must be strings, got {key!r}")
+                choice = LayerChoice.parse(value, key=f"sparsity[{key!r}]")
+                if key == "*":
+                    default = choice
+                else:
+                    layers[key] = choice
+            return cls(default=default, layers=layers)
+        raise ValueError(
+            f"sparsity must be 'auto', 'off', a dict of layer choices or a SparsityConfig, "
+            f"got {sparsity!r}"
+        )
+
+    def choice_for(self, name: str) -> LayerChoice:
+        return self.layers.get(name, self.default)
+
+
+# -- decisions --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    kernel: str  # "dense" or a kernel name
+    pattern: str
+    reason: str
+    block: tuple[int, int] | None = None
+    nm: tuple[int, int] | None = None
+
+    def record(self) -> dict[str, str]:
+        return {"kernel": self.kernel, "pattern": self.pattern, "reason": self.reason}
+
+
+def pattern_of(block: tuple[int, int] | None, nm: tuple[int, int] | None) -> str:
+    if nm is not None:
+        return f"{nm[0]}:{nm[1]}"
+    if block == (1, 1):
+        return "unstructured"
+    return f"block {block[0]}x{block[1]}"
+
+
+def _stored_bsr(info: WeightSparsity, block: tuple[int, int]) -> int:
+    n, k = info.shape
+    if block == (1, 1):
+        return round(info.density * n * k)
+    if tuple(info.block_shape) == block:
+        r, c = block
+        return round(info.block_density * -(-n // r) * -(-k // c) * r * c)
+    return -1  # unknown without the weight: measured by the caller
+
+
+def _kernel_key(calibration: Calibration, block: tuple[int, int]) -> str:
+    """The table entry for ``block``: itself, else the measured block of closest shape."""
+    key = bsr_matmul_kernel_name(block)
+    if calibration.has_kernel(key):
+        return key
+    known = [k for k in calibration.sparse if k.startswith("bsr_matmul[")]
+
+    def distance(name: str) -> float:
+        r, c = (int(v) for v in name[len("bsr_matmul[") : -1].split("x"))
+        return abs(math.log2(r) - math.log2(block[0])) + abs(math.log2(c) - math.log2(block[1]))
+
+    return min(known, key=distance)
+
+
+def runs_as_winograd(geom: Conv2DGeometry, out_channels: int, target: Target) -> bool:
+    """Whether the dense form of this conv would be a ``winograd_conv2d`` on ``target``."""
+    if target.kind.name != "llvm":
+        return False
+    in_shape = (geom.batch, geom.height, geom.width, geom.channels)
+    weight_shape = (*geom.kernel, geom.channels, out_channels)
+    why = winograd_applies(
+        in_shape, weight_shape, vector_lanes(target), strides=geom.strides,
+        padding=geom.padding, dilation=geom.dilation,
+    )  # fmt: skip
+    return why is None
+
+
+def decide(
+    name: str,
+    info: WeightSparsity,
+    weight: np.ndarray,
+    op: str,
+    m: int,
+    config: SparsityConfig,
+    calibration: Calibration,
+    overhead_s: float = 0.0,
+    dense_speedup: float = 1.0,
+) -> Plan:
+    """Choose the kernel for one layer; ``overhead_s`` is time the sparse path adds (im2col),
+    ``dense_speedup`` how much faster than the calibrated rate the dense kernel runs."""
+    choice = config.choice_for(name)
+    n, k = info.shape
+    density = info.density
+    if choice.kind == "dense":
+        return Plan("dense", "dense", "dense requested by the sparsity config")
+    # Candidates (block, nm) to compare; forced choices have exactly one.
+    options: list[tuple[tuple[int, int] | None, tuple[int, int] | None]] = []
+    if choice.kind in ("auto", "bsr"):
+        block = choice.block or tuple(info.block_shape)
+        options.append((block, None))
+        if choice.kind == "auto":
+            # Row blocks also pay off on patterns they do not fit exactly, e.g. 16x1 blocks
+            # shifted off the grid when ShrinkPrunedChannels removed some rows; the cost model
+            # weighs the zeros they store.
+            for extra in ((1, 1), *_ROW_BLOCKS):
+                if extra != block:
+                    options.append((extra, None))
+    if choice.kind in ("auto", "nm"):
+        wanted = choice.nm or info.nm
+        if op != "matmul":
+            if choice.kind == "nm":  # conv runs N:M weights through the 1x1 BSR kernel
+                options.append(((1, 1), None))
+        elif wanted is not None and (choice.nm is None or _conforms(weight, wanted)):
+            options.append((None, tuple(wanted)))
+        elif choice.kind == "nm":
+            return Plan(
+                "dense", "dense", f"N:M requested but the weight is not {wanted or 'N:M'} sparse"
+            )
+    forced = choice.kind != "auto"
+    ranked = _ranked(options, info, weight, m, calibration, overhead_s, dense_speedup)
+    if not ranked:
+        return Plan("dense", "dense", f"density {density:.2f}: no sparse kernel fits")
+    est, kernel, block, nm = ranked[0]
+    pattern = pattern_of(block, nm)
+    where = f"in {block[0]}x{block[1]} blocks" if nm is None else f"as {nm[0]}:{nm[1]}"
+    if nm is None and info.nm:
+        where += f" (conforms to {info.nm[0]}:{info.nm[1]})"
+    if forced:
+        return Plan(
+            kernel,
+            pattern,
+            f"{pattern} requested by the sparsity config (density {density:.2f} {where}: "
+            f"est. {est.speedup:.1f}x of dense; {calibration.evidence})",
+            block,
+            nm,
+        )
+    if density == 0.0 or est.speedup >= config.min_speedup:
+        return Plan(
+            kernel,
+            pattern,
+            f"density {density:.2f} {where}: est. {est.speedup:.1f}x faster than dense "
+            f"({calibration.evidence})",
+            block,
+            nm,
+        )
+    if est.sparse_s == float("inf"):
+        return Plan(
+            "dense",
+            "dense",
+            f"density {density:.2f} {where}: denser than any calibrated sparse kernel, kept dense "
+            f"({calibration.evidence})",
+        )
+    return Plan(
+        "dense",
+        "dense",
+        f"density {density:.2f} {where}: sparse est. {est.speedup:.1f}x of dense, kept dense "
+        f"({calibration.evidence})",
+    )
+
+
+def _ranked(options, info, weight, m, calibration, overhead_s, dense_speedup) -> list[tuple]:
+    """``(estimate, kernel, block, nm)`` of each option the table knows, fastest first."""
+    n, k = info.shape
+    ranked = []
+    for block, nm in options:
+        if nm is not None:
+            key = nm_matmul_kernel_name(nm)
+            stored = n * (-(-k // nm[1])) * nm[0]
+            if not calibration.has_kernel(key):
+                continue
+            kernel = key
+        else:
+            stored = _stored_bsr(info, block)
+            if stored < 0:
+                stored = to_bsr(weight, block).data.size
+            key = _kernel_key(calibration, block)
+            kernel = bsr_matmul_kernel_name(block)
+        est = calibration.estimate(key, m, n, k, stored, stored / max(n * k, 1))
+        est = dataclasses.replace(
+            est, sparse_s=est.sparse_s + overhead_s, dense_s=est.dense_s / dense_speedup
+        )
+        ranked.append((est, kernel, block, nm))
+    return sorted(ranked, key=lambda r: r[0].sparse_s)
+
+
+#: Sparse candidates of a layer that are built and timed, the table's fastest first.
+_MEASURED_CANDIDATES = 2
+
+
+def _choice_of(block: tuple[int, int] | None, nm: tuple[int, int] | None) -> str:
+    """The sparsity-config choice that builds exactly this kernel."""
+    if nm is not None:
+        return f"nm:{nm[0]}:{nm[1]}"
+    return "unstructured" if block == (1, 1) else f"bsr:{block[0]}x{block[1]}"
+
+
+def measured(
+    plan: Plan, info: WeightSparsity, weight: np.ndarray, m: int,
+    calibration: Calibration, timer: Any, measure, *, nm_kernel: bool = True,
+) -> Plan:  # fmt: skip
+    """The table's ``plan`` for an ``"auto"`` layer, replaced by what timing the layer's
+    candidates on this machine found (``measure(choices)``, a :class:`LayerTimer` method);
+    the table's plan, with the reason why, where they could not be timed."""
+    options = [(block, None) for block in dict.fromkeys(
+        [tuple(info.block_shape), (1, 1), *_ROW_BLOCKS])]  # fmt: skip
+    if info.nm is not None and nm_kernel:  # a conv runs N:M weights as 1x1 blocks
+        options.append((None, tuple(info.nm)))
+    ranked = [r for r in _ranked(options, info, weight, m, calibration, 0.0, 1.0)
+              if math.isfinite(r[0].sparse_s)]  # fmt: skip
+    if not ranked:
+        return plan
+    picked = {_choice_of(block, nm): (kernel, block, nm)
+              for _, kernel, block, nm in ranked[:_MEASURED_CANDIDATES]}  # fmt: skip
+    timing = measure(list(picked))
+    if timing is None:
+        why = "measuring budget spent" if timer.exhausted else "could not be timed"
+        return dataclasses.replace(plan, reason=f"{plan.reason}; {why} on this machine")
+    density = f"density {info.density:.2f}"
+    if timing.winner == "dense":
+        return Plan("dense", "dense", f"{density}: no sparse kernel faster than dense by the "
+                     f"margin, {timing.describe()}")  # fmt: skip
+    kernel, block, nm = picked[timing.winner]
+    return Plan(kernel, pattern_of(block, nm), f"{density}: fastest, {timing.describe()}",
+                 block, nm)  # fmt: skip
+
+
+def _conforms(weight: np.ndarray, nm: tuple[int, int]) -> bool:
+    try:
+        to_nm(weight, nm)
+    except ValueError:
+        return False
+    return True
+
+
+# -- CUDA -------------------------------------------------------------------------------------
+# No GPU has calibrated the CUDA kernels yet, so the cost model is replaced by a fixed rule,
+# conservative on purpose: go sparse only where work and weight traffic shrink by far more than
+# the sparse kernels could plausibly lose against dlight's dense GPU schedules.
+
+GPU_RULE = "uncalibrated GPU rule"
+#: BSR only for blocks of at least this many rows (a thread reuses one activation load for each)
+_GPU_MIN_BLOCK_ROWS = 8
+#: ... holding at most this fraction of the blocks.
+_GPU_MAX_BLOCK_DENSITY = 0.3
+#: N:M patterns the compressed kernel takes in "auto" (halving or better, int8 offsets).
+_GPU_NM = ((2, 4), (4, 8))
+#: Blocks "auto" weighs besides the detected one (fits block patterns shifted off the grid).
+_GPU_ROW_BLOCKS = ((16, 1), (8, 1))
+
+
+def _block_density(weight: np.ndarray, block: tuple[int, int]) -> float:
+    """Fraction of the ``block`` grid (over the real ``N x K``) holding a nonzero."""
+    bsr = to_bsr(weight, block)
+    n, k = weight.shape
+    return bsr.nnzb / max(-(-n // block[0]) * -(-k // block[1]), 1)
+
+
+def decide_cuda(
+    name: str, info: WeightSparsity, weight: np.ndarray, op: str, config: SparsityConfig
+) -> Plan:
+    """The GPU rule: BSR for blocks of >= 8 rows at block density <= 0.3, else the N:M kernel
+    for a matmul weight that conforms to 2:4 or 4:8, else dense. Config choices are honoured."""
+    choice = config.choice_for(name)
+    if choice.kind == "dense":
+        return Plan("dense", "dense", f"{GPU_RULE}: dense requested by the sparsity config")
+    if choice.kind == "bsr":
+        block = choice.block or tuple(info.block_shape)
+        pattern = pattern_of(block, None)
+        return Plan(
+            bsr_matmul_kernel_name(block),
+            pattern,
+            f"{GPU_RULE}: {pattern} requested by the sparsity config (block density "
+            f"{_block_density(weight, block):.2f})",
+            block,
+        )
+    if choice.kind == "nm":
+        wanted = tuple(choice.nm or info.nm or ())
+        if op != "matmul":
+            return Plan(
+                bsr_matmul_kernel_name((1, 1)),
+                pattern_of((1, 1), None),
+                f"{GPU_RULE}: N:M requested by the sparsity config; a convolution runs it "
+                "through the 1x1 BSR kernel",
+                (1, 1),
+            )
+        if not wanted or not _conforms(weight, wanted):
+            return Plan(
+                "dense",
+                "dense",
+                f"{GPU_RULE}: N:M requested but the weight is not {wanted or 'N:M'} sparse",
+            )
+        return Plan(
+            nm_matmul_kernel_name(wanted),
+            pattern_of(None, wanted),
+            f"{GPU_RULE}: {wanted[0]}:{wanted[1]} requested by the sparsity config",
+            None,
+            wanted,
+        )
+    # "auto": the detected block if tall enough, and the row blocks patterns shifted off the
+    # grid still fit; the one storing fewest blocks wins.
+    blocks = {tuple(info.block_shape), *_GPU_ROW_BLOCKS}
+    tall = [b for b in blocks if b[0] >= _GPU_MIN_BLOCK_ROWS]
+    # ties go to the larger block: more FMAs per activation load, fewer indices
+    density, _, block = min((_block_density(weight, b), (-b[0], -b[1]), b) for b in tall)
+    where = f"block density {density:.2f} in {block[0]}x{block[1]} blocks"
+    if density <= _GPU_MAX_BLOCK_DENSITY:
+        return Plan(
+            bsr_matmul_kernel_name(block),
+            pattern_of(block, None),
+            f"{GPU_RULE}: {where} (>= {_GPU_MIN_BLOCK_ROWS} rows, <= "
+            f"{_GPU_MAX_BLOCK_DENSITY}): BSR kernel",
+            block,
+        )
+    nm = tuple(info.nm) if info.nm else None
+    if op == "matmul" and nm in _GPU_NM:
+        return Plan(
+            nm_matmul_kernel_name(nm),
+            pattern_of(None, nm),
+            f"{GPU_RULE}: {where} too dense for BSR; conforms to {nm[0]}:{nm[1]}: "
+            "compressed N:M kernel",
+            None,
+            nm,
+        )
+    why_not_nm = "not 2:4 or 4:8" if op == "matmul" else "N:M is for matmuls"
+    return Plan(
+        "dense",
+        "dense",
+        f"{GPU_RULE}: {where} (BSR needs <= {_GPU_MAX_BLOCK_DENSITY}), {why_not_nm}: dense",
+    )
