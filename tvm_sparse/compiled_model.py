@@ -69,6 +69,8 @@ class CompiledModel:
         self.report = report
         self._device = device
         self._vm: relax.VirtualMachine | None = None
+        self._main: Any = None
+        self._treespec: Any = None
 
     @property
     def target(self) -> tvm.target.Target:
@@ -143,13 +145,17 @@ class CompiledModel:
     def __call__(self, *args: Any) -> Any:
         tensors, as_torch = self._convert_inputs(args)
         runtime_threads.configure(self.threads)
-        result = self.vm["main"](*tensors)
+        if self._main is None:  # looked up once: a lookup per call costs a small model's time
+            self._main = self.vm["main"]
+        result = self._main(*tensors)
         convert = _to_torch if as_torch else _to_numpy
         if self.output_spec is not None:
             from torch.utils import _pytree as pytree
 
+            if self._treespec is None:
+                self._treespec = pytree.treespec_loads(self.output_spec)
             outputs = [convert(out) for out in _flatten(result)]
-            return pytree.tree_unflatten(outputs, pytree.treespec_loads(self.output_spec))
+            return pytree.tree_unflatten(outputs, self._treespec)
         return _map_structure(result, convert)
 
     def benchmark(
@@ -229,7 +235,7 @@ def use_all_cores(target: tvm.target.Target) -> None:
 
 
 def _check_input(arg: np.ndarray, spec: InputSpec, symbols: dict[str, int]) -> None:
-    if str(arg.dtype) != spec.dtype:
+    if arg.dtype != spec.dtype:  # a dtype compares with its name without making a string
         raise TypeError(
             f"input {spec.name!r} has dtype {arg.dtype}, expected {spec.dtype}; "
             f"convert it with .astype({spec.dtype!r})"
