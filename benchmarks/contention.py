@@ -43,10 +43,10 @@ SETTINGS = ("quiet", "busy core", "with PyTorch", "with ONNX Runtime")
 RATIO_LIMIT, SLOWDOWN_LIMIT = 1.5, 3.0
 
 
-def _ffn(rows: int, density: float) -> tuple[torch.nn.Module, torch.Tensor]:
+def _ffn(rows: int, density: float, block=(16, 1)) -> tuple[torch.nn.Module, torch.Tensor]:
     linear = torch.nn.Linear(768, 3072, bias=False)
     if density < 1:
-        mask = block_mask(3072, 768, (16, 1), density, np.random.default_rng(0))
+        mask = block_mask(3072, 768, block, density, np.random.default_rng(0))
         with torch.no_grad():
             linear.weight.mul_(torch.from_numpy(mask.astype("float32")))
     return linear.eval(), torch.randn(rows, 768)

@@ -1,0 +1,197 @@
+"""Are the compiler's own choices right? What ``compile`` returns against every alternative.
+
+    python benchmarks/decisions.py [--only ffn,models] [--targets host,x86-avx2] \\
+        [--out benchmarks/results]
+
+Writes ``decisions.json`` and ``decisions.md``. Each case is a pruned model compiled the way a
+user compiles it (``sparsity="auto"``, layers timed on this machine, the end-to-end speed check
+off so that the compiler's per-layer choices are what is timed) and, beside it, built once per
+alternative: dense (``sparsity="off"``) and each candidate kernel forced on every pruned layer
+(``{"*": "bsr:16x1"}``, ...). In one fresh process per case, all builds are checked against
+PyTorch and timed against each other by the project's timing policy (interleaved rounds); the
+row passes when the returned build is within 5% of the fastest and not slower than dense.
+Caches start empty (a temporary ``XDG_CACHE_HOME``), so ``compile_s`` is a first compile's.
+
+- ``ffn``: the BERT-base FFN weight (768 -> 3072, 128 rows) at 50/70/90% in 16x1 and 1x4 blocks,
+  unstructured, and 2:4. With one layer, "each candidate on every layer" is every per-layer
+  choice there is.
+- ``models``: ResNet-18 and MobileNetV2 pruned by ``tvm_sparse.prune`` (channel 50%,
+  unstructured 90%, 16x1 blocks 90%). Their alternatives apply one kernel to every layer, not
+  every per-layer mix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+import tvm_sparse
+from tvm_sparse.architectures import MobileNetV2, ResNet18, randomize_batch_norm
+from tvm_sparse.benchmarking import in_fresh_process, write_results
+from tvm_sparse.kernels._measure import block_mask, nm_mask
+from tvm_sparse.timing import TimingPolicy, compare
+
+WITHIN = 0.05
+# More rounds than a compile's own checks: the builds are compared with each other, not only
+# with dense, and the host's speed drifts.
+POLICY = TimingPolicy(min_rounds=15, max_rounds=40, budget_s=10.0, round_ms=30.0)
+
+
+def _ffn(pattern: str, density: float) -> tuple[torch.nn.Module, torch.Tensor, list[str]]:
+    rng = np.random.default_rng(0)
+    linear = torch.nn.Linear(768, 3072, bias=False)
+    if pattern == "2:4":
+        mask = nm_mask(3072, 768, (2, 4), rng)
+        forced = ["nm:2:4", "unstructured"]
+    elif pattern == "unstructured":
+        mask = rng.random((3072, 768)) < density
+        forced = ["unstructured", "bsr:16x1"]
+    else:
+        block = tuple(int(v) for v in pattern.split("x"))
+        mask = block_mask(3072, 768, block, density, rng)
+        forced = [f"bsr:{pattern}", "unstructured"] + (["bsr:16x1"] if pattern != "16x1" else [])
+    with torch.no_grad():
+        linear.weight.mul_(torch.from_numpy(mask.astype("float32")))
+    return linear.eval(), torch.randn(128, 768), forced
+
+
+def _model(arch: str, pattern: str) -> tuple[torch.nn.Module, torch.Tensor, list[str]]:
+    torch.manual_seed(0)
+    model = randomize_batch_norm(ResNet18() if arch == "ResNet-18" else MobileNetV2()).eval()
+    x = torch.randn(1, 3, 224, 224)
+    if pattern == "channel":
+        tvm_sparse.prune(model, (x,), pattern="channel", sparsity=0.5)
+        return model, x, []
+    if pattern == "unstructured":
+        tvm_sparse.prune(model, (x,), pattern="unstructured", sparsity=0.9)
+        return model, x, ["unstructured"]
+    tvm_sparse.prune(model, (x,), pattern="block", block_shape=(16, 1), sparsity=0.9)
+    return model, x, ["bsr:16x1"]
+
+
+def _case(kind: str, a: str, b: float | str):
+    return _ffn(a, b) if kind == "ffn" else _model(a, b)
+
+
+def measure(kind: str, a: str, b, target: str) -> dict:
+    """One case in this process: build every alternative, check, time, compare."""
+    model, x, forced = _case(kind, a, b)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    start = time.perf_counter()
+    chosen = tvm_sparse.compile(
+        model, target, example_inputs=(x,), verify_speed=False, measure_layers=True
+    )
+    compile_s = time.perf_counter() - start
+    builds = {"compile": chosen, "dense": tvm_sparse.compile(
+        model, target, example_inputs=(x,), sparsity="off", measure_layers=False)}  # fmt: skip
+    for choice in forced:
+        try:
+            builds[choice] = tvm_sparse.compile(
+                model, target, example_inputs=(x,), sparsity={"*": choice},
+                verify_speed=False, measure_layers=False,
+            )  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - a forced kernel that cannot build is no alternative
+            print(f"[decisions] {a} {b}: {choice} did not build ({err})", flush=True)
+    xs = x.numpy()
+    error = 0.0
+    for build in builds.values():
+        out = build(xs)
+        error = max(error, float(np.abs(out - expected).max() / np.abs(expected).max()))
+    assert error < 1e-3, f"a build differs from PyTorch: {error:.2e}"
+    calls = {name: (lambda build=build: build(xs)) for name, build in builds.items()}
+    result = compare(calls, reference="dense", policy=POLICY)
+    fastest = max(result.speedup, key=result.speedup.get)
+    kernels = sorted({r.kernel for r in chosen.report.rows if r.pattern != "dense"})
+    return {
+        "ms": result.ms,
+        "speedup": result.speedup,
+        "fastest": fastest,
+        "kernels": ", ".join(kernels) or "dense",
+        "compile_s": compile_s,
+        "error": error,
+        "rounds": result.rounds,
+    }
+
+
+def cases(only: list[str]) -> list[tuple[str, str, float | str]]:
+    out = []
+    if "ffn" in only:
+        for pattern in ("16x1", "1x4", "unstructured"):
+            out += [("ffn", pattern, density) for density in (0.5, 0.3, 0.1)]
+        out.append(("ffn", "2:4", 0.5))
+    if "models" in only:
+        for arch in ("ResNet-18", "MobileNetV2"):
+            out += [("models", arch, pattern) for pattern in ("channel", "unstructured", "16x1")]
+    return out
+
+
+def _name(kind: str, a: str, b) -> str:
+    if kind == "models":
+        return f"{a}, {b} pruned"
+    if a == "2:4":
+        return "FFN 128x768 @ 768x3072, 2:4"
+    return f"FFN 128x768 @ 768x3072, {1 - b:.0%} zero, {a}" + (" blocks" if "x" in a else "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="ffn,models")
+    parser.add_argument("--targets", default="x86", help="presets, comma-separated")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args()
+    os.environ["TVM_SPARSE_VERIFY_SPEED"] = "0"
+    # A first compile on this machine: no layer times or tuning records from earlier runs.
+    cache = tempfile.TemporaryDirectory(prefix="decisions_cache_")
+    os.environ["XDG_CACHE_HOME"] = cache.name
+    rows = []
+    for target in args.targets.split(","):
+        for kind, a, b in cases(args.only.split(",")):
+            r = in_fresh_process(measure, kind, a, b, target)
+            ms = r["ms"]
+            best = ms[r["fastest"]]
+            row = {
+                "case": _name(kind, a, b),
+                "target": target,
+                "compile_ms": ms["compile"],
+                "dense_ms": ms["dense"],
+                "fastest": r["fastest"],
+                "fastest_ms": best,
+                # paired: each round's ratios to dense, so that slow drift cancels
+                "compile_over_fastest": r["speedup"][r["fastest"]] / r["speedup"]["compile"],
+                "speedup_over_dense": r["speedup"]["compile"],
+                "kernels": r["kernels"],
+                "alternatives": ", ".join(f"{n} {v:.3f}" for n, v in ms.items()
+                                          if n not in ("compile", "dense")) or "-",
+                "compile_s": r["compile_s"],
+                "max_rel_error": r["error"],
+            }  # fmt: skip
+            row["passed"] = (
+                "yes"
+                if row["compile_over_fastest"] <= 1 + WITHIN
+                and row["speedup_over_dense"] >= 1 - WITHIN
+                else "NO"
+            )
+            rows.append(row)
+            print(f"[decisions] {row}", flush=True)
+    write_results(
+        "decisions",
+        rows,
+        list(rows[0]),
+        out_dir=args.out,
+        notes="compile: what tvm_sparse.compile returns (sparsity='auto', each pruned matmul "
+        "decided by timing its candidates on this machine, convolutions by the calibration "
+        "table, end-to-end check off). Alternatives: dense (sparsity='off') and each kernel "
+        "forced on every pruned layer. All builds of a row timed in one process by "
+        "tvm_sparse.timing.compare (interleaved rounds; medians in ms). passed: compile is "
+        f"within {WITHIN:.0%} of the fastest and not more than {WITHIN:.0%} slower than dense.",
+    )
+
+
+if __name__ == "__main__":
+    main()
