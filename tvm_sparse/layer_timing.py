@@ -18,6 +18,7 @@ Only a target this machine runs can be measured here; others use the calibration
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -260,6 +261,7 @@ class LayerTimer:
             warnings.warn(f"layer timing not cached ({err})", RuntimeWarning, stacklevel=3)
 
 
+@functools.lru_cache(maxsize=1)
 def _machine() -> str:
     """This machine's CPU (LLVM's name for it and its CPU model line) and the cores this process
     may use: a record measured on another machine, or with fewer cores, is not evidence here."""

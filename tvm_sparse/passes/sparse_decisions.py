@@ -27,12 +27,13 @@ from .detect_sparsity import WeightSparsity
 __all__ = ["CHOICES", "LayerChoice", "Plan", "SparsityConfig", "decide", "decide_cuda", "measured"]
 
 
-#: Effective bandwidth of im2col's copy: half the 27 GB/s measured by benchmarks/roofline.py on
-#: the 2-core reference host, since its reads are strided.
+#: Effective bandwidth of im2col's copy for the cost model: half the memory bandwidth that
+#: benchmarks/roofline.py measures, since its reads are strided. Measured layers do not use it.
 IM2COL_BYTES_PER_S = 13.7e9
 
 #: How much faster a dense conv runs as ``winograd_conv2d`` (``RewriteToWinograd``) than the
-#: dense rate the calibration measures: ResNet-18's 3x3 convs ran 2.3-2.5x faster so.
+#: dense rate the calibration measures: a little under its 2.25x fewer multiplies, for the
+#: transforms. Measured layers time the Winograd build itself.
 WINOGRAD_SPEEDUP = 2.2
 
 #: Block shapes ``"auto"`` always weighs besides the detected one: the vector-friendly rows.
