@@ -18,7 +18,6 @@ Only a target this machine runs can be measured here; others use the calibration
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -33,12 +32,13 @@ from tvm import relax
 from tvm.target import Target
 
 from ._paths import cache_root
+from .targets.host import machine_key
 from .timing import TimingPolicy, compare
 
 __all__ = ["LayerTimer", "LayerTiming"]
 
 #: Written into cache records; a record of another version is measured again.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,7 +214,7 @@ class LayerTimer:
         for part in (
             f"v{FORMAT_VERSION}",
             str(self.target),
-            _machine(),
+            machine_key(),
             layer.op,
             repr(layer.x_shape),
             repr(layer.weight.shape),
@@ -259,21 +259,3 @@ class LayerTimer:
             tmp.replace(self.cache_dir / f"{key}.json")  # atomic: a killed compile leaves no half
         except OSError as err:
             warnings.warn(f"layer timing not cached ({err})", RuntimeWarning, stacklevel=3)
-
-
-@functools.lru_cache(maxsize=1)
-def _machine() -> str:
-    """This machine's CPU (LLVM's name for it and its CPU model line) and the cores this process
-    may use: a record measured on another machine, or with fewer cores, is not evidence here."""
-    from tvm.target import codegen
-
-    from .runtime.threading import available_cores
-
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f
-                          if line.startswith(("model name", "CPU part"))), "")  # fmt: skip
-    except OSError:
-        pass
-    return f"{codegen.llvm_get_system_cpu()}|{model}|{available_cores()}"

@@ -109,3 +109,27 @@ def test_a_lone_winograd_conv_goes_nhwc():
         layouts = [c.attrs.data_layout for c in _calls(after).values()
                    if c.op.name == "relax.nn.conv2d"]  # fmt: skip
         assert layouts == (["NHWC"] if converts else ["NCHW"])
+
+
+class ChannelsLast(torch.nn.Module):
+    """Channels-last at its edges, as an ONNX export of an NHWC network is: one conv framed by
+    the transposes to and from NCHW."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(8, 16, 1)
+
+    def forward(self, x):
+        return F.relu6(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+
+
+def test_a_conv_between_channels_last_transposes_runs_without_them():
+    torch.manual_seed(0)
+    model, x = ChannelsLast().eval(), torch.randn(1, 6, 6, 8)
+    after = ConvertToNHWC()(_prepared(model, x))
+    # the conv goes NHWC (here: the matmul of a 1x1 conv) and the transposes around it cancel
+    assert "relax.permute_dims" not in {c.op.name for c in _calls(after).values()}
+    assert "relax.matmul" in {c.op.name for c in _calls(after).values()}
+    compiled = tvm_sparse.compile(model, "x86", example_inputs=(x,), sparsity="off")
+    with torch.no_grad():
+        np.testing.assert_allclose(compiled(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-5)

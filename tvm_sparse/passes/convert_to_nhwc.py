@@ -153,6 +153,45 @@ class _PointwiseToMatmul(PyExprMutator):
         return x, w, x_shape, w_shape[3]
 
 
+@mutator
+class _CancelTransposes(PyExprMutator):
+    """``permute_dims(permute_dims(x, a), b)`` as one transpose, or as ``x`` where ``b`` undoes
+    ``a``: a model that is channels-last at its edges (an ONNX export of an NHWC network, a
+    layer timed between its channels-last neighbours) converts with no transpose left there.
+    ``ConvertLayout`` turns the last transpose of such a model into an identity, but keeps the
+    pair it adds after the first."""
+
+    def __init__(self, mod: tvm.IRModule):
+        super().__init__(mod)
+        self.axes: dict[relax.Var, tuple[relax.Expr, list[int]]] = {}
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        value = self.visit_expr(binding.value)
+        if _op_name(value) != "relax.permute_dims" or value.attrs.axes is None:
+            self.builder_.emit_normalized(relax.VarBinding(binding.var, value))
+            return
+        source, axes = value.args[0], [int(a) for a in value.attrs.axes]
+        if source in self.axes:  # a transpose of a transpose: compose them
+            source, inner = self.axes[source]
+            axes = [inner[a] for a in axes]
+        self.axes[binding.var] = (source, axes)
+        if axes == list(range(len(axes))):
+            value = source  # an alias; the transposes that made it are left to dead-code removal
+        else:
+            value = self.builder_.normalize(relax.op.permute_dims(source, axes))
+        self.builder_.emit_normalized(relax.VarBinding(binding.var, value))
+
+
+def _framed(binding: relax.VarBinding, producers: dict[relax.Var, relax.Expr]) -> bool:
+    """Whether a conv reads a transpose from channels-last: converting it costs no transpose."""
+    source = producers.get(binding.value.args[0])
+    return (
+        _op_name(source) == "relax.permute_dims"
+        and source.attrs.axes is not None
+        and [int(a) for a in source.attrs.axes] == [0, 3, 1, 2]
+    )
+
+
 def _op_name(value: relax.Expr) -> str:
     is_op = isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
     return value.op.name if is_op else ""
@@ -228,7 +267,8 @@ class ConvertToNHWC:
         and gain nothing from the layout between convs. A lone 3x3 stride-1 conv that
         ``RewriteToWinograd`` then takes is converted all the same (under ``with target:``):
         Winograd's 2.25x fewer multiplies pay for the two transposes (the lone 3x3 convs of
-        benchmarks/x86.py).
+        benchmarks/x86.py). So is a conv that reads a transpose from channels-last: the
+        transposes cancel.
     """
 
     def __init__(self, min_convs: int = 2) -> None:
@@ -244,8 +284,9 @@ class ConvertToNHWC:
             and isinstance(b.value.op, tvm.ir.Op)
             and _desired_layout(b.value).get(b.value.op.name, [""])[0] == "NHWC"
         ]
+        producers = {b.var: b.value for block in main.body.blocks for b in block.bindings}
         if len(nhwc_convs) < self.min_convs and not any(
-            _runs_as_winograd(b.value) for b in nhwc_convs
+            _runs_as_winograd(b.value) or _framed(b, producers) for b in nhwc_convs
         ):
             return mod
         decomposer = _ClipDecomposer(mod)
@@ -256,6 +297,7 @@ class ConvertToNHWC:
         func = mod["main"]
         renamer = _LayoutRenamer(mod, original, {p.name for p in func.params})
         mod["main"] = renamer.visit_expr(func)
+        mod["main"] = _CancelTransposes(mod).visit_expr(mod["main"])
         mod["main"] = _PointwiseToMatmul(mod).visit_expr(mod["main"])
         # transposed (and reshaped) weights become constants again
-        return relax.transform.FoldConstant()(mod)
+        return relax.transform.DeadCodeElimination()(relax.transform.FoldConstant()(mod))

@@ -1,6 +1,6 @@
 """Targets as data: presets per device, resolved into TVM targets."""
 
-from .host import host_cpu_features, is_host_target, missing_host_features
+from .host import host_cpu_features, is_host_target, machine_key, missing_host_features
 from .presets import (
     PruningDefaults,
     TargetPreset,
@@ -17,6 +17,7 @@ __all__ = [
     "host_cpu_features",
     "is_host_target",
     "list_presets",
+    "machine_key",
     "missing_host_features",
     "register_preset",
     "resolve_target",

@@ -15,7 +15,7 @@ from functools import cache
 
 from tvm.target import Target, codegen
 
-__all__ = ["host_cpu_features", "is_host_target", "missing_host_features"]
+__all__ = ["host_cpu_features", "is_host_target", "machine_key", "missing_host_features"]
 
 # Only ISA extensions that LLVM emits instructions for count. LLVM's feature sets also hold
 # tuning flags (``fast-gather``, ``slow-3ops-lea``, ``fuse-aes``...) and system features that
@@ -160,3 +160,20 @@ def is_host_target(target: Target) -> bool:
     """Whether code built for ``target`` runs on this machine: an llvm target of this
     architecture whose CPU features this machine all has."""
     return not missing_host_features(target)
+
+
+@cache
+def machine_key() -> str:
+    """This machine as timings know it: LLVM's name for its CPU, the CPU model line the kernel
+    reports, and the cores this process may use. A timing or calibration measured under
+    another key (another CPU, or fewer cores) is not evidence here."""
+    from ..runtime.threading import available_cores
+
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith(("model name", "CPU part"))), "")  # fmt: skip
+    except OSError:
+        pass
+    return f"{codegen.llvm_get_system_cpu()}|{model}|{available_cores()}"
