@@ -1,4 +1,4 @@
-"""The tvm-sparse command line: compile, report, bench, targets."""
+"""The tvm-sparse command line: compile, report, bench, targets, calibrate."""
 
 from __future__ import annotations
 
@@ -67,3 +67,18 @@ def test_targets_lists_presets(capsys):
     out = capsys.readouterr().out
     for name in tvm_sparse.targets.list_presets():
         assert name in out
+
+
+def test_calibrate_measures_this_machine(tmp_path, monkeypatch, capsys):
+    from tvm_sparse.kernels import calibrate_host, load_calibration
+    from tvm_sparse.targets import resolve_target
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    grid = {"ms": (8,), "blocks": ((4, 1),), "densities": (0.2,), "nm": ()}
+    monkeypatch.setattr(calibrate_host, "QUICK_GRID", grid)
+    assert main(["calibrate", "--quick"]) == 0
+    assert "calibration table for this machine" in capsys.readouterr().out
+    table = load_calibration(resolve_target("x86").tvm_target())
+    assert "measured by calibrate" in table.evidence
+    assert main(["calibrate", "--target", "arm-cortex-a72"]) == 2
+    assert "cannot run" in capsys.readouterr().err

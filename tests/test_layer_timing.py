@@ -11,12 +11,14 @@ import pytest
 import torch
 
 import tvm_sparse
+from tvm_sparse.kernels import calibrate_host, default_cache_path
 from tvm_sparse.kernels._measure import block_mask
 from tvm_sparse.layer_timing import LayerTimer
 from tvm_sparse.targets import get_preset
 from tvm_sparse.timing import TimingPolicy
 
 QUICK = TimingPolicy(min_rounds=3, max_rounds=6, budget_s=0.5, round_ms=5.0)
+TINY_GRID = {"ms": (16,), "blocks": ((16, 1),), "densities": (0.2,), "nm": ()}
 
 
 def _weight(n: int, k: int, density: float, block=(16, 1)) -> np.ndarray:
@@ -92,7 +94,11 @@ def _ffn(density: float, block=(16, 1)) -> tuple[torch.nn.Module, torch.Tensor]:
     return model.eval(), torch.randn(32, 384)
 
 
-def test_compile_decides_matmuls_by_their_measured_times():
+def test_compile_decides_matmuls_by_their_measured_times(tmp_path, monkeypatch):
+    # a cache of this test's own: the first compile also measures a calibration table (a
+    # small grid here), which later tests must not read
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(calibrate_host, "QUICK_GRID", TINY_GRID)
     model, x = _ffn(0.1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -102,6 +108,9 @@ def test_compile_decides_matmuls_by_their_measured_times():
     for row in rows:
         assert "measured on this machine" in row.reason and "dense" in row.reason
     assert any("timed the candidates of 2 layer(s)" in n for n in compiled.report.notes)
+    assert any("measured a calibration table for this machine" in n
+               for n in compiled.report.notes)  # fmt: skip
+    assert default_cache_path(get_preset("x86").tvm_target()).is_file()
     with torch.no_grad():
         np.testing.assert_allclose(compiled(x), model(x).numpy(), rtol=1e-4, atol=1e-4)
     # The second compile reads the times back and decides the same way.
@@ -109,6 +118,7 @@ def test_compile_decides_matmuls_by_their_measured_times():
     cached = [r for r in again.report.rows if "measured on this machine (cached)" in r.reason]
     assert [(r.name, r.kernel) for r in cached] == [(r.name, r.kernel) for r in rows]
     assert not any("timed the candidates" in n for n in again.report.notes)
+    assert not any("calibration table" in n for n in again.report.notes)
 
 
 def test_measure_layers_needs_a_target_that_runs_here():

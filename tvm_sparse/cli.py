@@ -118,6 +118,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .kernels import calibrate, default_cache_path
+    from .kernels.calibrate_host import QUICK_GRID
+    from .targets import resolve_target
+
+    target = resolve_target(args.target).tvm_target()
+    calibrate(target, progress=_progress, **(QUICK_GRID if args.quick else {}))
+    print(f"calibration table for this machine: {default_cache_path(target)}")
+    return 0
+
+
 def cmd_targets(_args: argparse.Namespace) -> int:
     from .targets import get_preset, list_presets
 
@@ -171,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kinds", default="dense,sparse", help="workloads to tune: dense,sparse")
     p.add_argument("--workers", type=int, default=1, help="parallel builds")
     p.set_defaults(func=cmd_tune)
+    p = sub.add_parser("calibrate", help="measure the cost model's table on this machine")
+    p.add_argument("--target", default="x86", help="a preset this machine runs")
+    p.add_argument("--quick", action="store_true", help="the small grid of a first compile")
+    p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("targets", help="list the target presets")
     p.set_defaults(func=cmd_targets)
     p = sub.add_parser("example", help="compile the built-in pruned example and compare speed")

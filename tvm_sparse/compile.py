@@ -11,6 +11,7 @@ import tvm
 
 from .compiled_model import CompiledModel, use_all_cores
 from .frontend import import_model
+from .kernels.calibrate_host import calibrate_on_first_use
 from .layer_timing import LayerTimer
 from .pipeline import pipeline
 from .report import CompileReport
@@ -80,10 +81,13 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
         polynomials of about 1e-7 relative error; ``False`` calls the C library, exactly
         rounded and several times slower.
     measure_layers : bool, optional
-        Decide each pruned matmul left to ``"auto"`` by building its candidate kernels alone
-        and timing them on this machine (:mod:`tvm_sparse.layer_timing`; cached, so a second
-        compile reads the times back), before the calibration table. By default on where the
-        target runs here (``TVM_SPARSE_MEASURE_LAYERS=0`` turns the default off).
+        Decide each pruned matmul and conv left to ``"auto"`` by building its candidate
+        kernels alone and timing them on this machine (:mod:`tvm_sparse.layer_timing`; cached,
+        so a second compile reads the times back), before the calibration table; where this
+        machine has no calibration table yet, measure a quick one first
+        (:func:`tvm_sparse.kernels.calibrate_on_first_use`, with progress on stderr). By
+        default on where the target runs here (``TVM_SPARSE_MEASURE_LAYERS=0`` turns the
+        default off).
     threads : ThreadConfig, optional
         How the CPU kernels use threads: by default one per available core, workers not
         pinned, so that latency holds when another process shares a core (see
@@ -125,6 +129,12 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
     if measure_layers is None:
         measure_layers = runs_here and os.environ.get(MEASURE_LAYERS_ENV, "1") != "0"
     timer = LayerTimer(preset.tvm_target()) if measure_layers and sparsity != "off" else None
+    calibrated = None
+    if timer is not None:
+        # the table ranks each layer's candidates and decides the layers left unmeasured
+        start = time.perf_counter()
+        calibrated = calibrate_on_first_use(preset.tvm_target())
+        calibrated_s = time.perf_counter() - start
 
     def build(mode: str | dict) -> CompiledModel:
         report = CompileReport()
@@ -142,6 +152,11 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
             ),
         )
         report.notes.append(f"compiled in {time.perf_counter() - start:.1f} s")
+        if calibrated is not None:
+            report.notes.append(
+                f"measured a calibration table for this machine in {calibrated_s:.0f} s (first "
+                "use; cached, tvm_sparse.kernels.calibrate measures the full grid)"
+            )
         if timer is not None and timer.measured:
             report.notes.append(
                 f"timed the candidates of {timer.measured} layer(s) on this machine in "

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-__all__ = ["Comparison", "TimingPolicy", "compare"]
+__all__ = ["Comparison", "TimingPolicy", "compare", "median_ms"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +131,12 @@ def compare(
         rounds=rounds,
         resolved=resolved,
     )
+
+
+def median_ms(call: Callable[[], object], policy: TimingPolicy | None = None) -> float:
+    """Median milliseconds per call of ``call`` over the policy's ``min_rounds`` rounds: the
+    same rounds as a comparison's, for a rate measured alone (a calibration table's)."""
+    return compare({"call": call}, reference="call", policy=policy).ms["call"]
 
 
 def _resolved(per_call: dict[str, list[float]], reference: str, margin: float) -> bool:

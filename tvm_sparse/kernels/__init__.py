@@ -3,17 +3,18 @@ ones on CPUs.
 
 ``formats`` compresses pruned weights (BSR, N:M); ``bsr_matmul`` and ``nm_matmul`` are the CPU
 matmul kernels with their knobs; ``sparse_conv2d`` lowers convolutions onto them;
-``cost_model`` decides per layer whether sparse beats dense on a target. ``gpu`` holds the CUDA
+``cost_model`` decides per layer whether sparse beats dense on a target, from a table that
+``calibrate_host`` measures. ``gpu`` holds the CUDA
 kernels for the same formats. ``winograd_conv2d`` is the dense Winograd F(2x2, 3x3) conv that
 ``RewriteToWinograd`` puts 3x3 stride-1 convs on.
 """
 
 from .bsr_matmul import BSRMatmulKnobs, bsr_matmul, bsr_matmul_kernel_name
+from .calibrate_host import calibrate, calibrate_on_first_use
 from .cost_model import (
     Calibration,
     CalibrationWarning,
     Estimate,
-    calibrate,
     default_cache_path,
     load_calibration,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "bsr_matmul",
     "bsr_matmul_kernel_name",
     "calibrate",
+    "calibrate_on_first_use",
     "default_cache_path",
     "im2col",
     "load_calibration",

@@ -8,6 +8,7 @@ from tvm import relax
 from tvm.target import Target
 
 from ..runtime.threading import ThreadConfig, load_module
+from ..timing import median_ms
 from .bsr_matmul import BSRMatmulKnobs, bsr_matmul
 from .formats import to_bsr, to_nm
 from .nm_matmul import NMMatmulKnobs, nm_matmul
@@ -33,16 +34,14 @@ def nm_mask(n: int, k: int, nm: tuple[int, int], rng: np.random.Generator) -> np
     return (ranks < keep).reshape(n, k_pad)[:, :k]
 
 
-def time_prim_func(
-    func: tvm.tirx.PrimFunc, target: Target, args: list[np.ndarray], *, repeat: int = 5
-) -> float:
-    """Best-of-``repeat`` seconds of one call of ``func`` (the output is the last arg)."""
+def time_prim_func(func: tvm.tirx.PrimFunc, target: Target, args: list[np.ndarray]) -> float:
+    """Seconds of one call of ``func`` (the output is the last arg), by the timing policy."""
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target)
     lib, _ = load_module(lib, ThreadConfig())  # the launcher compiled models run on
     dev = tvm.cpu()
     tensors = [tvm.runtime.tensor(a, dev) for a in args]
-    evaluator = lib.time_evaluator("main", dev, number=10, repeat=repeat, min_repeat_ms=20)
-    return float(min(evaluator(*tensors).results))
+    main = lib["main"]
+    return median_ms(lambda: main(*tensors)) / 1e3
 
 
 def measure_dense(target: Target, m: int, n: int, k: int) -> float:
@@ -51,7 +50,7 @@ def measure_dense(target: Target, m: int, n: int, k: int) -> float:
     return 2.0 * m * n * k / seconds / 1e9
 
 
-def time_dense_relax(target: Target, m: int, n: int, k: int, *, repeat: int = 5) -> float:
+def time_dense_relax(target: Target, m: int, n: int, k: int) -> float:
     from ..pipeline import pipeline
 
     rng = np.random.default_rng(0)
@@ -66,8 +65,8 @@ def time_dense_relax(target: Target, m: int, n: int, k: int, *, repeat: int = 5)
     dev = tvm.cpu()
     vm = relax.VirtualMachine(load_module(exe, ThreadConfig())[0], dev)
     xin = tvm.runtime.tensor(rng.standard_normal((m, k)).astype("float32"), dev)
-    evaluator = vm.time_evaluator("main", dev, number=10, repeat=repeat, min_repeat_ms=20)
-    return float(min(evaluator(xin).results))
+    main = vm["main"]
+    return median_ms(lambda: main(xin)) / 1e3
 
 
 def measure_bsr(

@@ -13,16 +13,19 @@ A layer's time is ``flops / rate``, interpolated linearly in density and in ``lo
 ``choose`` never picks a sparse kernel the table says is slower than dense: it needs
 ``dense_time / sparse_time >= min_speedup`` (default 1.1, a margin for the model's error).
 
-The table for the development host (AMD Zen 4, 2 cores, AVX-512) ships as
-``calibration/x86_avx512.json``; :func:`calibrate` measures a fresh table on the current host
-and stores it as a cache file that :func:`load_calibration` prefers. A cache file that cannot be
-read, is of another format version or holds rates the model cannot use (zero, negative,
-missing) is ignored with a :class:`CalibrationWarning`: the shipped table is used instead.
+The table of one AVX-512 host ships as ``calibration/x86_avx512.json``;
+:func:`~tvm_sparse.kernels.calibrate` measures a table on this machine and stores it as a
+cache file, one per machine (CPU model and cores), TVM and tvm_sparse version, that
+:func:`load_calibration` prefers (``compile`` measures a quick one on its first use of a
+machine). A cache file that cannot be read, is of another format version, was measured on
+another machine or holds rates the model cannot use (zero, negative, missing) is ignored with
+a :class:`CalibrationWarning`: the shipped table is used instead.
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import math
 import os
@@ -31,16 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tvm
 from tvm.target import Target
 
+from .. import __version__
 from .._paths import cache_root
 from ..schedules.cpu.base import vector_bits
+from ..targets.host import is_host_target, machine_key
 
 __all__ = [
     "Calibration",
     "CalibrationWarning",
     "Estimate",
-    "calibrate",
     "default_cache_path",
     "load_calibration",
 ]
@@ -84,6 +89,9 @@ class Calibration:
         GFLOP/s over stored values.
     source : str
         How the table was made (for the report).
+    machine : str
+        :func:`~tvm_sparse.targets.machine_key` of the machine that measured it (empty for a
+        shipped table).
     evidence : str
         Whether the table fits the target it is used for, set by :func:`load_calibration`:
         ``calibrated (...)`` or ``uncalibrated (...)``; every decision it makes carries it.
@@ -93,6 +101,7 @@ class Calibration:
     dense: dict[int, float]
     sparse: dict[str, dict[int, dict[float, float]]] = field(default_factory=dict)
     source: str = ""
+    machine: str = field(default="", compare=False)
     evidence: str = field(default="", compare=False)
 
     # -- (de)serialisation -------------------------------------------------------------------
@@ -102,6 +111,7 @@ class Calibration:
             "format_version": FORMAT_VERSION,
             "host": self.host,
             "source": self.source,
+            "machine": self.machine,
             "dense": {str(m): v for m, v in sorted(self.dense.items())},
             "sparse": {
                 key: {
@@ -126,6 +136,7 @@ class Calibration:
         table = cls(
             host=str(obj["host"]),
             source=str(obj.get("source", "")),
+            machine=str(obj.get("machine", "")),
             dense={int(m): float(v) for m, v in obj["dense"].items()},
             sparse={
                 key: {
@@ -222,8 +233,12 @@ def host_class(target: Target) -> str:
 
 
 def default_cache_path(target: Target) -> Path:
-    """``$XDG_CACHE_HOME/tvm_sparse/calibration/<host class>.json`` (``~/.cache`` by default)."""
-    return cache_root() / "calibration" / f"{host_class(target)}.json"
+    """``$XDG_CACHE_HOME/tvm_sparse/calibration/<host class>-<key>.json`` (``~/.cache`` by
+    default), where the key stands for this machine (CPU model, cores) and the TVM and
+    tvm_sparse versions: kernels change between versions, and rates between machines."""
+    key = "\0".join((machine_key(), tvm.__version__, __version__))
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return cache_root() / "calibration" / f"{host_class(target)}-{digest}.json"
 
 
 def load_calibration(target: Target, *, cache_path: str | os.PathLike | None = None) -> Calibration:
@@ -241,6 +256,8 @@ def load_calibration(target: Target, *, cache_path: str | os.PathLike | None = N
     try:
         if path.is_file():
             table = Calibration.from_json(json.loads(path.read_text()))
+            if table.machine and table.machine != machine_key() and is_host_target(target):
+                raise ValueError(f"measured on {table.machine}, this machine is {machine_key()}")
             table.evidence = f"calibrated ({table.host} table measured by calibrate: {path.name})"
             return table
     except Exception as err:  # noqa: BLE001 - a bad cache file must not stop a compile
@@ -256,69 +273,14 @@ def load_calibration(target: Target, *, cache_path: str | os.PathLike | None = N
         shipped = _PACKAGE_TABLES / "x86_avx512.json"
     table = Calibration.from_json(json.loads(shipped.read_text()))
     if table.host == wanted and target.kind.name == "llvm":
-        table.evidence = f"calibrated (shipped {table.host} table, {table.source})"
+        table.evidence = (
+            f"calibrated for the host class (shipped {table.host} table, {table.source}; "
+            "tvm_sparse.kernels.calibrate(target) measures this machine)"
+        )
     else:
         device = "this machine" if target.kind.name == "llvm" else "the device"
         table.evidence = (
             f"uncalibrated: no {wanted} table, the {table.host} table stands in; "
             f"tvm_sparse.kernels.calibrate(target) on {device} measures one"
         )
-    return table
-
-
-# -- measuring --------------------------------------------------------------------------------
-
-DEFAULT_BLOCKS = ((16, 1), (32, 1), (8, 1), (4, 1), (1, 4), (4, 4), (16, 16), (1, 1))
-DEFAULT_DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5)
-DEFAULT_MS = (1, 16, 128)
-
-
-def calibrate(
-    target: Target,
-    *,
-    n: int = 1024,
-    k: int = 768,
-    ms: tuple[int, ...] = DEFAULT_MS,
-    blocks: tuple[tuple[int, int], ...] = DEFAULT_BLOCKS,
-    densities: tuple[float, ...] = DEFAULT_DENSITIES,
-    nm: tuple[tuple[int, int], ...] = ((2, 4),),
-    cache_path: str | os.PathLike | None = None,
-    save: bool = True,
-) -> Calibration:
-    """Measure a calibration table on this host and (by default) store it as the cache file.
-
-    Takes a few minutes with the defaults (one build per kernel, M and density).
-
-    Parameters
-    ----------
-    target : tvm.target.Target
-        The target to build and run for (must run on this host).
-    n, k : int
-        Weight shape used for the measurements.
-    ms, blocks, densities, nm : tuple
-        The grid measured.
-    cache_path : str | os.PathLike, optional
-        Where to store the table; defaults to :func:`default_cache_path`.
-    save : bool
-        Store the table.
-    """
-    from ._measure import measure_bsr, measure_dense, measure_nm
-
-    dense = {m: measure_dense(target, m, n, k) for m in ms}
-    sparse: dict[str, dict[int, dict[float, float]]] = {}
-    for block in blocks:
-        key = f"bsr_matmul[{block[0]}x{block[1]}]"
-        sparse[key] = {
-            m: {d: measure_bsr(target, m, n, k, block, d) for d in densities} for m in ms
-        }
-    for n_keep, m_group in nm:
-        key = f"nm_matmul[{n_keep}:{m_group}]"
-        sparse[key] = {
-            m: {n_keep / m_group: measure_nm(target, m, n, k, (n_keep, m_group))} for m in ms
-        }
-    table = Calibration(
-        host=host_class(target), dense=dense, sparse=sparse, source=f"measured on {target}"
-    )
-    if save:
-        table.save(cache_path if cache_path is not None else default_cache_path(target))
     return table

@@ -32,7 +32,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +43,7 @@ import tvm
 import tvm_ffi
 from tvm.target import Target
 
+from .._progress import progress_fn
 from ..report import CompileReport
 from ..schedules import ApplySchedules, schedule_rules
 from ..targets import TargetPreset, resolve_target
@@ -229,7 +229,7 @@ def autotune(
     if store is None:
         raise ValueError("autotune needs a cache to write to: cache=True, a path or a TuningCache")
     store.check()
-    say = _progress_fn(progress)
+    say = progress_fn(progress, "tune")
     start = time.perf_counter()
     result = TuneResult(target=str(tvm_target), cache_path=str(store.path))
 
@@ -778,17 +778,3 @@ def _json(record) -> Any:
 
     # ``TuningRecord.as_json`` refuses the IndexMap of a ``transform_layout`` in the trace.
     return encode_tvm_json(_ffi_api.TuningRecordAsJSON(record))
-
-
-def _progress_fn(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
-    if callable(progress):
-        return progress
-    if not progress:
-        return lambda _msg: None
-
-    def say(message: str) -> None:
-        print(
-            f"[tvm-sparse tune {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True
-        )
-
-    return say
