@@ -224,3 +224,41 @@ def test_speed_check_is_off_for_dense_models_and_other_machines(monkeypatch):
         tvm_sparse.compile(model, "arm-cortex-a72", example_inputs=(x,), verify_speed=True)
     compiled = tvm_sparse.compile(model, "x86", example_inputs=(x,))  # on by default
     assert any(n.startswith("speed check") for n in compiled.report.notes)
+
+
+def test_speed_check_demotes_the_layers_with_the_least_evidence_first(monkeypatch):
+    """Where every sparse kernel together does not beat dense kernels, the layers whose
+    evidence was weak go dense and the rest is checked again; it keeps its kernels if it wins."""
+    import sys
+
+    from tvm_sparse.timing import Comparison
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(256, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 256)
+    ).eval()
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        model[0].weight.mul_(torch.from_numpy(block_mask(1024, 256, (16, 1), 0.1, rng) * 1.0))
+        model[2].weight.mul_(torch.from_numpy((rng.random((256, 1024)) < 0.4) * 1.0))
+    x = torch.randn(32, 256)
+    plain = tvm_sparse.compile(model, "x86", example_inputs=(x,))
+    layers = sorted(r.layer for r in plain.report.rows if r.layer)
+    sparsity = {"*": "auto", layers[-1]: "unstructured"}  # the 40% layer: est. well under 1.5x
+    verdicts = iter(["dense kernels", "sparse kernels"])
+
+    def check(pruned, shrunk, inputs):
+        winner = next(verdicts)
+        return Comparison(winner, {"sparse kernels": 1.0, "dense kernels": 1.0}, {}, 5, True)
+
+    monkeypatch.setattr(sys.modules["tvm_sparse.compile"], "_check", check)
+    compiled = tvm_sparse.compile(
+        model, "x86", example_inputs=(x,), sparsity=sparsity, verify_speed=True
+    )
+    sparse = {r.layer: r for r in compiled.report.rows if r.kernel.startswith("bsr_")}
+    assert list(sparse) == [layers[0]], compiled.report
+    assert sparse[layers[0]].speedup >= 1.5
+    (note,) = [n for n in compiled.report.notes if n.startswith("speed check")]
+    assert f"run dense kernels ({layers[-1]})" in note and "kept their sparse kernels" in note
+    with torch.no_grad():
+        np.testing.assert_allclose(compiled(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-4)

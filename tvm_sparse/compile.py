@@ -73,7 +73,9 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
         Where the build uses sparse kernels, also build it with dense kernels in their place
         (shrunk channels stay), time both on this machine by the project's timing policy
         (:mod:`tvm_sparse.timing`: interleaved rounds, a 5% margin for the simpler build) and
-        return the faster. The report's notes give both times. By default on where it can
+        return the faster; where the dense kernels win, first try the build with only the
+        layers whose evidence gave at least 1.5x on sparse kernels (misjudged small layers
+        demoted, not every layer). The report's notes give the times. By default on where it can
         run: ``sparsity="auto"`` and a target this machine runs (``TVM_SPARSE_VERIFY_SPEED=0``
         turns the default off).
     fast_math : bool
@@ -179,11 +181,60 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
         )
     if not verify_speed or not _sparse_kernel_rows(compiled.report):
         return compiled
-    # The check weighs the sparse kernels only: the other build keeps the shrunk channels.
-    return _faster_build(
-        compiled,
-        build(_without_sparse_kernels(sparsity)),
-        _timing_inputs(imported.inputs, example_inputs),
+    # The check weighs the sparse kernels only: the other builds keep the shrunk channels.
+    inputs = _timing_inputs(imported.inputs, example_inputs)
+    return _speed_checked(compiled, build, sparsity, inputs)
+
+
+#: A sparse kernel whose evidence says less than this over dense is demoted first when the
+#: speed check finds the model's sparse kernels not worth it.
+STRONG_SPEEDUP = 1.5
+#: Kernel names of the sparse kernels (``bsr_matmul[16x1]``, ``nm_matmul[2:4]``).
+_SPARSE_KERNELS = ("bsr_", "nm_")
+
+
+def _speed_checked(compiled: CompiledModel, build, sparsity: str | dict, inputs: list):
+    """``compiled``, or a build with fewer sparse kernels where they do not pay.
+
+    The build with every sparse kernel is timed against the one with dense kernels in their
+    place (:func:`tvm_sparse.timing.compare`). Where it does not win, the layers whose evidence
+    (measured times or the cost model) gave less than :data:`STRONG_SPEEDUP` go dense and the
+    rest is checked again, so that misjudged small layers do not cost the others their
+    kernels. Noted in the report of the build returned."""
+    rows = _sparse_kernel_rows(compiled.report)
+    shrunk = build(_demoted(sparsity, None))
+    result = _check(compiled, shrunk, inputs)
+    if result.winner == "sparse kernels":
+        compiled.report.notes.append(
+            f"speed check on this machine: {result.describe()}: kept the sparse kernels"
+        )
+        return compiled
+    weak = [r.layer for r in rows if r.layer and r.speedup < STRONG_SPEEDUP]
+    if weak and len(weak) < len(rows):
+        strong = build(_demoted(sparsity, weak))
+        again = _check(strong, shrunk, inputs)
+        if again.winner == "sparse kernels":
+            strong.report.notes.append(
+                f"speed check on this machine: every sparse kernel {result.describe()}: not "
+                f"faster by the margin, so the layers whose evidence gave less than "
+                f"{STRONG_SPEEDUP}x run dense kernels ({', '.join(weak)}); the others "
+                f"{again.describe()}: kept their sparse kernels"
+            )
+            return strong
+        result = again
+    shrunk.report.notes.append(
+        f"speed check on this machine: {result.describe()}: the sparse kernels were not faster "
+        "by more than the margin, so every layer runs a dense kernel (shrunk channels kept); "
+        "the per-layer decisions of the sparse build were: "
+        + "; ".join(f"{r.name}: {r.kernel} ({r.reason})" for r in rows)
+    )
+    return shrunk
+
+
+def _check(pruned: CompiledModel, shrunk: CompiledModel, inputs: list):
+    return compare(
+        {"sparse kernels": lambda: pruned(*inputs), "dense kernels": lambda: shrunk(*inputs)},
+        reference="dense kernels",
     )
 
 
@@ -191,39 +242,13 @@ def _sparse_kernel_rows(report: CompileReport) -> list:
     return [r for r in report.rows if r.kernel.startswith(_SPARSE_KERNELS)]
 
 
-def _without_sparse_kernels(sparsity: str | dict) -> dict:
-    """The same sparsity setting with every layer's kernel dense (channel shrinking stays)."""
-    config = dict(sparsity) if isinstance(sparsity, dict) else {}
-    return {**{name: "dense" for name in config}, "*": "dense"}
-
-
-#: Kernel names of the sparse kernels (``bsr_matmul[16x1]``, ``nm_matmul[2:4]``).
-_SPARSE_KERNELS = ("bsr_", "nm_")
-
-
-def _faster_build(pruned: CompiledModel, shrunk: CompiledModel, inputs: list) -> CompiledModel:
-    """The pruned build, or the build without sparse kernels where the sparse kernels do not
-    pay (:func:`tvm_sparse.timing.compare`); noted in the report of the one returned."""
-    result = compare(
-        {
-            "sparse kernels": lambda: pruned(*inputs),
-            "dense kernels": lambda: shrunk(*inputs),
-        },
-        reference="dense kernels",
-    )
-    measured = f"speed check on this machine: {result.describe()}"
-    if result.winner == "sparse kernels":
-        pruned.report.notes.append(f"{measured}: kept the sparse kernels")
-        return pruned
-    shrunk.report.notes.append(
-        f"{measured}: the sparse kernels were not faster by more than the margin, so every "
-        "layer runs a dense kernel (shrunk channels kept); the per-layer decisions of the "
-        "sparse build were: "
-        + "; ".join(
-            f"{r.name}: {r.kernel} ({r.reason})" for r in _sparse_kernel_rows(pruned.report)
-        )
-    )
-    return shrunk
+def _demoted(sparsity: str | dict, layers: list[str] | None) -> dict:
+    """The same sparsity setting with ``layers`` (``None``: every layer) on a dense kernel;
+    channel shrinking stays."""
+    config = dict(sparsity) if isinstance(sparsity, dict) else {"*": sparsity}
+    if layers is None:
+        return {**{name: "dense" for name in config}, "*": "dense"}
+    return {**config, **{name: "dense" for name in layers}}
 
 
 def _timing_inputs(specs: list, example_inputs: Any) -> list[Any]:

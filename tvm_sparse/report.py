@@ -29,6 +29,12 @@ class OpRecord:
         The pruned pattern found in its weight (``dense`` when none or no weight).
     reason : str
         Why this kernel and pattern were chosen, including any fallback to dense.
+    layer : str
+        The pruned layer this row's decision belongs to (the key of a per-layer ``sparsity``
+        dict); empty for rows without one.
+    speedup : float
+        How much faster than dense the evidence that decided a sparse kernel says it is (the
+        layer's measured times, or the cost model's estimate); 0 where there is no figure.
     """
 
     name: str
@@ -41,6 +47,8 @@ class OpRecord:
     pattern: str = "dense"
     reason: str = ""
     fused_into: str = ""
+    layer: str = ""
+    speedup: float = 0.0
 
 
 @dataclass

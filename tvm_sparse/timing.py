@@ -12,7 +12,8 @@ decisions built on it) calls :func:`compare`:
 - rounds go on until the ratios are resolved (their 20th to 80th percentiles all on one side
   of the margin band, or all inside it) or the time budget runs out;
 - a candidate wins only when it is faster than the reference by more than ``margin``; inside
-  the margin the reference (the simpler build) wins.
+  the margin the reference (the simpler build) wins, and between candidates that are within
+  the margin of each other, the one named first (the caller's preference).
 """
 
 from __future__ import annotations
@@ -88,8 +89,9 @@ def compare(
 ) -> Comparison:
     """Time ``candidates`` (name -> one call) against ``reference`` and choose one.
 
-    The winner is the candidate with the best median speedup over the reference, if that
-    speedup exceeds ``1 + margin``; otherwise the reference.
+    The winner is the reference unless some candidate's median speedup over it exceeds
+    ``1 + margin``; then the first candidate (in the order given: the caller's preference)
+    whose speedup is within the margin of the best.
     """
     policy = policy or TimingPolicy()
     if reference not in candidates:
@@ -122,8 +124,12 @@ def compare(
                 break
     ref = np.asarray(per_call[reference])
     speedup = {name: float(np.median(ref / np.asarray(per_call[name]))) for name in names}
-    best = max(names, key=lambda n: speedup[n])
-    winner = best if speedup[best] > 1 + policy.margin else reference
+    best = max(speedup.values())
+    winner = reference
+    if best > 1 + policy.margin:
+        # among candidates within the margin of the fastest, the first named: noise cannot
+        # flip the choice between two that time alike
+        winner = next(n for n in names if speedup[n] * (1 + policy.margin) >= best)
     return Comparison(
         winner=winner,
         ms={name: float(np.median(v)) * 1e3 for name, v in per_call.items()},

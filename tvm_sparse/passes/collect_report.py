@@ -99,6 +99,8 @@ class CollectOpReport:
                         kernel=str(decision.get("kernel", "")),
                         pattern=str(decision.get("pattern", "dense")),
                         reason=str(decision.get("reason", "")),
+                        layer=name if decision else "",
+                        speedup=float(decision.get("speedup", 0.0)),
                     )
                 )
         _attach_decisions_to_kernels(rows)
@@ -118,8 +120,9 @@ def _attach_decisions_to_kernels(rows: list[OpRecord]) -> None:
         for kernel_row in reversed(rows[max(0, i - 3) : i]):
             if kernel_row.op == row.kernel and kernel_row.pattern == "dense":
                 kernel_row.kernel, kernel_row.pattern = row.kernel, row.pattern
-                kernel_row.reason = row.reason
-                row.kernel, row.pattern = "", "dense"
+                kernel_row.reason, kernel_row.layer = row.reason, row.layer
+                kernel_row.speedup = row.speedup
+                row.kernel, row.pattern, row.layer, row.speedup = "", "dense", "", 0.0
                 row.reason = f"layout of {kernel_row.name}'s result"
                 break
 

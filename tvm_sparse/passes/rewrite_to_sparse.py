@@ -64,6 +64,7 @@ Configuration (``sparsity=``)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -344,7 +345,8 @@ class _SparseRewriter(PyExprMutator):
         if plan.kernel == "dense":
             return None, plan
         if plan.nm is not None:  # N:M conv weights run through the 1x1 BSR kernel
-            plan = Plan(bsr_matmul_kernel_name((1, 1)), plan.pattern, plan.reason, (1, 1))
+            plan = dataclasses.replace(plan, kernel=bsr_matmul_kernel_name((1, 1)), block=(1, 1),
+                                       nm=None)  # fmt: skip
         return self._conv2d(x, geom, out_shape, weight, plan), plan
 
     def _emit(self, expr: relax.Expr, suffix: str) -> relax.Var:

@@ -139,9 +139,14 @@ class Plan:
     reason: str
     block: tuple[int, int] | None = None
     nm: tuple[int, int] | None = None
+    #: how much faster than dense the evidence says the kernel is (0: no figure)
+    speedup: float = 0.0
 
     def record(self) -> dict[str, str]:
-        return {"kernel": self.kernel, "pattern": self.pattern, "reason": self.reason}
+        record = {"kernel": self.kernel, "pattern": self.pattern, "reason": self.reason}
+        if self.speedup > 0:
+            record["speedup"] = f"{self.speedup:.4g}"
+        return record
 
 
 def pattern_of(block: tuple[int, int] | None, nm: tuple[int, int] | None) -> str:
@@ -247,6 +252,7 @@ def decide(
             f"est. {est.speedup:.1f}x of dense; {calibration.evidence})",
             block,
             nm,
+            est.speedup,
         )
     if density == 0.0 or est.speedup >= config.min_speedup:
         return Plan(
@@ -256,6 +262,7 @@ def decide(
             f"({calibration.evidence})",
             block,
             nm,
+            est.speedup,
         )
     if est.sparse_s == float("inf"):
         return Plan(
@@ -335,7 +342,7 @@ def measured(
                      f"margin, {timing.describe()}")  # fmt: skip
     kernel, block, nm = picked[timing.winner]
     return Plan(kernel, pattern_of(block, nm), f"{density}: fastest, {timing.describe()}",
-                 block, nm)  # fmt: skip
+                 block, nm, timing.ms["dense"] / timing.ms[timing.winner])  # fmt: skip
 
 
 def _conforms(weight: np.ndarray, nm: tuple[int, int]) -> bool:
