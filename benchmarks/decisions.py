@@ -186,7 +186,8 @@ def main() -> None:
         out_dir=args.out,
         notes="compile: what tvm_sparse.compile returns (sparsity='auto', each pruned matmul "
         "and conv decided by timing its candidates on this machine, a first compile: it also "
-        "measures the quick calibration table; end-to-end check off). Alternatives: dense (sparsity='off') and each kernel "
+        "measures the quick calibration table; end-to-end check off). Alternatives: dense "
+        "(sparsity='off') and each kernel "
         "forced on every pruned layer. All builds of a row timed in one process by "
         "tvm_sparse.timing.compare (interleaved rounds; medians in ms). passed: compile is "
         f"within {WITHIN:.0%} of the fastest and not more than {WITHIN:.0%} slower than dense.",
