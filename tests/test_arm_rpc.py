@@ -136,6 +136,34 @@ def test_winograd_convs_run_on_arm_over_rpc(arm_session):
     assert [r.op for r in compiled.report.rows].count("winograd_conv2d") == 2
 
 
+@pytest.mark.arm
+def test_a_table_calibrated_over_rpc_decides_arm_compiles(arm_session, tmp_path, monkeypatch):
+    # The emulated device proves the path (build here, run there, store, decide), not the rates.
+    from tvm_sparse.kernels import calibrate, default_cache_path, load_calibration
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    lines = []
+    grid = {"n": 64, "k": 64, "ms": (8,), "blocks": ((8, 1),), "densities": (0.1,), "nm": ()}
+    table = calibrate(TARGET, rpc=arm_session, progress=lines.append, **grid)
+    assert table.host == "arm_neon" and table.machine == "rpc device"
+    assert all(
+        0 < rate < 1e4 for rate in [*table.dense.values(), table.sparse["bsr_matmul[8x1]"][8][0.1]]
+    )
+    assert sum(line.startswith("calibrating arm_neon") for line in lines) == 2
+    arm = tvm_sparse.targets.get_preset(TARGET).tvm_target()
+    assert default_cache_path(arm).is_file()
+    assert load_calibration(arm).evidence.startswith("calibrated (arm_neon table measured by")
+    model, (x,) = zoo.make("mlp")
+    tvm_sparse.prune(model, (x,), pattern="block", block_shape=(8, 1), sparsity=0.9)
+    compiled = tvm_sparse.compile(model, TARGET, example_inputs=(x,))
+    # every pruned layer the table weighed names it, whichever way the emulator's rates went
+    decided = [r for r in compiled.report.rows if "density" in r.reason]
+    assert decided and all("calibrated (arm_neon table" in r.reason for r in decided), str(
+        compiled.report
+    )
+    _assert_matches(model, x, compiled.to_remote(arm_session)(x))
+
+
 class _TwoOutputs(nn.Module):
     def __init__(self):
         super().__init__()

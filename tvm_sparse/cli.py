@@ -124,8 +124,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .targets import resolve_target
 
     target = resolve_target(args.target).tvm_target()
-    calibrate(target, progress=_progress, **(QUICK_GRID if args.quick else {}))
-    print(f"calibration table for this machine: {default_cache_path(target)}")
+    calibrate(target, rpc=args.rpc, progress=_progress, **(QUICK_GRID if args.quick else {}))
+    where = "this machine" if args.rpc is None else f"{args.target} (measured over {args.rpc})"
+    print(f"calibration table for {where}: {default_cache_path(target)}")
     return 0
 
 
@@ -183,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="parallel builds")
     p.set_defaults(func=cmd_tune)
     p = sub.add_parser("calibrate", help="measure the cost model's table on this machine")
-    p.add_argument("--target", default="x86", help="a preset this machine runs")
+    p.add_argument("--target", default="x86", help="a preset this machine runs, or the board's")
+    p.add_argument("--rpc", help="measure on a board: HOST:PORT (RPC server) or HOST:PORT:KEY")
     p.add_argument("--quick", action="store_true", help="the small grid of a first compile")
     p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("targets", help="list the target presets")

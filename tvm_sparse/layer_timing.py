@@ -12,7 +12,10 @@ compile of the model reads them back.
 
 A convolution is built between the channels-last layouts of its neighbours in a CPU build,
 so that a sparse conv (which runs channels-first) pays the transposes it pays in the model.
-Only a target this machine runs can be measured here; others use the calibration table.
+``RewriteToWinograd`` asks the same way whether a dense 3x3 conv runs as the Winograd kernel
+(its time does not depend on the weight's values, so one record serves every layer of a
+shape). Only a target this machine runs can be measured here; others use the calibration
+table and the stated rules.
 """
 
 from __future__ import annotations
@@ -43,9 +46,9 @@ FORMAT_VERSION = 2
 
 @dataclasses.dataclass(frozen=True)
 class _Layer:
-    op: str  # "matmul" or "conv2d"
+    op: str  # "matmul", "conv2d" or "winograd" (a channels-last 3x3 conv)
     x_shape: tuple[int, ...]
-    weight: np.ndarray  # (out, in) for a matmul, OIHW for a conv2d
+    weight: np.ndarray  # (out, in) for a matmul, OIHW for a conv2d, HWIO for "winograd"
     attrs: tuple = ()  # a conv2d's strides, padding, dilation
 
 
@@ -130,6 +133,14 @@ class LayerTimer:
         attrs = (tuple(strides), tuple(padding), tuple(dilation))
         return self._time(_Layer("conv2d", tuple(x_shape), weight, attrs), candidates)
 
+    def winograd(
+        self, x_shape: tuple[int, int, int, int], weight_shape: tuple[int, int, int, int]
+    ) -> LayerTiming | None:
+        """Time an ``NHWC`` / ``HWIO`` 3x3 stride-1 conv as ``"dense"`` (the direct conv) and
+        as ``"winograd"`` (``RewriteToWinograd``'s kernel). ``None`` as for :meth:`matmul`."""
+        weight = np.ones(weight_shape, "float32")  # the time depends on the shape alone
+        return self._time(_Layer("winograd", tuple(x_shape), weight), ["winograd"])
+
     def _time(self, layer: _Layer, candidates: list[str]) -> LayerTiming | None:
         names = ["dense", *[c for c in candidates if c != "dense"]]
         key = self._key(layer, names)
@@ -181,7 +192,7 @@ class LayerTimer:
                     out = bb.emit_output(relax.op.matmul(x, w))
                 bb.emit_func_output(out)
             x_shape = layer.x_shape
-        else:
+        elif layer.op == "conv2d":
             n, c, h, w_ = layer.x_shape
             x_shape = (n, h, w_, c)
             strides, padding, dilation = layer.attrs
@@ -195,11 +206,23 @@ class LayerTimer:
                         out_dtype="float32"))  # fmt: skip
                     out = bb.emit_output(relax.op.permute_dims(y, [0, 2, 3, 1]))
                 bb.emit_func_output(out)
-        exe = tvm.compile(
-            bb.get(),
-            self.target,
-            relax_pipeline=pipeline(self.target, sparsity={"*": choice}, tuning_cache=None),
-        )
+        elif layer.op == "winograd":
+            x_shape = layer.x_shape
+            x = relax.Var("x", relax.TensorType(list(x_shape), "float32"))
+            weight = np.random.default_rng(0).standard_normal(layer.weight.shape)
+            w = relax.const(weight.astype("float32"))
+            with bb.function("main", [x]):
+                with bb.dataflow():
+                    out = bb.emit_output(relax.op.nn.conv2d(
+                        x, w, padding=(1, 1), data_layout="NHWC", kernel_layout="HWIO",
+                        out_dtype="float32"))  # fmt: skip
+                bb.emit_func_output(out)
+        if layer.op == "winograd":
+            passes = pipeline(self.target, sparsity="off", tuning_cache=None,
+                              winograd=choice == "winograd")  # fmt: skip
+        else:
+            passes = pipeline(self.target, sparsity={"*": choice}, tuning_cache=None)
+        exe = tvm.compile(bb.get(), self.target, relax_pipeline=passes)
         dev = tvm.cpu()
         vm = relax.VirtualMachine(load_module(exe, ThreadConfig())[0], dev)
         rng = np.random.default_rng(0)

@@ -91,13 +91,17 @@ def schedule_input_passes(
     *,
     fast_math: bool = True,
     layer_timer: Any = None,
+    winograd: bool = True,
 ) -> list[tvm.transform.Pass]:
     """Everything before scheduling: the PrimFuncs these leave are what schedules (and the
     autotuner) see."""
+    cpu = [ConvertToNHWC()]
+    if winograd:
+        cpu.append(RewriteToWinograd(target, layer_timer=layer_timer))
     return (
         prepare_passes()
         + sparsity_passes(target, sparsity, layer_timer)
-        + ([ConvertToNHWC(), RewriteToWinograd(target)] if target.kind.name == "llvm" else [])
+        + (cpu if target.kind.name == "llvm" else [])
         + [
             ReorderReshapeAfterElementwise(),
             CollectOpReport(report),
@@ -122,6 +126,7 @@ def pipeline(
     tuning_cache: Any = True,
     fast_math: bool = True,
     layer_timer: Any = None,
+    winograd: bool = True,
 ) -> tvm.transform.Pass:
     """The project's Relax pipeline for ``target``.
 
@@ -143,8 +148,11 @@ def pipeline(
         polynomials (:class:`~tvm_sparse.passes.UseFastMath`, about 1e-7 relative error)
         instead of C library calls.
     layer_timer : tvm_sparse.layer_timing.LayerTimer, optional
-        Decide each ``"auto"`` matmul by timing its candidates on this machine (the target
-        must run here); without one the calibration table decides.
+        Decide each ``"auto"`` matmul and conv, and whether each 3x3 conv runs as Winograd,
+        by timing the candidates on this machine (the target must run here); without one the
+        calibration table and stated rules decide.
+    winograd : bool
+        Let ``RewriteToWinograd`` run 3x3 stride-1 convs as Winograd kernels (CPU targets).
 
     Returns
     -------
@@ -159,8 +167,14 @@ def pipeline(
     tuned = _tuning_passes(tvm_target, tuning_cache, report, fusion)
     passes = (
         schedule_input_passes(
-            tvm_target, sparsity, report, fusion, fast_math=fast_math, layer_timer=layer_timer
-        )
+            tvm_target,
+            sparsity,
+            report,
+            fusion,
+            fast_math=fast_math,
+            layer_timer=layer_timer,
+            winograd=winograd,
+        )  # fmt: skip
         + tuned[:1]
         + [ApplySchedules(schedule_rules(tvm_target)), CollectKernelReport(report, fusion)]
         + tuned[1:]

@@ -42,11 +42,11 @@ def test_a_killed_calibration_resumes_where_it_stopped(tmp_path, monkeypatch):
     measure_bsr = _measure.measure_bsr
     calls = []
 
-    def dies_at_the_second(*args):
+    def dies_at_the_second(*args, **kwargs):
         calls.append(args)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return measure_bsr(*args)
+        return measure_bsr(*args, **kwargs)
 
     monkeypatch.setattr(_measure, "measure_bsr", dies_at_the_second)
     with pytest.raises(KeyboardInterrupt):
@@ -54,8 +54,8 @@ def test_a_killed_calibration_resumes_where_it_stopped(tmp_path, monkeypatch):
     record = json.loads((tmp_path / "t.json.partial.json").read_text())
     assert len(record["rates"]) == 2  # dense and the first density
     calls.clear()
-    monkeypatch.setattr(_measure, "measure_dense", lambda *a: pytest.fail("measured again"))
-    monkeypatch.setattr(_measure, "measure_bsr", lambda *a: calls.append(a) or 1.0)
+    monkeypatch.setattr(_measure, "measure_dense", lambda *a, **kw: pytest.fail("measured again"))
+    monkeypatch.setattr(_measure, "measure_bsr", lambda *a, **kw: calls.append(a) or 1.0)
     table = calibrate(TARGET, cache_path=tmp_path / "t.json", progress=False, **GRID)
     assert [a[-1] for a in calls] == [0.4]  # only the point the killed run had not measured
     assert table.sparse["bsr_matmul[4x1]"][8][0.4] == 1.0
@@ -79,8 +79,21 @@ def test_the_cache_path_changes_with_the_machine(monkeypatch):
 
 
 def test_calibrate_refuses_a_target_this_machine_does_not_run():
-    with pytest.raises(ValueError, match="cannot run"):
+    with pytest.raises(ValueError, match="cannot run .* rpc='HOST:PORT'"):
         calibrate(get_preset("arm-cortex-a72").tvm_target(), progress=False, **GRID)
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        calibrate("arm-cortex-a72", rpc="board", progress=False, **GRID)
+
+
+def test_an_arm_compile_says_its_table_is_not_the_devices():
+    arm = get_preset("arm-cortex-a72").tvm_target()
+    assert cost_model.host_class(arm) == "arm_neon"
+    table = load_calibration(arm)
+    assert table.evidence.startswith("uncalibrated: no arm_neon table")
+    assert "rpc='HOST:PORT'" in table.evidence
+    # a board's table is stored for the target that describes it, apart from this machine's
+    assert default_cache_path(arm).name.startswith("arm_neon-")
+    assert default_cache_path(arm) != default_cache_path(get_preset("arm-cortex-a76").tvm_target())
 
 
 def test_first_use_measures_once(tmp_path, monkeypatch):

@@ -138,3 +138,61 @@ def test_other_targets_are_left_alone():
     )
     cuda = tvm.target.Target({"kind": "cuda", "arch": "sm_87"})
     tvm.ir.assert_structural_equal(RewriteToWinograd(cuda)(mod), mod)
+
+
+class _Timer:
+    """A layer timer whose measurements say the direct conv wins for ``direct`` shapes."""
+
+    exhausted = False
+
+    def __init__(self, direct):
+        self.direct, self.asked = direct, []
+
+    def winograd(self, x_shape, w_shape):
+        from tvm_sparse.layer_timing import LayerTiming
+
+        self.asked.append((x_shape, w_shape))
+        slow = x_shape in self.direct
+        return LayerTiming(ms={"dense": 1.0, "winograd": 1.2 if slow else 0.5},
+                           winner="dense" if slow else "winograd", rounds=5)  # fmt: skip
+
+
+def test_a_layer_timer_decides_each_conv_and_the_report_says_how():
+    x = torch.randn(1, 16, 10, 10)
+    mod = tvm.transform.Sequential(prepare_passes() + [ConvertToNHWC()])(
+        import_model(_model(), (x,)).mod
+    )
+    convs = [n for n, op in _ops(mod) if op == "relax.nn.conv2d"][:2]
+    timer = _Timer(direct=set())
+    with TARGET:
+        ruled = RewriteToWinograd()(mod)
+        timed = RewriteToWinograd(layer_timer=timer)(mod)
+    assert len(timer.asked) == 2 and timer.asked[0] == ((1, 10, 10, 16), (3, 3, 16, 16))
+    assert "by rule" in str(ruled["main"].attrs["tvm_sparse.decisions"][convs[0]]["reason"])
+    reason = str(timed["main"].attrs["tvm_sparse.decisions"][convs[0]]["reason"])
+    assert "Winograd" in reason and "winograd 0.500 ms" in reason
+    # where the direct conv wins, it stays, and says why
+    with TARGET:
+        kept = RewriteToWinograd(layer_timer=_Timer(direct={(1, 10, 10, 16)}))(mod)
+    assert not [n for n, op in _ops(kept) if op.startswith("winograd_conv2d")]
+    reason = str(kept["main"].attrs["tvm_sparse.decisions"][convs[1]]["reason"])
+    assert reason.startswith("3x3 stride-1 conv kept direct") and "direct 1.000 ms" in reason
+
+
+def test_a_compile_that_times_layers_matches_pytorch_either_way(tmp_path, monkeypatch):
+    from tvm_sparse.kernels import calibrate_host
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(calibrate_host, "QUICK_GRID", {"ms": (16,), "blocks": ((16, 1),),
+                                                       "densities": (0.2,), "nm": ()})  # fmt: skip
+    model = _model()
+    x = torch.randn(1, 16, 10, 10)
+    compiled = tvm_sparse.compile(model, "x86", example_inputs=(x,), measure_layers=True,
+                                  verify_speed=False)  # fmt: skip
+    with torch.no_grad():
+        np.testing.assert_allclose(compiled(x.numpy()), model(x).numpy(), rtol=1e-4, atol=1e-4)
+    timed = [r for r in compiled.report.rows if "measured on this machine" in r.reason]
+    assert len(timed) == 2, str(compiled.report)
+    for row in timed:
+        assert (row.op == "winograd_conv2d") == ("kept direct" not in row.reason)
+    assert len(list((tmp_path / "tvm_sparse" / "layers").glob("*.json"))) == 1  # one shape

@@ -1,10 +1,12 @@
-"""Measuring a calibration table on this machine.
+"""Measuring a calibration table on this machine, or on a device over TVM RPC.
 
-:func:`calibrate` measures the full grid (a few minutes); :func:`calibrate_on_first_use`, which
-``compile`` calls on a machine without a table, a quick one (a few builds per kernel). Both
-time every point by the project's timing policy (:func:`tvm_sparse.timing.median_ms`), show
-progress, and keep each point as it is measured beside the table (``<table>.partial.json``),
-so that a run killed half way resumes where it stopped.
+:func:`calibrate` measures the full grid (a few minutes on this machine); with ``rpc`` it
+builds here and measures on the board behind the RPC server (an Arm board: the table then
+decides every compile for that target). :func:`calibrate_on_first_use`, which ``compile``
+calls on a machine without a table, measures a quick grid (a few builds per kernel). Every
+point is timed by the project's timing policy (:class:`~tvm_sparse.kernels._measure.Runner`),
+progress is shown, and each point is kept as it is measured beside the table
+(``<table>.partial.json``), so that a run killed half way resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+from tvm import rpc as tvm_rpc
 from tvm.target import Target
 
 from .._progress import progress_fn
+from ..targets import TargetPreset, resolve_target
 from ..targets.host import is_host_target, machine_key
 from .cost_model import Calibration, default_cache_path, host_class
 
@@ -28,18 +32,20 @@ DEFAULT_BLOCKS = ((16, 1), (32, 1), (8, 1), (4, 1), (1, 4), (4, 4), (16, 16), (1
 DEFAULT_DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.35, 0.5)
 DEFAULT_MS = (1, 16, 128)
 #: The grid of a compile's first use of a machine: the block shapes the pruners produce most,
-#: one sparse and one moderate density, one row and a batch of rows.
+#: one row and a batch of rows, and densities up to half: the table gives no estimate (so a
+#: layer gets no sparse candidate to time) far above its densest point.
 QUICK_GRID = {
     "ms": (1, 128),
     "blocks": ((16, 1), (8, 1), (1, 4), (1, 1)),
-    "densities": (0.05, 0.3),
+    "densities": (0.05, 0.2, 0.5),
     "nm": ((2, 4),),
 }
 
 
 def calibrate(
-    target: Target,
+    target: str | dict | Target | TargetPreset,
     *,
+    rpc: tvm_rpc.RPCSession | str | None = None,
     n: int = 1024,
     k: int = 768,
     ms: tuple[int, ...] = DEFAULT_MS,
@@ -52,12 +58,17 @@ def calibrate(
 ) -> Calibration:
     """Measure a calibration table on this machine and (by default) store it as the cache file.
 
-    Takes a few minutes with the defaults (one build per kernel, ``M`` and density).
+    Takes a few minutes with the defaults on this machine (one build per kernel, ``M`` and
+    density); over RPC, as long as the board takes to run them.
 
     Parameters
     ----------
-    target : tvm.target.Target
-        The target to build and run for (must run on this machine).
+    target : str | dict | tvm.target.Target | TargetPreset
+        The target to build for: one this machine runs, or, with ``rpc``, the board's.
+    rpc : tvm.rpc.RPCSession | str, optional
+        Measure on the device behind this session, or behind ``HOST:PORT`` (an RPC server) or
+        ``HOST:PORT:KEY`` (a board registered with a tracker). The table is then stored for
+        ``target`` (the device it describes) and decides compiles for that target.
     n, k : int
         Weight shape used for the measurements.
     ms, blocks, densities, nm : tuple
@@ -69,29 +80,41 @@ def calibrate(
     progress : bool | callable
         Print a line per point to stderr, or call this function with each message.
     """
-    from ._measure import measure_bsr, measure_dense, measure_nm
+    from ._measure import Runner, measure_bsr, measure_dense, measure_nm
 
-    if not is_host_target(target):
+    preset = resolve_target(target)
+    target = preset.tvm_target()
+    if target.kind.name != "llvm":
         raise ValueError(
-            f"calibrate measures on this machine, which cannot run {target}; calibrate on the "
-            "machine the target describes"
+            f"calibrate measures CPU kernels; {target.kind.name} targets are not calibrated "
+            "(their reports say so)"
         )
+    if rpc is None:
+        if not is_host_target(target):
+            raise ValueError(
+                f"calibrate measures on this machine, which cannot run {target}; pass "
+                "rpc='HOST:PORT' (or a tvm.rpc session) of the device the target describes"
+            )
+        runner, device = Runner(), machine_key()
+    else:
+        session, device = _connect(rpc)
+        runner = Runner(session, preset.cross_compiler)
     say = progress_fn(progress)
     points: list[tuple[str, int, float | None, Callable[[], float]]] = []
     for m in ms:
-        points.append(("dense", m, None, partial(measure_dense, target, m, n, k)))
+        points.append(("dense", m, None, partial(measure_dense, target, m, n, k, runner=runner)))
     for block in blocks:
         kernel = f"bsr_matmul[{block[0]}x{block[1]}]"
-        points += [(kernel, m, d, partial(measure_bsr, target, m, n, k, block, d))
+        points += [(kernel, m, d, partial(measure_bsr, target, m, n, k, block, d, runner=runner))
                    for m in ms for d in densities]  # fmt: skip
     for keep, group in nm:
         kernel = f"nm_matmul[{keep}:{group}]"
-        points += [(kernel, m, keep / group, partial(measure_nm, target, m, n, k, (keep, group)))
-                   for m in ms]  # fmt: skip
+        measure = partial(measure_nm, target, n=n, k=k, nm=(keep, group), runner=runner)
+        points += [(kernel, m, keep / group, partial(measure, m=m)) for m in ms]
 
     path = Path(cache_path) if cache_path is not None else default_cache_path(target)
     unfinished = path.with_name(path.name + ".partial.json")
-    grid = f"{machine_key()}|{target}|n={n}|k={k}"
+    grid = f"{device}|{target}|n={n}|k={k}"
     rates = _resume(unfinished, grid) if save else {}
     start = time.perf_counter()
     for i, (kernel, m, d, measure) in enumerate(points):
@@ -99,7 +122,7 @@ def calibrate(
         if key in rates:
             continue
         where = f"M={m}" + ("" if d is None else f", density {d:g}")
-        say(f"calibrating {host_class(target)}: {i + 1}/{len(points)} {kernel} {where}")
+        say(f"calibrating {host_class(target)} ({device}): {i + 1}/{len(points)} {kernel} {where}")
         rates[key] = measure()
         if save:
             _write(unfinished, {"grid": grid, "rates": rates})
@@ -115,7 +138,7 @@ def calibrate(
             sparse.setdefault(kernel, {}).setdefault(m, {})[d] = rate
     table = Calibration(
         host=host_class(target), dense=dense, sparse=sparse,
-        source=f"measured on {target}", machine=machine_key(),
+        source=f"measured on {target}", machine=device,
     )  # fmt: skip
     if save:
         table.save(path)
@@ -131,6 +154,23 @@ def calibrate_on_first_use(
     if not is_host_target(target) or default_cache_path(target).is_file():
         return None
     return calibrate(target, progress=progress, **QUICK_GRID)
+
+
+def _connect(rpc: tvm_rpc.RPCSession | str) -> tuple[tvm_rpc.RPCSession, str]:
+    """The session and a name of the device for the table (``rpc:HOST:PORT[:KEY]``)."""
+    if isinstance(rpc, tvm_rpc.RPCSession):
+        return rpc, "rpc device"
+    parts = str(rpc).split(":")
+    if len(parts) not in (2, 3) or not parts[1].isdigit():
+        raise ValueError(
+            f"rpc={rpc!r}: expected HOST:PORT (an RPC server) or HOST:PORT:KEY (a tracker)"
+        )
+    host, port = parts[0], int(parts[1])
+    if len(parts) == 2:
+        session = tvm_rpc.connect(host, port, session_timeout=3600)
+    else:
+        session = tvm_rpc.connect_tracker(host, port).request(parts[2], session_timeout=3600)
+    return session, f"rpc:{rpc}"
 
 
 def _resume(partial: Path, grid: str) -> dict[str, float]:

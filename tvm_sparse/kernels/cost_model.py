@@ -225,18 +225,23 @@ def _interp_m(by_m: dict[int, Any], m: int, value) -> float:
 
 
 def host_class(target: Target) -> str:
-    """The calibration host class of ``target``: ``x86_avx512``, ``x86_avx2``, ``cpu_generic``."""
-    bits = vector_bits(target)
+    """The calibration host class of ``target``: ``x86_avx512``, ``x86_avx2``, ``arm_neon``,
+    ``cpu_generic``."""
     if target.kind.name != "llvm":
         return "cpu_generic"
-    return {512: "x86_avx512", 256: "x86_avx2"}.get(bits, "cpu_generic")
+    if str(target.attrs.get("mtriple", "") or "").startswith("aarch64"):
+        return "arm_neon"
+    return {512: "x86_avx512", 256: "x86_avx2"}.get(vector_bits(target), "cpu_generic")
 
 
 def default_cache_path(target: Target) -> Path:
     """``$XDG_CACHE_HOME/tvm_sparse/calibration/<host class>-<key>.json`` (``~/.cache`` by
-    default), where the key stands for this machine (CPU model, cores) and the TVM and
-    tvm_sparse versions: kernels change between versions, and rates between machines."""
-    key = "\0".join((machine_key(), tvm.__version__, __version__))
+    default), where the key stands for the machine measured and the TVM and tvm_sparse
+    versions: kernels change between versions, and rates between machines. For a target this
+    machine runs, the machine is this one (CPU model, cores); for another (a board measured
+    over RPC), the target itself (triple, CPU, features, cores) names the device."""
+    device = machine_key() if is_host_target(target) else str(target)
+    key = "\0".join((device, tvm.__version__, __version__))
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_root() / "calibration" / f"{host_class(target)}-{digest}.json"
 
@@ -258,7 +263,10 @@ def load_calibration(target: Target, *, cache_path: str | os.PathLike | None = N
             table = Calibration.from_json(json.loads(path.read_text()))
             if table.machine and table.machine != machine_key() and is_host_target(target):
                 raise ValueError(f"measured on {table.machine}, this machine is {machine_key()}")
-            table.evidence = f"calibrated ({table.host} table measured by calibrate: {path.name})"
+            where = "" if is_host_target(target) else f" on {table.machine}"
+            table.evidence = (
+                f"calibrated ({table.host} table measured by calibrate{where}: {path.name})"
+            )
             return table
     except Exception as err:  # noqa: BLE001 - a bad cache file must not stop a compile
         warnings.warn(
@@ -278,9 +286,11 @@ def load_calibration(target: Target, *, cache_path: str | os.PathLike | None = N
             "tvm_sparse.kernels.calibrate(target) measures this machine)"
         )
     else:
-        device = "this machine" if target.kind.name == "llvm" else "the device"
-        table.evidence = (
-            f"uncalibrated: no {wanted} table, the {table.host} table stands in; "
-            f"tvm_sparse.kernels.calibrate(target) on {device} measures one"
-        )
+        if is_host_target(target):
+            how = "tvm_sparse.kernels.calibrate(target) measures one on this machine"
+        elif target.kind.name == "llvm":
+            how = "tvm_sparse.kernels.calibrate(target, rpc='HOST:PORT') measures the device"
+        else:
+            how = f"{target.kind.name} targets are not calibrated"
+        table.evidence = f"uncalibrated: no {wanted} table, the {table.host} table stands in; {how}"
     return table

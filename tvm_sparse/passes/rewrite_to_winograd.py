@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import tvm
 from tvm import relax, tirx
@@ -60,13 +62,40 @@ def _why_not(call: relax.Call, lanes: int) -> str | None:
 class _WinogradRewriter(PyExprMutator):
     """Replaces each chain ``conv2d -> [add bias] -> [add residual] -> [relu]`` by one call."""
 
-    def __init__(self, mod: tvm.IRModule, target: Target, knobs: WinogradKnobs):
+    def __init__(self, mod: tvm.IRModule, target: Target, knobs: WinogradKnobs, timer=None):
         super().__init__(mod)
         self.knobs = knobs
         self.cores = num_cores(target)
+        self.timer = timer
         self.chains: dict[relax.Var, dict] = {}  # last var of a chain -> its parts
         self.absorbed: set[relax.Var] = set()  # bindings a chain replaces
         self.rewritten: list[str] = []
+        self.why: dict[str, str] = {}  # conv name -> the evidence for its choice
+
+    def worth_it(self, conv: relax.Var, call: relax.Call) -> bool:
+        """Whether the Winograd kernel beats the direct conv on this layer: timed on this
+        machine where a layer timer is given (the direct conv, the simpler kernel, wins inside
+        the margin); by rule otherwise (fewer FLOPs, transforms in cache)."""
+        rule = "by rule: 2.25x fewer FLOPs than the direct conv; not timed"
+        if self.timer is None:
+            self.why[conv.name] = rule
+            return True
+        x_shape, w_shape = _static(call.args[0]), _static(call.args[1])
+        timing = self.timer.winograd(x_shape, w_shape)
+        if timing is None:
+            why = "budget spent" if self.timer.exhausted else "could not be timed"
+            self.why[conv.name] = f"{rule} ({why} on this machine)"
+            return True
+        times = f"direct {timing.ms['dense']:.3f} ms, winograd {timing.ms['winograd']:.3f} ms"
+        where = "measured on this machine" + (" (cached)" if timing.cached else "")
+        if timing.winner == "dense":
+            self.why[conv.name] = (
+                f"3x3 stride-1 conv kept direct: Winograd not faster by the margin ({where}: "
+                f"{times})"
+            )
+            return False
+        self.why[conv.name] = f"{where}: {times}"
+        return True
 
     def plan(self, func: relax.Function) -> None:
         """Find the chains: each conv's result, and each op after it, used once."""
@@ -89,7 +118,7 @@ class _WinogradRewriter(PyExprMutator):
         for var, value in bindings:
             if not (isinstance(value, relax.Call) and value.op == _CONV2D):
                 continue
-            if _why_not(value, self.knobs.lanes) is not None:
+            if _why_not(value, self.knobs.lanes) is not None or not self.worth_it(var, value):
                 continue
             out_channels = _static(var)[3]
             chain = {"conv": var, "call": value, "bias": None, "residual": None, "relu": False}
@@ -160,12 +189,13 @@ class RewriteToWinograd:
     """Rewrite 3x3 stride-1 NHWC convs with constant weights, and the bias add, residual add
     and ReLU after them, into one Winograd F(2x2, 3x3) kernel each (``winograd_conv2d``).
 
-    The kernel does 2.25x fewer FLOPs than the direct conv, with its transforms in cache:
-    ResNet-18's 56x56 convs of 64 channels ran 0.60 -> 0.26 ms, and its 14x14 convs of 256
-    channels 0.77 -> 0.31 ms (two AVX-512 cores). Convs it cannot take (odd sizes, strides,
-    batch above 1, channels that are not whole vectors) stay direct. The weight's transform
-    is computed here, once; the ReLU, residual and bias bindings go away, and the call keeps
-    the conv's binding name, so the report row of the conv names the kernel.
+    The kernel does 2.25x fewer FLOPs than the direct conv, with its transforms in cache, but
+    reads and writes more memory per FLOP, so small layers can lose: with a ``layer_timer``
+    each conv's two kernels are timed on this machine (the direct conv wins inside the
+    margin), and the report row says which and why. Convs it cannot take (odd sizes,
+    strides, batch above 1, channels that are not whole vectors) stay direct. The weight's
+    transform is computed here, once; the ReLU, residual and bias bindings go away, and the
+    call keeps the conv's binding name, so the report row of the conv names the kernel.
 
     Before::
 
@@ -187,31 +217,44 @@ class RewriteToWinograd:
         The llvm target; default ``Target.current()``.
     knobs : WinogradKnobs, optional
         Default :meth:`WinogradKnobs.for_target`.
+    layer_timer : tvm_sparse.layer_timing.LayerTimer, optional
+        Times each conv's direct and Winograd kernels on this machine; without one, every conv
+        the kernel takes runs it (by rule, as the report says).
     """
 
-    def __init__(self, target: Target | None = None, knobs: WinogradKnobs | None = None):
+    def __init__(
+        self,
+        target: Target | None = None,
+        knobs: WinogradKnobs | None = None,
+        layer_timer: Any = None,
+    ):
         self.target = target
         self.knobs = knobs
+        self.layer_timer = layer_timer
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         target = self.target or Target.current(allow_none=True)
         if target is None or target.kind.name != "llvm":
             return mod
-        rewriter = _WinogradRewriter(mod, target, self.knobs or WinogradKnobs.for_target(target))
+        knobs = self.knobs or WinogradKnobs.for_target(target)
+        rewriter = _WinogradRewriter(mod, target, knobs, self.layer_timer)
         for gv, func in list(mod.functions_items()):
             if not isinstance(func, relax.Function) or (func.attrs and func.attrs.get("Primitive")):
                 continue
+            rewriter.why = {}
             rewriter.plan(func)
-            if not rewriter.chains:
+            if not rewriter.why:
                 continue
             rewriter.rewritten = []
-            new_func = rewriter.visit_expr(func)
+            new_func = rewriter.visit_expr(func) if rewriter.chains else func
             decisions = {
                 str(k): dict(v) for k, v in ((func.attrs or {}).get(DECISIONS_ATTR) or {}).items()
             }
-            for name in rewriter.rewritten:
+            for name, evidence in rewriter.why.items():
                 record = decisions.get(name, {"kernel": "", "pattern": "dense", "reason": ""})
-                why = "3x3 stride-1 conv as Winograd F(2x2, 3x3)"
+                why = evidence
+                if name in rewriter.rewritten:
+                    why = f"3x3 stride-1 conv as Winograd F(2x2, 3x3) ({evidence})"
                 record["reason"] = f"{record['reason']}; {why}" if record["reason"] else why
                 decisions[name] = record
             rewriter.builder_.update_func(gv, new_func.with_attr(DECISIONS_ATTR, decisions))
