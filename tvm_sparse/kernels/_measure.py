@@ -49,7 +49,7 @@ class Runner:
         """``built`` (a compiled library or Relax executable) loaded where it runs."""
         if self.session is None:
             return load_module(built, ThreadConfig())[0]
-        from tvm.contrib import cc
+        from tvm.support import cc
 
         name = f"tvm_sparse_calibrate_{uuid.uuid4().hex[:12]}.so"
         kwargs = {}
