@@ -41,6 +41,7 @@ import tvm
 from tvm.target import Target
 
 from .._paths import cache_root
+from ..timing import TimingPolicy
 
 __all__ = [
     "FORMAT",
@@ -54,8 +55,9 @@ __all__ = [
 
 FORMAT = "tvm_sparse.tuning"
 FORMAT_VERSION = 1
-#: A tuned record must beat the measured default by this factor to be used (timing noise).
-MIN_GAIN = 0.95
+#: A tuned record must beat the measured default by this factor to be used: the margin of the
+#: project's timing policy (:class:`tvm_sparse.timing.TimingPolicy`), as every timed choice.
+MIN_GAIN = 1.0 / (1.0 + TimingPolicy().margin)
 
 
 class TuningCacheError(ValueError):
