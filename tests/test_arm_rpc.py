@@ -145,7 +145,7 @@ def test_a_table_calibrated_over_rpc_decides_arm_compiles(arm_session, tmp_path,
     lines = []
     grid = {"n": 64, "k": 64, "ms": (8,), "blocks": ((8, 1),), "densities": (0.1,), "nm": ()}
     table = calibrate(TARGET, rpc=arm_session, progress=lines.append, **grid)
-    assert table.host == "arm_neon" and table.machine == "rpc device"
+    assert table.host == "arm_neon" and table.machine == "the rpc device"
     assert all(
         0 < rate < 1e4 for rate in [*table.dense.values(), table.sparse["bsr_matmul[8x1]"][8][0.1]]
     )
@@ -161,6 +161,23 @@ def test_a_table_calibrated_over_rpc_decides_arm_compiles(arm_session, tmp_path,
     assert decided and all("calibrated (arm_neon table" in r.reason for r in decided), str(
         compiled.report
     )
+    _assert_matches(model, x, compiled.to_remote(arm_session)(x))
+
+
+@pytest.mark.arm
+def test_a_compile_times_its_layers_on_the_board(arm_session, tmp_path, monkeypatch):
+    from tvm_sparse.kernels import calibrate_host
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(calibrate_host, "QUICK_GRID", {"ms": (8,), "blocks": ((16, 1),),
+                                                       "densities": (0.2,), "nm": ()})  # fmt: skip
+    model, (x,) = zoo.make("mlp")
+    tvm_sparse.prune(model, (x,), pattern="block", block_shape=(16, 1), sparsity=0.9)
+    compiled = tvm_sparse.compile(model, TARGET, example_inputs=(x,), rpc=arm_session,
+                                  measure_layers=True)  # fmt: skip
+    timed = [r for r in compiled.report.rows if "measured on the rpc device" in r.reason]
+    assert timed, str(compiled.report)
+    assert any("calibration table for the rpc device" in n for n in compiled.report.notes)
     _assert_matches(model, x, compiled.to_remote(arm_session)(x))
 
 

@@ -121,7 +121,29 @@ def test_compile_decides_matmuls_by_their_measured_times(tmp_path, monkeypatch):
     assert not any("calibration table" in n for n in again.report.notes)
 
 
-def test_measure_layers_needs_a_target_that_runs_here():
+def test_measure_layers_needs_a_target_that_runs_here_or_a_board():
     model, x = _ffn(0.1)
-    with pytest.raises(ValueError, match="measure_layers=True .* does not run here"):
+    with pytest.raises(ValueError, match="measure_layers=True .* does not run here.* rpc="):
         tvm_sparse.compile(model, "arm-cortex-a72", example_inputs=(x,), measure_layers=True)
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        tvm_sparse.compile(model, "arm-cortex-a72", example_inputs=(x,), rpc="board")
+
+
+def test_layers_are_timed_on_the_device_behind_an_rpc_session(tmp_path, monkeypatch):
+    # An in-process RPC session: uploads, loads and times through the same calls as a board's
+    # (the tests marked arm do it on the emulated aarch64 device).
+    from tvm import rpc
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(calibrate_host, "QUICK_GRID", TINY_GRID)
+    model, x = _ffn(0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        compiled = tvm_sparse.compile(model, "x86", example_inputs=(x,), rpc=rpc.LocalSession(),
+                                      measure_layers=True, verify_speed=False)  # fmt: skip
+    rows = [r for r in compiled.report.rows if "measured" in r.reason]
+    assert len(rows) == 2, str(compiled.report)
+    assert all("measured on the rpc device" in r.reason for r in rows), str(compiled.report)
+    assert any("calibration table for the rpc device" in n for n in compiled.report.notes)
+    with torch.no_grad():
+        np.testing.assert_allclose(compiled(x), model(x).numpy(), rtol=1e-4, atol=1e-4)

@@ -41,6 +41,7 @@ def _compile(args: argparse.Namespace):
         args.target,
         sparsity=args.sparsity,
         dynamic_batch=args.dynamic_batch,
+        rpc=getattr(args, "rpc", None),
     )
     _progress(f"compiled in {time.perf_counter() - start:.1f} s")
     return model
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = model_command("compile", "compile a model into a deployable library")
     p.add_argument("-o", "--output", required=True, help="path of the library to write (.so)")
+    p.add_argument("--rpc", help="time the pruned layers on the board: HOST:PORT or HOST:PORT:KEY")
     p.set_defaults(func=cmd_compile)
     p = model_command("report", "print what the compiler does to each op")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

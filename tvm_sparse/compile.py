@@ -16,6 +16,7 @@ from .layer_timing import LayerTimer
 from .pipeline import pipeline
 from .report import CompileReport
 from .runtime import ThreadConfig
+from .runtime.runner import Runner
 from .targets import TargetPreset, is_host_target, resolve_target
 from .timing import compare
 
@@ -45,6 +46,7 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
     fast_math: bool = True,
     threads: ThreadConfig | None = None,
     measure_layers: bool | None = None,
+    rpc: Any = None,
 ) -> CompiledModel:
     """Compile ``model`` for ``target`` and return a callable :class:`CompiledModel`.
 
@@ -88,8 +90,14 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
         so a second compile reads the times back), before the calibration table; where this
         machine has no calibration table yet, measure a quick one first
         (:func:`tvm_sparse.kernels.calibrate_on_first_use`, with progress on stderr). By
-        default on where the target runs here (``TVM_SPARSE_MEASURE_LAYERS=0`` turns the
-        default off).
+        default on where the target runs here or ``rpc`` is given
+        (``TVM_SPARSE_MEASURE_LAYERS=0`` turns the default off).
+    rpc : tvm.rpc.RPCSession | str, optional
+        Measure on the board behind this session, ``HOST:PORT`` (an RPC server) or
+        ``HOST:PORT:KEY`` (a tracker) instead of this machine: each layer's candidates (and
+        the quick calibration table, where the board has none) are built here, run there and
+        timed by the board's clock, so a cross-compiled model is decided by its own device.
+        Run the result there with ``compiled.to_remote(session)``.
     threads : ThreadConfig, optional
         How the CPU kernels use threads: by default one per available core, workers not
         pinned, so that latency holds when another process shares a core (see
@@ -122,20 +130,26 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
     runs_here = is_host_target(preset.tvm_target()) and (
         device is None or device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
     )
+    runner = Runner.connect(rpc, preset.cross_compiler) if rpc is not None else None
     for flag, value in (("verify_speed", verify_speed), ("measure_layers", measure_layers)):
-        if value and not runs_here:
+        if value and not runs_here and not (flag == "measure_layers" and runner is not None):
             raise ValueError(
                 f"{flag}=True times kernels on this machine, but target {preset.name!r} does "
                 f"not run here; leave {flag} unset for cross-compilation"
+                + (", or pass rpc= the board's session" if flag == "measure_layers" else "")
             )
     if measure_layers is None:
-        measure_layers = runs_here and os.environ.get(MEASURE_LAYERS_ENV, "1") != "0"
-    timer = LayerTimer(preset.tvm_target()) if measure_layers and sparsity != "off" else None
+        measure_layers = (runs_here or runner is not None) and os.environ.get(
+            MEASURE_LAYERS_ENV, "1"
+        ) != "0"
+    timer = None
+    if measure_layers and sparsity != "off":
+        timer = LayerTimer(preset.tvm_target(), runner=runner)
     calibrated = None
     if timer is not None:
         # the table ranks each layer's candidates and decides the layers left unmeasured
         start = time.perf_counter()
-        calibrated = calibrate_on_first_use(preset.tvm_target())
+        calibrated = calibrate_on_first_use(preset.tvm_target(), rpc=runner)
         calibrated_s = time.perf_counter() - start
 
     def build(mode: str | dict) -> CompiledModel:
@@ -156,12 +170,12 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
         report.notes.append(f"compiled in {time.perf_counter() - start:.1f} s")
         if calibrated is not None:
             report.notes.append(
-                f"measured a calibration table for this machine in {calibrated_s:.0f} s (first "
-                "use; cached, tvm_sparse.kernels.calibrate measures the full grid)"
+                f"measured a calibration table for {timer.runner.name} in {calibrated_s:.0f} s "
+                "(first use; cached, tvm_sparse.kernels.calibrate measures the full grid)"
             )
         if timer is not None and timer.measured:
             report.notes.append(
-                f"timed the candidates of {timer.measured} layer(s) on this machine in "
+                f"timed the candidates of {timer.measured} layer(s) on {timer.runner.name} in "
                 f"{timer.spent_s:.1f} s (cached for the next compile)"
             )
         return CompiledModel(

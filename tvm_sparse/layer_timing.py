@@ -1,4 +1,4 @@
-"""Per-layer evidence: one pruned layer's candidate kernels, built and timed on this machine.
+"""Per-layer evidence: one pruned layer's candidate kernels, built and timed on the device.
 
 The first source of evidence ``RewriteToSparse`` asks for a layer. For a pruned matmul it builds
 the layer alone, once per candidate (dense, and the sparse kernels the cost model ranks
@@ -14,8 +14,9 @@ A convolution is built between the channels-last layouts of its neighbours in a 
 so that a sparse conv (which runs channels-first) pays the transposes it pays in the model.
 ``RewriteToWinograd`` asks the same way whether a dense 3x3 conv runs as the Winograd kernel
 (its time does not depend on the weight's values, so one record serves every layer of a
-shape). Only a target this machine runs can be measured here; others use the calibration
-table and the stated rules.
+shape). The device is this machine, or a board behind a TVM RPC session
+(:class:`~tvm_sparse.runtime.runner.Runner`); a target neither runs is decided by the
+calibration table and the stated rules.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from tvm import relax
 from tvm.target import Target
 
 from ._paths import cache_root
+from .runtime.runner import Runner
 from .targets.host import machine_key
 from .timing import TimingPolicy, compare
 
@@ -64,20 +66,25 @@ class LayerTiming:
     winner: str
     rounds: int
     cached: bool = False
+    device: str = "this machine"
+
+    @property
+    def where(self) -> str:
+        return f"measured on {self.device}" + (" (cached)" if self.cached else "")
 
     def describe(self) -> str:
         times = ", ".join(f"{name} {ms:.3f} ms" for name, ms in self.ms.items())
-        where = "measured on this machine" + (" (cached)" if self.cached else "")
-        return f"{where}: {times}"
+        return f"{self.where}: {times}"
 
 
 class LayerTimer:
-    """Builds and times the candidates of single layers for ``target`` on this machine.
+    """Builds and times the candidates of single layers for ``target`` on the runner's device.
 
     Parameters
     ----------
     target : tvm.target.Target
-        A target this machine runs (see :func:`tvm_sparse.targets.is_host_target`).
+        A target this machine runs (see :func:`tvm_sparse.targets.is_host_target`), or the
+        runner's board.
     cache_dir : str | os.PathLike, optional
         Where results are kept; ``$XDG_CACHE_HOME/tvm_sparse/layers`` by default.
     policy : TimingPolicy, optional
@@ -85,6 +92,9 @@ class LayerTimer:
     budget_s : float
         Seconds of building and timing one compile may spend on layers; once spent, the
         remaining layers fall back to the calibration table (their reasons say so).
+    runner : tvm_sparse.runtime.runner.Runner, optional
+        Where the builds run: this machine by default, or a board over TVM RPC (then timed
+        by the board's clock, and cached under the board's name).
     """
 
     def __init__(
@@ -94,8 +104,10 @@ class LayerTimer:
         cache_dir: str | os.PathLike | None = None,
         policy: TimingPolicy | None = None,
         budget_s: float = 60.0,
+        runner: Runner | None = None,
     ) -> None:
         self.target = target
+        self.runner = runner or Runner()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "layers"
         self.policy = policy or TimingPolicy(budget_s=1.5)
         self.budget_s = budget_s
@@ -173,7 +185,8 @@ class LayerTimer:
         finally:
             self.spent_s += time.perf_counter() - start
         self.measured += 1
-        timing = LayerTiming(ms=result.ms, winner=result.winner, rounds=result.rounds)
+        timing = LayerTiming(ms=result.ms, winner=result.winner, rounds=result.rounds,
+                             device=self.runner.name)  # fmt: skip
         self._write(key, timing)
         return timing
 
@@ -181,7 +194,6 @@ class LayerTimer:
 
     def _build(self, layer: _Layer, choice: str):
         from .pipeline import pipeline
-        from .runtime.threading import ThreadConfig, load_module
 
         bb = relax.BlockBuilder()
         if layer.op == "matmul":
@@ -223,12 +235,10 @@ class LayerTimer:
         else:
             passes = pipeline(self.target, sparsity={"*": choice}, tuning_cache=None)
         exe = tvm.compile(bb.get(), self.target, relax_pipeline=passes)
-        dev = tvm.cpu()
-        vm = relax.VirtualMachine(load_module(exe, ThreadConfig())[0], dev)
-        rng = np.random.default_rng(0)
-        xin = tvm.runtime.tensor(rng.standard_normal(x_shape).astype("float32"), dev)
-        main = vm["main"]
-        return lambda: main(xin)
+        runner = self.runner
+        vm = relax.VirtualMachine(runner.load(exe), runner.device)
+        xin = runner.tensors([np.random.default_rng(0).standard_normal(x_shape).astype("float32")])
+        return runner.timed(vm, xin)
 
     # -- cache ------------------------------------------------------------------------------
 
@@ -237,7 +247,7 @@ class LayerTimer:
         for part in (
             f"v{FORMAT_VERSION}",
             str(self.target),
-            machine_key(),
+            machine_key() if not self.runner.remote else self.runner.name,
             layer.op,
             repr(layer.x_shape),
             repr(layer.weight.shape),
@@ -261,7 +271,7 @@ class LayerTimer:
             if not all(np.isfinite(v) and v > 0 for v in ms.values()):
                 raise ValueError("a time that is not a positive number")
             return LayerTiming(ms=ms, winner=record["winner"], rounds=int(record["rounds"]),
-                               cached=True)  # fmt: skip
+                               cached=True, device=self.runner.name)  # fmt: skip
         except Exception as err:  # noqa: BLE001 - a bad record is measured again
             warnings.warn(
                 f"layer timing record {path.name} ignored ({type(err).__name__}: {err}); "

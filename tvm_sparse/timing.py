@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-__all__ = ["Comparison", "TimingPolicy", "compare", "median_ms"]
+__all__ = ["Comparison", "DeviceTimed", "TimingPolicy", "compare", "median_ms"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,12 +82,13 @@ class Comparison:
 
 
 def compare(
-    candidates: Mapping[str, Callable[[], object]],
+    candidates: Mapping[str, Callable[[], object] | DeviceTimed],
     *,
     reference: str,
     policy: TimingPolicy | None = None,
 ) -> Comparison:
-    """Time ``candidates`` (name -> one call) against ``reference`` and choose one.
+    """Time ``candidates`` (name -> one call, or a :class:`DeviceTimed`) against
+    ``reference`` and choose one.
 
     The winner is the reference unless some candidate's median speedup over it exceeds
     ``1 + margin``; then the first candidate (in the order given: the caller's preference)
@@ -99,10 +100,8 @@ def compare(
     names = list(candidates)
     calls = {}
     for name, call in candidates.items():  # warm up; size each candidate's round
-        call()
-        start = time.perf_counter()
-        call()
-        one = max(time.perf_counter() - start, 1e-6)
+        _round(call, 1)
+        one = max(_round(call, 1), 1e-6)
         calls[name] = int(np.clip(policy.round_ms / 1e3 / one, 1, 1000))
     per_call: dict[str, list[float]] = {name: [] for name in names}
     start = time.perf_counter()
@@ -111,12 +110,7 @@ def compare(
     while rounds < policy.max_rounds:
         order = names[rounds % len(names) :] + names[: rounds % len(names)]
         for name in order:
-            samples = []
-            for _ in range(calls[name]):
-                t0 = time.perf_counter()
-                candidates[name]()
-                samples.append(time.perf_counter() - t0)
-            per_call[name].append(float(np.median(samples)))
+            per_call[name].append(_round(candidates[name], calls[name]))
         rounds += 1
         if rounds >= policy.min_rounds:
             resolved = _resolved(per_call, reference, policy.margin)
@@ -139,10 +133,34 @@ def compare(
     )
 
 
-def median_ms(call: Callable[[], object], policy: TimingPolicy | None = None) -> float:
+def median_ms(
+    call: Callable[[], object] | DeviceTimed, policy: TimingPolicy | None = None
+) -> float:
     """Median milliseconds per call of ``call`` over the policy's ``min_rounds`` rounds: the
     same rounds as a comparison's, for a rate measured alone (a calibration table's)."""
     return compare({"call": call}, reference="call", policy=policy).ms["call"]
+
+
+class DeviceTimed:
+    """A candidate that runs on another device and is timed there: ``seconds(number)`` runs
+    it ``number`` times and returns the device's seconds per call (TVM's ``time_evaluator``
+    over RPC, where the round trip would swamp a kernel's time). :func:`compare` takes it
+    in place of a call."""
+
+    def __init__(self, seconds: Callable[[int], float]):
+        self.seconds = seconds
+
+
+def _round(candidate: Callable[[], object] | DeviceTimed, number: int) -> float:
+    """Seconds per call of one round: the median of ``number`` timed calls."""
+    if isinstance(candidate, DeviceTimed):
+        return float(candidate.seconds(number))
+    samples = []
+    for _ in range(number):
+        t0 = time.perf_counter()
+        candidate()
+        samples.append(time.perf_counter() - t0)
+    return float(np.median(samples))
 
 
 def _resolved(per_call: dict[str, list[float]], reference: str, margin: float) -> bool:

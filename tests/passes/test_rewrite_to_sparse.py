@@ -236,7 +236,9 @@ class _StubTimer:
 
     def __init__(self, ms: dict[str, float] | None, winner: str = "dense"):
         from tvm_sparse.layer_timing import LayerTiming
+        from tvm_sparse.runtime.runner import Runner
 
+        self.runner = Runner()
         self.asked: list[tuple] = []
         self.result = None if ms is None else LayerTiming(ms=ms, winner=winner, rounds=5)
         self.exhausted = ms is None

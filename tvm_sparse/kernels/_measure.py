@@ -1,25 +1,20 @@
 """Timing helpers shared by calibration and the benchmarks (random pruned weights), on this
-machine or on an RPC device (:class:`Runner`)."""
+machine or on an RPC device (:class:`~tvm_sparse.runtime.runner.Runner`)."""
 
 from __future__ import annotations
-
-import os
-import tempfile
-import uuid
 
 import numpy as np
 import tvm
 from tvm import relax
 from tvm.target import Target
 
-from ..runtime.threading import ThreadConfig, load_module
-from ..timing import TimingPolicy, median_ms
+from ..runtime.runner import Runner
+from ..timing import median_ms
 from .bsr_matmul import BSRMatmulKnobs, bsr_matmul
 from .formats import to_bsr, to_nm
 from .nm_matmul import NMMatmulKnobs, nm_matmul
 
 __all__ = [
-    "Runner",
     "block_mask",
     "measure_bsr",
     "measure_dense",
@@ -27,59 +22,6 @@ __all__ = [
     "nm_mask",
     "time_prim_func",
 ]
-
-
-class Runner:
-    """Where a measured kernel runs: this machine (``session=None``), or the device behind a
-    TVM RPC session, for which libraries are linked with ``cross_compiler``.
-
-    On this machine calls are timed by the project's timing policy
-    (:func:`tvm_sparse.timing.median_ms`) on the launcher compiled models run on. On a device
-    they are timed there by TVM's ``time_evaluator`` (the round trip of an RPC call would
-    swamp a kernel's time), over as many repeats as the policy's rounds, each at least a
-    round's length; the median is kept.
-    """
-
-    def __init__(self, session=None, cross_compiler: str | None = None):
-        self.session = session
-        self.cross_compiler = cross_compiler
-        self.device = session.cpu(0) if session is not None else tvm.cpu()
-
-    def load(self, built) -> tvm.runtime.Module:
-        """``built`` (a compiled library or Relax executable) loaded where it runs."""
-        if self.session is None:
-            return load_module(built, ThreadConfig())[0]
-        from tvm.support import cc
-
-        name = f"tvm_sparse_calibrate_{uuid.uuid4().hex[:12]}.so"
-        kwargs = {}
-        if self.cross_compiler:
-            kwargs["fcompile"] = cc.cross_compiler(self.cross_compiler)
-        with tempfile.TemporaryDirectory(prefix="tvm_sparse_rpc_") as tmp:
-            path = os.path.join(tmp, name)
-            built.export_library(path, **kwargs)
-            self.session.upload(path)
-        return self.session.load_module(name)
-
-    def tensors(self, arrays: list[np.ndarray]) -> list:
-        return [tvm.runtime.tensor(a, self.device) for a in arrays]
-
-    def seconds(self, module, args: list, func_name: str = "main") -> float:
-        """Seconds of one call of ``module[func_name](*args)``."""
-        if self.session is None:
-            func = module[func_name]
-            return median_ms(lambda: func(*args)) / 1e3
-        policy = TimingPolicy()
-        func = module[func_name]
-        func(*args)  # warm-up: first-touch pages, the device's thread pool
-        timer = module.time_evaluator(
-            func_name,
-            self.device,
-            number=1,
-            repeat=policy.min_rounds,
-            min_repeat_ms=int(policy.round_ms),
-        )
-        return float(np.median(timer(*args).results))
 
 
 _HOST = Runner()
@@ -108,7 +50,7 @@ def time_prim_func(
 ) -> float:
     """Seconds of one call of ``func`` (the output is the last arg), by the timing policy."""
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target)
-    return runner.seconds(runner.load(lib), runner.tensors(args))
+    return median_ms(runner.timed(runner.load(lib), runner.tensors(args))) / 1e3
 
 
 def measure_dense(target: Target, m: int, n: int, k: int, runner: Runner = _HOST) -> float:
@@ -130,7 +72,8 @@ def time_dense_relax(target: Target, m: int, n: int, k: int, runner: Runner = _H
         bb.emit_func_output(out)
     exe = tvm.compile(bb.get(), target, relax_pipeline=pipeline(target, sparsity="off"))
     vm = relax.VirtualMachine(runner.load(exe), runner.device)
-    return runner.seconds(vm, runner.tensors([rng.standard_normal((m, k)).astype("float32")]))
+    x = runner.tensors([rng.standard_normal((m, k)).astype("float32")])
+    return median_ms(runner.timed(vm, x)) / 1e3
 
 
 def measure_bsr(

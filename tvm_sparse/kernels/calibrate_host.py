@@ -4,7 +4,7 @@
 builds here and measures on the board behind the RPC server (an Arm board: the table then
 decides every compile for that target). :func:`calibrate_on_first_use`, which ``compile``
 calls on a machine without a table, measures a quick grid (a few builds per kernel). Every
-point is timed by the project's timing policy (:class:`~tvm_sparse.kernels._measure.Runner`),
+point is timed by the project's timing policy (:class:`~tvm_sparse.runtime.runner.Runner`),
 progress is shown, and each point is kept as it is measured beside the table
 (``<table>.partial.json``), so that a run killed half way resumes where it stopped.
 """
@@ -22,6 +22,7 @@ from tvm import rpc as tvm_rpc
 from tvm.target import Target
 
 from .._progress import progress_fn
+from ..runtime.runner import Runner
 from ..targets import TargetPreset, resolve_target
 from ..targets.host import is_host_target, machine_key
 from .cost_model import Calibration, default_cache_path, host_class
@@ -45,7 +46,7 @@ QUICK_GRID = {
 def calibrate(
     target: str | dict | Target | TargetPreset,
     *,
-    rpc: tvm_rpc.RPCSession | str | None = None,
+    rpc: tvm_rpc.RPCSession | str | Runner | None = None,
     n: int = 1024,
     k: int = 768,
     ms: tuple[int, ...] = DEFAULT_MS,
@@ -80,7 +81,7 @@ def calibrate(
     progress : bool | callable
         Print a line per point to stderr, or call this function with each message.
     """
-    from ._measure import Runner, measure_bsr, measure_dense, measure_nm
+    from ._measure import measure_bsr, measure_dense, measure_nm
 
     preset = resolve_target(target)
     target = preset.tvm_target()
@@ -97,8 +98,8 @@ def calibrate(
             )
         runner, device = Runner(), machine_key()
     else:
-        session, device = _connect(rpc)
-        runner = Runner(session, preset.cross_compiler)
+        runner = Runner.connect(rpc, preset.cross_compiler)
+        device = runner.name
     say = progress_fn(progress)
     points: list[tuple[str, int, float | None, Callable[[], float]]] = []
     for m in ms:
@@ -112,7 +113,9 @@ def calibrate(
         measure = partial(measure_nm, target, n=n, k=k, nm=(keep, group), runner=runner)
         points += [(kernel, m, keep / group, partial(measure, m=m)) for m in ms]
 
-    path = Path(cache_path) if cache_path is not None else default_cache_path(target)
+    if cache_path is None:
+        cache_path = default_cache_path(target, device if runner.remote else None)
+    path = Path(cache_path)
     unfinished = path.with_name(path.name + ".partial.json")
     grid = f"{device}|{target}|n={n}|k={k}"
     rates = _resume(unfinished, grid) if save else {}
@@ -147,30 +150,22 @@ def calibrate(
 
 
 def calibrate_on_first_use(
-    target: Target, *, progress: bool | Callable[[str], None] = True
+    target: Target,
+    *,
+    rpc: tvm_rpc.RPCSession | str | Runner | None = None,
+    progress: bool | Callable[[str], None] = True,
 ) -> Calibration | None:
-    """Measure the quick grid (:data:`QUICK_GRID`) for ``target`` where this machine has no
-    table of its own yet; ``None`` where it has one, or where ``target`` does not run here."""
-    if not is_host_target(target) or default_cache_path(target).is_file():
+    """Measure the quick grid (:data:`QUICK_GRID`) for ``target`` where its device (this
+    machine, or the board behind ``rpc``) has no table of its own yet; ``None`` where it has
+    one, or where ``target`` does not run here and no ``rpc`` is given."""
+    if rpc is None:
+        if not is_host_target(target) or default_cache_path(target).is_file():
+            return None
+        return calibrate(target, progress=progress, **QUICK_GRID)
+    runner = Runner.connect(rpc, resolve_target(target).cross_compiler)
+    if default_cache_path(target, runner.name).is_file():
         return None
-    return calibrate(target, progress=progress, **QUICK_GRID)
-
-
-def _connect(rpc: tvm_rpc.RPCSession | str) -> tuple[tvm_rpc.RPCSession, str]:
-    """The session and a name of the device for the table (``rpc:HOST:PORT[:KEY]``)."""
-    if isinstance(rpc, tvm_rpc.RPCSession):
-        return rpc, "rpc device"
-    parts = str(rpc).split(":")
-    if len(parts) not in (2, 3) or not parts[1].isdigit():
-        raise ValueError(
-            f"rpc={rpc!r}: expected HOST:PORT (an RPC server) or HOST:PORT:KEY (a tracker)"
-        )
-    host, port = parts[0], int(parts[1])
-    if len(parts) == 2:
-        session = tvm_rpc.connect(host, port, session_timeout=3600)
-    else:
-        session = tvm_rpc.connect_tracker(host, port).request(parts[2], session_timeout=3600)
-    return session, f"rpc:{rpc}"
+    return calibrate(target, rpc=runner, progress=progress, **QUICK_GRID)
 
 
 def _resume(partial: Path, grid: str) -> dict[str, float]:

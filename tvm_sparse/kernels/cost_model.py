@@ -234,19 +234,25 @@ def host_class(target: Target) -> str:
     return {512: "x86_avx512", 256: "x86_avx2"}.get(vector_bits(target), "cpu_generic")
 
 
-def default_cache_path(target: Target) -> Path:
+def default_cache_path(target: Target, device: str | None = None) -> Path:
     """``$XDG_CACHE_HOME/tvm_sparse/calibration/<host class>-<key>.json`` (``~/.cache`` by
     default), where the key stands for the machine measured and the TVM and tvm_sparse
     versions: kernels change between versions, and rates between machines. For a target this
-    machine runs, the machine is this one (CPU model, cores); for another (a board measured
-    over RPC), the target itself (triple, CPU, features, cores) names the device."""
-    device = machine_key() if is_host_target(target) else str(target)
+    machine runs, the machine is this one (CPU model, cores), or ``device`` (the name of a
+    board measured over RPC that runs the same code); for another target, the target itself
+    (triple, CPU, features, cores) names the board."""
+    if is_host_target(target):
+        device = machine_key() if device is None else f"{device}|{target}"
+    else:
+        device = str(target)
     key = "\0".join((device, tvm.__version__, __version__))
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_root() / "calibration" / f"{host_class(target)}-{digest}.json"
 
 
-def load_calibration(target: Target, *, cache_path: str | os.PathLike | None = None) -> Calibration:
+def load_calibration(
+    target: Target, *, cache_path: str | os.PathLike | None = None, device: str | None = None
+) -> Calibration:
     """The calibration for ``target``: the cache file if present, else the shipped table.
 
     Parameters
@@ -255,15 +261,19 @@ def load_calibration(target: Target, *, cache_path: str | os.PathLike | None = N
         Picks the host class.
     cache_path : str | os.PathLike, optional
         A table written by :func:`calibrate`; defaults to :func:`default_cache_path`.
+    device : str, optional
+        The board measured over RPC (:attr:`tvm_sparse.runtime.runner.Runner.name`) whose
+        table is wanted, where ``target`` also runs here; default: this machine's.
     """
-    path = Path(cache_path) if cache_path is not None else default_cache_path(target)
+    path = Path(cache_path) if cache_path is not None else default_cache_path(target, device)
+    here = is_host_target(target) and device is None
     wanted = host_class(target)
     try:
         if path.is_file():
             table = Calibration.from_json(json.loads(path.read_text()))
-            if table.machine and table.machine != machine_key() and is_host_target(target):
+            if table.machine and table.machine != machine_key() and here:
                 raise ValueError(f"measured on {table.machine}, this machine is {machine_key()}")
-            where = "" if is_host_target(target) else f" on {table.machine}"
+            where = "" if here else f" on {table.machine}"
             table.evidence = (
                 f"calibrated ({table.host} table measured by calibrate{where}: {path.name})"
             )

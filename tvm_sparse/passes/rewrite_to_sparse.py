@@ -136,7 +136,9 @@ class RewriteToSparse:
         self.layer_timer = layer_timer
 
     def transform_module(self, mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
-        calibration = self.calibration or load_calibration(self.target)
+        runner = getattr(self.layer_timer, "runner", None)
+        device = runner.name if runner is not None and runner.remote else None
+        calibration = self.calibration or load_calibration(self.target, device=device)
         candidates = {
             name
             for func in mod.functions.values()

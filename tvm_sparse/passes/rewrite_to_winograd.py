@@ -84,10 +84,10 @@ class _WinogradRewriter(PyExprMutator):
         timing = self.timer.winograd(x_shape, w_shape)
         if timing is None:
             why = "budget spent" if self.timer.exhausted else "could not be timed"
-            self.why[conv.name] = f"{rule} ({why} on this machine)"
+            self.why[conv.name] = f"{rule} ({why} on {self.timer.runner.name})"
             return True
         times = f"direct {timing.ms['dense']:.3f} ms, winograd {timing.ms['winograd']:.3f} ms"
-        where = "measured on this machine" + (" (cached)" if timing.cached else "")
+        where = timing.where
         if timing.winner == "dense":
             self.why[conv.name] = (
                 f"3x3 stride-1 conv kept direct: Winograd not faster by the margin ({where}: "

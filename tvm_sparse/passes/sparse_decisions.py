@@ -335,7 +335,7 @@ def measured(
     timing = measure(list(picked))
     if timing is None:
         why = "measuring budget spent" if timer.exhausted else "could not be timed"
-        return dataclasses.replace(plan, reason=f"{plan.reason}; {why} on this machine")
+        return dataclasses.replace(plan, reason=f"{plan.reason}; {why} on {timer.runner.name}")
     density = f"density {info.density:.2f}"
     if timing.winner == "dense":
         return Plan("dense", "dense", f"{density}: no sparse kernel faster than dense by the "
