@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from .targets.host import available_cores
+
 __all__ = [
     "in_fresh_process",
     "interleave",
@@ -128,7 +130,7 @@ def onnxruntime_runner(
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = _num_cores()
+    options.intra_op_num_threads = available_cores()
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if hasattr(model, "SerializeToString"):
@@ -143,10 +145,6 @@ def time_onnxruntime(model: Any, inputs: Sequence[np.ndarray], **kwargs: Any) ->
     return time_callable(onnxruntime_runner(model, inputs), **kwargs)
 
 
-def _num_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 def machine_info() -> dict[str, Any]:
     """What the numbers were measured on."""
     import torch
@@ -155,7 +153,7 @@ def machine_info() -> dict[str, Any]:
 
     return {
         "cpu": codegen.llvm_get_system_cpu(),
-        "cores": _num_cores(),
+        "cores": available_cores(),
         "machine": platform.machine(),
         "python": platform.python_version(),
         "tvm": tvm.__version__,

@@ -26,6 +26,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..targets.host import available_cores
+
 __all__ = [
     "ThreadConfig",
     "available_cores",
@@ -38,20 +40,6 @@ __all__ = [
 _SOURCE = Path(__file__).with_name("thread_pool.c")
 _LAUNCH_SYMBOL = "__TVMBackendParallelLaunch"
 _BARRIER_SYMBOL = "__TVMBackendParallelBarrier"
-
-
-def available_cores() -> int:
-    """CPUs this process may run on (its affinity mask, which containers and ``taskset``
-    restrict), at most one per physical core: two threads of one core share its vector
-    units, so a second thread per core only adds contention to these kernels."""
-    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        import psutil
-
-        physical = psutil.cpu_count(logical=False) or logical
-    except ImportError:  # pragma: no cover - psutil is a dependency
-        physical = logical
-    return max(1, min(logical or 1, physical))
 
 
 @dataclasses.dataclass(frozen=True)

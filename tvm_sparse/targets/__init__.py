@@ -1,6 +1,12 @@
 """Targets as data: presets per device, resolved into TVM targets."""
 
-from .host import host_cpu_features, is_host_target, machine_key, missing_host_features
+from .host import (
+    available_cores,
+    host_cpu_features,
+    is_host_target,
+    machine_key,
+    missing_host_features,
+)
 from .presets import (
     PruningDefaults,
     TargetPreset,
@@ -11,6 +17,7 @@ from .presets import (
 )
 
 __all__ = [
+    "available_cores",
     "PruningDefaults",
     "TargetPreset",
     "get_preset",

@@ -9,6 +9,7 @@ can hide features that the CPU model has).
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 from functools import cache
@@ -162,13 +163,25 @@ def is_host_target(target: Target) -> bool:
     return not missing_host_features(target)
 
 
+def available_cores() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and ``taskset``
+    restrict), at most one per physical core: two threads of one core share its vector
+    units, so a second thread per core only adds contention to these kernels."""
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or logical
+    except ImportError:  # pragma: no cover - psutil is a dependency
+        physical = logical
+    return max(1, min(logical or 1, physical))
+
+
 @cache
 def machine_key() -> str:
     """This machine as timings know it: LLVM's name for its CPU, the CPU model line the kernel
     reports, and the cores this process may use. A timing or calibration measured under
     another key (another CPU, or fewer cores) is not evidence here."""
-    from ..runtime.threading import available_cores
-
     model = ""
     try:
         with open("/proc/cpuinfo") as f:

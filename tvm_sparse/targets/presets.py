@@ -6,14 +6,16 @@ reuses it; the rest are registered here, in one place.
 
 from __future__ import annotations
 
-import os
 import platform
 from dataclasses import dataclass, field
 from typing import Any
 
 from tvm.target import Target, codegen
 
-from .host import is_host_target  # noqa: F401  (its home before host.py; kept importable)
+from .host import (
+    available_cores,
+    is_host_target,  # noqa: F401  (its home before host.py; kept importable)
+)
 
 __all__ = [
     "PruningDefaults",
@@ -94,11 +96,7 @@ _AARCH64_CXX = "aarch64-linux-gnu-g++"
 
 
 def _host_x86() -> dict[str, Any]:
-    return {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": _num_cores()}
-
-
-def _num_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), "num-cores": available_cores()}
 
 
 def _arm(mcpu: str, cores: int) -> dict[str, Any]:

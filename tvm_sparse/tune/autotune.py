@@ -46,7 +46,7 @@ from tvm.target import Target
 from .._progress import progress_fn
 from ..report import CompileReport
 from ..schedules import ApplySchedules, schedule_rules
-from ..targets import TargetPreset, resolve_target
+from ..targets import TargetPreset, available_cores, resolve_target
 from .cache import (
     MIN_GAIN,
     Record,
@@ -309,10 +309,8 @@ def _with_num_cores(target: Target) -> Target:
     # MetaSchedule's parallel/vectorize postprocessor needs the core count of an llvm target.
     if target.kind.name != "llvm" or target.attrs.get("num-cores"):
         return target
-    import psutil
-
     config = json.loads(str(target))
-    config["num-cores"] = psutil.cpu_count(logical=False) or 1
+    config["num-cores"] = available_cores()
     return Target(config)
 
 
