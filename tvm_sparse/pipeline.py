@@ -47,7 +47,7 @@ def sparsity_passes(
     if sparsity == "off":
         return []
     from .passes import DetectSparsity, RewriteToSparse, ShrinkPrunedChannels
-    from .schedules.cpu.base import vector_lanes
+    from .targets.facts import vector_lanes
 
     # CPU schedules vectorise over output channels: keep counts a multiple of the SIMD width
     multiple = vector_lanes(target) if target.kind.name == "llvm" else 1

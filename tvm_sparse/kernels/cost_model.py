@@ -39,7 +39,7 @@ from tvm.target import Target
 
 from .. import __version__
 from .._paths import cache_root
-from ..schedules.cpu.base import vector_bits
+from ..targets.facts import vector_bits
 from ..targets.host import is_host_target, machine_key
 
 __all__ = [

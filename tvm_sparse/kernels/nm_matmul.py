@@ -19,7 +19,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from ..schedules.cpu.base import vector_lanes
+from ..targets.facts import vector_lanes
 
 __all__ = ["NMMatmulKnobs", "nm_matmul", "nm_matmul_kernel_name"]
 

@@ -41,7 +41,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from ..schedules.cpu.base import vector_lanes
+from ..targets.facts import vector_lanes
 
 __all__ = [
     "KERNEL_NAME",

@@ -7,7 +7,7 @@ from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels.winograd_conv2d import winograd_applies
-from ..schedules.cpu.base import vector_lanes
+from ..targets.facts import vector_lanes
 
 __all__ = ["ConvertToNHWC"]
 

@@ -17,7 +17,7 @@ from ..kernels.winograd_conv2d import (
     winograd_conv2d,
     winograd_weight,
 )
-from ..schedules.cpu.base import num_cores
+from ..targets.facts import num_cores
 from ._bindings import function_bindings
 from .collect_report import DECISIONS_ATTR
 from .rewrite_to_sparse import FLOPS_ATTR

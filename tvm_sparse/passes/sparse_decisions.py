@@ -21,7 +21,7 @@ from ..kernels.formats import to_bsr, to_nm
 from ..kernels.nm_matmul import nm_matmul_kernel_name
 from ..kernels.sparse_conv2d import Conv2DGeometry
 from ..kernels.winograd_conv2d import winograd_applies
-from ..schedules.cpu.base import vector_lanes
+from ..targets.facts import vector_lanes
 from .detect_sparsity import WeightSparsity
 
 __all__ = ["CHOICES", "LayerChoice", "Plan", "SparsityConfig", "decide", "decide_cuda", "measured"]

@@ -48,7 +48,8 @@ from ..kernels.bsr_matmul import BSRMatmulKnobs, bsr_matmul
 from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul
 from ..schedules import schedule_rules
 from ..schedules.apply_schedules import KERNEL_ATTR
-from ..schedules.cpu.base import CPUScheduleRule, iter_stmts, vector_lanes
+from ..schedules.cpu.base import CPUScheduleRule, iter_stmts
+from ..targets.facts import vector_lanes
 
 __all__ = [
     "METASCHEDULE_SPACE",

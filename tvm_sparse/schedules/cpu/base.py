@@ -1,4 +1,5 @@
-"""Shared pieces of the dense CPU schedule rules: target gating, target facts and loop helpers.
+"""Shared pieces of the dense CPU schedule rules: target gating and loop helpers (the target
+facts they size themselves by are in :mod:`tvm_sparse.targets.facts`).
 
 Every rule in this package derives from :class:`CPUScheduleRule`. Its ``apply`` checks the target
 and the function, then calls the rule's ``schedule``; a schedule primitive that refuses (the rule's
@@ -16,9 +17,9 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 from tvm.target import Target
-from tvm.target.codegen import target_has_features
 from tvm.tirx.analysis import undefined_vars
 
+from ...targets.facts import num_cores, vector_bits, vector_lanes  # noqa: F401  (re-exported)
 from .knob_sampler import KnobDecisionError, KnobSampler
 
 logger = logging.getLogger(__name__)
@@ -147,36 +148,12 @@ class CPUScheduleRule(ScheduleRule):
         raise NotImplementedError
 
 
-# --- target facts -------------------------------------------------------------------------------
-
-
-def vector_bits(target: Target) -> int:
-    """Width in bits of the widest SIMD register usable for fp32 arithmetic on ``target``.
-
-    ``llvm_get_vector_width`` reports the host's width for some CPUs (512 for haswell), so the
-    target's own feature flags decide.
-    """
-    if target_has_features("avx512f", target):
-        return 512
-    if target_has_features("avx", target):
-        return 256
-    return 128  # SSE, NEON, and a safe floor for anything else
+# --- annotations -------------------------------------------------------------------------------
 
 
 #: Loop annotation a rule puts on a loop whose iterations read consecutive contiguous chunks of
 #: the buffer it names: ``tvm_sparse.passes.InjectPrefetch`` then prefetches the next chunk.
 PREFETCH_ATTR = "tvm_sparse.prefetch"
-
-
-def vector_lanes(target: Target, dtype_bits: int = 32) -> int:
-    """Number of ``dtype_bits``-wide lanes in one SIMD register of ``target``."""
-    return max(vector_bits(target) // dtype_bits, 1)
-
-
-def num_cores(target: Target) -> int:
-    """The target's ``num-cores`` attribute, or 1 when it is not given."""
-    cores = target.attrs.get("num-cores")
-    return int(cores) if cores else 1
 
 
 # --- loop helpers -------------------------------------------------------------------------------
