@@ -94,15 +94,23 @@ def _ffn(density: float, block=(16, 1)) -> tuple[torch.nn.Module, torch.Tensor]:
     return model.eval(), torch.randn(32, 384)
 
 
-def test_compile_decides_matmuls_by_their_measured_times(tmp_path, monkeypatch):
-    # a cache of this test's own: the first compile also measures a calibration table (a
-    # small grid here), which later tests must not read
+@pytest.fixture
+def own_cache(tmp_path, monkeypatch):
+    """A cache of the test's own: a compile that times layers first measures a calibration
+    table (a small grid here), which later tests must not read."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(calibrate_host, "QUICK_GRID", TINY_GRID)
-    model, x = _ffn(0.1)
+
+
+def _compile_timed(model, x, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        compiled = tvm_sparse.compile(model, "x86", example_inputs=(x,), measure_layers=True)
+        return tvm_sparse.compile(model, "x86", example_inputs=(x,), measure_layers=True, **kwargs)
+
+
+def test_compile_decides_matmuls_by_their_measured_times(own_cache):
+    model, x = _ffn(0.1)
+    compiled = _compile_timed(model, x)
     rows = [r for r in compiled.report.rows if "measured" in r.reason]
     assert len(rows) == 2, str(compiled.report)
     for row in rows:
@@ -129,18 +137,13 @@ def test_measure_layers_needs_a_target_that_runs_here_or_a_board():
         tvm_sparse.compile(model, "arm-cortex-a72", example_inputs=(x,), rpc="board")
 
 
-def test_layers_are_timed_on_the_device_behind_an_rpc_session(tmp_path, monkeypatch):
+def test_layers_are_timed_on_the_device_behind_an_rpc_session(own_cache):
     # An in-process RPC session: uploads, loads and times through the same calls as a board's
     # (the tests marked arm do it on the emulated aarch64 device).
     from tvm import rpc
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setattr(calibrate_host, "QUICK_GRID", TINY_GRID)
     model, x = _ffn(0.1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        compiled = tvm_sparse.compile(model, "x86", example_inputs=(x,), rpc=rpc.LocalSession(),
-                                      measure_layers=True, verify_speed=False)  # fmt: skip
+    compiled = _compile_timed(model, x, rpc=rpc.LocalSession(), verify_speed=False)
     rows = [r for r in compiled.report.rows if "measured" in r.reason]
     assert len(rows) == 2, str(compiled.report)
     assert all("measured on the rpc device" in r.reason for r in rows), str(compiled.report)

@@ -204,6 +204,7 @@ class LayerTimer:
                     out = bb.emit_output(relax.op.matmul(x, w))
                 bb.emit_func_output(out)
             x_shape = layer.x_shape
+            options = {"sparsity": {"*": choice}}
         elif layer.op == "conv2d":
             n, c, h, w_ = layer.x_shape
             x_shape = (n, h, w_, c)
@@ -218,6 +219,7 @@ class LayerTimer:
                         out_dtype="float32"))  # fmt: skip
                     out = bb.emit_output(relax.op.permute_dims(y, [0, 2, 3, 1]))
                 bb.emit_func_output(out)
+            options = {"sparsity": {"*": choice}}
         elif layer.op == "winograd":
             x_shape = layer.x_shape
             x = relax.Var("x", relax.TensorType(list(x_shape), "float32"))
@@ -229,11 +231,8 @@ class LayerTimer:
                         x, w, padding=(1, 1), data_layout="NHWC", kernel_layout="HWIO",
                         out_dtype="float32"))  # fmt: skip
                 bb.emit_func_output(out)
-        if layer.op == "winograd":
-            passes = pipeline(self.target, sparsity="off", tuning_cache=None,
-                              winograd=choice == "winograd")  # fmt: skip
-        else:
-            passes = pipeline(self.target, sparsity={"*": choice}, tuning_cache=None)
+            options = {"sparsity": "off", "winograd": choice == "winograd"}
+        passes = pipeline(self.target, tuning_cache=None, **options)
         exe = tvm.compile(bb.get(), self.target, relax_pipeline=passes)
         runner = self.runner
         vm = relax.VirtualMachine(runner.load(exe), runner.device)
@@ -247,7 +246,7 @@ class LayerTimer:
         for part in (
             f"v{FORMAT_VERSION}",
             str(self.target),
-            machine_key() if not self.runner.remote else self.runner.name,
+            self.runner.board or machine_key(),
             layer.op,
             repr(layer.x_shape),
             repr(layer.weight.shape),

@@ -113,9 +113,7 @@ def calibrate(
         measure = partial(measure_nm, target, n=n, k=k, nm=(keep, group), runner=runner)
         points += [(kernel, m, keep / group, partial(measure, m=m)) for m in ms]
 
-    if cache_path is None:
-        cache_path = default_cache_path(target, device if runner.remote else None)
-    path = Path(cache_path)
+    path = Path(cache_path) if cache_path is not None else default_cache_path(target, runner.board)
     unfinished = path.with_name(path.name + ".partial.json")
     grid = f"{device}|{target}|n={n}|k={k}"
     rates = _resume(unfinished, grid) if save else {}
@@ -158,12 +156,10 @@ def calibrate_on_first_use(
     """Measure the quick grid (:data:`QUICK_GRID`) for ``target`` where its device (this
     machine, or the board behind ``rpc``) has no table of its own yet; ``None`` where it has
     one, or where ``target`` does not run here and no ``rpc`` is given."""
-    if rpc is None:
-        if not is_host_target(target) or default_cache_path(target).is_file():
-            return None
-        return calibrate(target, progress=progress, **QUICK_GRID)
-    runner = Runner.connect(rpc, resolve_target(target).cross_compiler)
-    if default_cache_path(target, runner.name).is_file():
+    runner = None if rpc is None else Runner.connect(rpc, resolve_target(target).cross_compiler)
+    if runner is None and not is_host_target(target):
+        return None
+    if default_cache_path(target, runner.board if runner else None).is_file():
         return None
     return calibrate(target, rpc=runner, progress=progress, **QUICK_GRID)
 

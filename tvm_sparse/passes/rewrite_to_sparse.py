@@ -136,9 +136,8 @@ class RewriteToSparse:
         self.layer_timer = layer_timer
 
     def transform_module(self, mod: IRModule, _ctx: tvm.transform.PassContext) -> IRModule:
-        runner = getattr(self.layer_timer, "runner", None)
-        device = runner.name if runner is not None and runner.remote else None
-        calibration = self.calibration or load_calibration(self.target, device=device)
+        board = self.layer_timer.runner.board if self.layer_timer is not None else None
+        calibration = self.calibration or load_calibration(self.target, device=board)
         candidates = {
             name
             for func in mod.functions.values()

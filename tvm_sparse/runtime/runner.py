@@ -50,6 +50,12 @@ class Runner:
     def remote(self) -> bool:
         return self.session is not None
 
+    @property
+    def board(self) -> str | None:
+        """The name records of a board are kept under; ``None`` for this machine (whose
+        records are keyed by :func:`tvm_sparse.targets.machine_key`)."""
+        return self.name if self.session is not None else None
+
     @classmethod
     def connect(cls, rpc: tvm_rpc.RPCSession | str | Runner, cross_compiler: str | None) -> Runner:
         """A runner on ``rpc``: a session, ``HOST:PORT`` (an RPC server) or ``HOST:PORT:KEY``
@@ -92,8 +98,8 @@ class Runner:
     def timed(self, module: Any, args: list, func_name: str = "main"):
         """One call of ``module[func_name](*args)`` as :func:`tvm_sparse.timing.compare` takes
         it: a call on this machine, a :class:`~tvm_sparse.timing.DeviceTimed` on a device."""
-        func = module[func_name]
         if self.session is None:
+            func = module[func_name]
             return lambda: func(*args)
 
         def seconds(number: int) -> float:
