@@ -2,8 +2,8 @@
 
 torchvision cannot be installed beside the CPU build of torch this project pins, and no weights
 can be downloaded, so the standard architectures are defined here: ResNet-18, MobileNetV2, a
-BERT-base encoder layer, a ViT and the BERT feed-forward block. They follow the published
-layer shapes; weights are random.
+BERT-base encoder layer and a BERT-mini encoder, a ViT, a ConvNeXt and the BERT feed-forward
+block. They follow the published layer shapes; weights are random.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from torch import nn
 __all__ = [
     "BasicBlock",
     "BertFFN",
+    "BertEncoder",
     "BertLayer",
+    "ConvNeXt",
     "InvertedResidual",
     "MobileNetV2",
     "ResNet18",
@@ -179,6 +181,63 @@ class ViT(nn.Module):
         x = self.embed(x).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
         return self.head(self.norm(self.layers(x))[:, 0])
+
+
+class BertEncoder(nn.Module):
+    """BERT encoder layers over token embeddings (BERT-mini: 4 layers of 256, 4 heads)."""
+
+    def __init__(self, d_model: int = 256, heads: int = 4, d_ff: int = 1024, depth: int = 4):
+        super().__init__()
+        self.layers = nn.Sequential(*[BertLayer(d_model, heads, d_ff) for _ in range(depth)])
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW tensor, written as ConvNeXt's code writes it."""
+
+    def forward(self, x):
+        x = x.permute(0, 2, 3, 1)
+        x = nn.functional.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    """7x7 depthwise conv, LayerNorm and an MLP on channels-last pixels, layer scale, residual."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv_dw = nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.fc1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(4 * dim, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), 0.5))
+
+    def forward(self, x):
+        y = self.conv_dw(x).permute(0, 2, 3, 1)
+        y = self.fc2(self.act(self.fc1(self.norm(y)))) * self.gamma
+        return x + y.permute(0, 3, 1, 2)
+
+
+class ConvNeXt(nn.Module):
+    """ConvNeXt (Liu et al. 2022); the defaults are the atto size (2-2-6-2 blocks, 40-320 wide)."""
+
+    def __init__(self, dims=(40, 80, 160, 320), depths=(2, 2, 6, 2), num_classes: int = 1000):
+        super().__init__()
+        stages: list[nn.Module] = [nn.Conv2d(3, dims[0], 4, 4), LayerNorm2d(dims[0], eps=1e-6)]
+        for i, (dim, depth) in enumerate(zip(dims, depths, strict=True)):
+            if i:
+                stages += [LayerNorm2d(dims[i - 1], eps=1e-6), nn.Conv2d(dims[i - 1], dim, 2, 2)]
+            stages += [ConvNeXtBlock(dim) for _ in range(depth)]
+        self.features = nn.Sequential(*stages)
+        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
+        self.head = nn.Linear(dims[-1], num_classes)
+
+    def forward(self, x):
+        x = self.features(x).mean((2, 3))
+        return self.head(self.norm(x))
 
 
 def randomize_batch_norm(model: nn.Module, seed: int = 0) -> nn.Module:

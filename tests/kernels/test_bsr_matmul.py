@@ -103,16 +103,29 @@ def test_knobs_follow_target_vector_width():
         BSRMatmulKnobs(variant="fast")
 
 
-def test_nm_kernel():
+@pytest.mark.parametrize(
+    "nm, overrides",
+    [
+        ((2, 4), {}),
+        # k tiles with a short last one, several tasks with a short last one, an m tail
+        ((2, 4), {"k_tile": 8, "m_tile": 16, "group": 16}),
+        ((4, 8), {"k_tile": 16, "group": 32}),
+        ((1, 4), {"m_tile": 8}),
+    ],
+)
+def test_nm_kernel(nm, overrides):
     rng = np.random.default_rng(2)
     m, k, n = 37, 70, 100
-    weight = (rng.standard_normal((n, k)) * nm_mask(n, k, (2, 4), rng)).astype("float32")
-    knobs = NMMatmulKnobs.for_target(TARGET).resolve(m)
-    mat = to_nm(weight, (2, 4), row_multiple=knobs.group)
+    weight = (rng.standard_normal((n, k)) * nm_mask(n, k, nm, rng)).astype("float32")
+    knobs = NMMatmulKnobs.for_target(TARGET, **overrides).resolve(m, n, nm)
+    mat = to_nm(weight, nm, row_multiple=knobs.group)
     np.testing.assert_array_equal(mat.to_dense(), weight)
-    func = nm_matmul(m, k, n, (2, 4), mat.values.shape[0], knobs=knobs)
+    func = nm_matmul(m, k, n, nm, mat.values.shape[0], knobs=knobs)
     x = rng.standard_normal((m, k)).astype("float32")
     out = _call(func, [x, mat.values, mat.columns, np.zeros((m, n), "float32")])
     np.testing.assert_allclose(out, x @ weight.T, atol=1e-4, rtol=1e-4)
+
+
+def test_nm_format_refuses_a_weight_off_its_pattern():
     with pytest.raises(ValueError, match="2:4"):
         to_nm(np.ones((4, 8), "float32"), (2, 4))

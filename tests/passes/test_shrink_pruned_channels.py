@@ -474,6 +474,28 @@ class _Attention(nn.Module):
         return x + self.ff2(nn.functional.gelu(self.ff1(x)))
 
 
+class _InvertedResidualSE(nn.Module):
+    """MobileNetV3's block as its libraries write it: 1x1 expansion, ReLU6 (a clamp), depthwise
+    3x3, squeeze-excitation gated by a hard sigmoid, hard swish, 1x1 projection, residual."""
+
+    def __init__(self, c=6, hidden=12, squeeze=4):
+        super().__init__()
+        self.expand = nn.Conv2d(c, hidden, 1)
+        self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False)
+        self.se_reduce = nn.Conv2d(hidden, squeeze, 1)
+        self.se_expand = nn.Conv2d(squeeze, hidden, 1)
+        self.project = nn.Conv2d(hidden, c, 1)
+
+    def forward(self, x):
+        y = torch.clamp(self.expand(x), 0.0, 6.0)
+        y = self.dw(y)
+        gate = nn.functional.hardsigmoid(
+            self.se_expand(torch.relu(self.se_reduce(y.mean((2, 3), keepdim=True))))
+        )
+        y = nn.functional.hardswish(y * gate)
+        return x + self.project(y)
+
+
 def _zero(param, index):
     with torch.no_grad():
         param[index] = 0
@@ -513,6 +535,16 @@ def _attention_zero_out_head():
     return m, torch.randn(1, 3, 8)
 
 
+def _inverted_residual_se():
+    m = _InvertedResidualSE()
+    # as a dependency-aware pruner zeroes a channel: its producer and the SE gate's row
+    for param in (m.expand.weight, m.expand.bias, m.se_expand.weight, m.se_expand.bias):
+        _zero(param, [1, 4])
+    _zero(m.expand.weight, [9])  # a constant (its bias) that the padded depthwise conv breaks
+    _zero(m.se_reduce.weight, [2])
+    return m, torch.randn(1, 6, 5, 5)
+
+
 def _mlp_all_zero():
     m = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3), nn.Tanh(), nn.Linear(3, 2))
     _zero(m[0].weight, slice(None))
@@ -535,6 +567,7 @@ MODELS = {
     "resnet_block": _res_pruned,
     "attention_zero_v_head": _attention_zero_v_head,
     "attention_zero_out_head": _attention_zero_out_head,
+    "inverted_residual_se": _inverted_residual_se,
     "all_zero_weight": _mlp_all_zero,
     "dense": _mlp_dense,
     "odd_shapes": _mlp_odd,
@@ -589,6 +622,20 @@ def test_numerics_against_torch(name):
     assert shrunk == (name not in ("dense", "grouped_unequal"))
     if name == "dense":
         tvm.ir.assert_structural_equal(after, before)
+
+
+def test_channels_pass_clamp_depthwise_and_squeeze_excitation():
+    # MobileNet blocks: a pruned channel goes through ReLU6 (clip), the depthwise conv, the SE
+    # gate (mean, convs, hard sigmoid, multiply) and hard swish, and is removed on all of them
+    torch.manual_seed(0)
+    model, x = _inverted_residual_se()
+    with torch.no_grad():
+        ref = model.eval()(x).numpy()
+    after = ShrinkPrunedChannels()(DetectSparsity()(_import(model, x)))
+    np.testing.assert_allclose(_run(after, x), ref, rtol=1e-4, atol=1e-5)
+    shapes = _shapes_of(after, "relax.nn.conv2d")
+    assert (10, 1, 3, 3) in shapes  # the depthwise conv lost channels 1 and 4
+    assert (3, 10, 1, 1) in shapes  # SE reduce: 2 of 12 inputs and 1 of 4 outputs gone
 
 
 def _shapes_of(mod, op_name):

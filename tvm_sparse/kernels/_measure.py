@@ -105,7 +105,7 @@ def measure_nm(
     """GFLOP/s (over stored values) of the N:M kernel."""
     rng = np.random.default_rng(0)
     weight = (rng.standard_normal((n, k)) * nm_mask(n, k, nm, rng)).astype("float32")
-    knobs = NMMatmulKnobs.for_target(target).resolve(m)
+    knobs = NMMatmulKnobs.for_target(target).resolve(m, n, nm)
     mat = to_nm(weight, nm, row_multiple=knobs.group)
     func = nm_matmul(m, k, n, nm, mat.values.shape[0], knobs=knobs)
     x = rng.standard_normal((m, k)).astype("float32")

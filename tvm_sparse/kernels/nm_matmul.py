@@ -1,14 +1,14 @@
 """N:M sparse weight (at most N nonzeros per M consecutive inputs) times dense activations.
 
 ``Y = X @ W.T`` with ``W`` held as :class:`NMMatrix`: ``values`` and absolute ``columns``,
-``N * K / M`` of each per output row, so every row has the same trip count and the loop needs
-no ``indptr``. Vectorised over ``M`` (the rows of ``X``) like the ``"m"`` BSR variant: ``X`` is
-transposed inside the kernel, one vector load of ``X.T`` per kept weight, ``group`` output rows
-collected into a tile stored as full vectors of ``Y``.
+``N * K / M`` of each per output row, so every row keeps the same number of values in every k
+tile and the loops need no ``indptr``. Vectorised over ``M`` (the rows of ``X``) like the ``"m"``
+BSR variant: ``X`` is transposed inside the kernel, and each task of ``group`` output rows walks
+k tiles of ``X.T`` that stay in L1 while all its rows read them (one vector load per kept weight
+and register row), its accumulators kept in memory between tiles.
 
-On CPUs 2:4 halves the FMAs at best while adding an index per value, so the cost model keeps it
-dense on x86 unless measured otherwise; the kernel exists for correctness, the report, and
-targets where it pays.
+Each FMA needs its own load of ``X.T``, so the kernel is bound by loads, not FMAs: 2:4 halves
+the FMAs but cannot run them at the dense GEMM's rate; whether it wins is measured per layer.
 """
 
 from __future__ import annotations
@@ -24,6 +24,13 @@ from ..targets.facts import vector_lanes
 __all__ = ["NMMatmulKnobs", "nm_matmul", "nm_matmul_kernel_name"]
 
 
+#: Bytes of ``X.T`` one k tile may hold, and its most inputs: the tile's rows of ``X.T`` stay
+#: in L1 while every row of the task reads them; longer tiles saved little on the accumulators'
+#: loads and stores between tiles and lost L1 hits.
+_XT_TILE_BYTES = 32 * 1024
+_K_TILE_MAX = 64
+
+
 @dataclass(frozen=True)
 class NMMatmulKnobs:
     """Tuning knobs of the N:M matmul.
@@ -35,20 +42,28 @@ class NMMatmulKnobs:
     m_tile : int
         Rows of ``X`` per register tile (0: ``8 * lanes``).
     group : int
-        Output rows per store tile (0: ``lanes``).
+        Output rows per task (0: ``4 * lanes``, fewer for a narrow weight): they share each
+        k tile of ``X.T`` while it is in L1.
+    k_tile : int
+        Inputs per k tile, a multiple of ``M`` (0: up to 64, as many as keep ``m_tile`` columns
+        of ``X.T`` within 32 KiB).
     """
 
     lanes: int = 16
     m_tile: int = 0
     group: int = 0
+    k_tile: int = 0
 
     @classmethod
     def for_target(cls, target: Target, **overrides) -> NMMatmulKnobs:
         return cls(lanes=vector_lanes(target), **overrides)
 
-    def resolve(self, m: int) -> NMMatmulKnobs:
-        m_tile = self.m_tile or 8 * self.lanes
-        return replace(self, m_tile=max(min(m_tile, m), 1), group=self.group or self.lanes)
+    def resolve(self, m: int, n: int = 0, nm: tuple[int, int] = (2, 4)) -> NMMatmulKnobs:
+        m_tile = max(min(self.m_tile or 8 * self.lanes, m), 1)
+        group = self.group or min(4 * self.lanes, -(-max(n, 1) // self.lanes) * self.lanes)
+        fit = min(_XT_TILE_BYTES // (4 * m_tile), _K_TILE_MAX)
+        k_tile = self.k_tile or max(fit // nm[1], 1) * nm[1]
+        return replace(self, m_tile=m_tile, group=group, k_tile=k_tile)
 
 
 def nm_matmul_kernel_name(nm: tuple[int, int]) -> str:
@@ -85,42 +100,58 @@ def nm_matmul(
     tvm.tirx.PrimFunc
         Parameters ``(x, values, columns, y)``.
     """
-    knobs = knobs.resolve(m)
     keep, group_m = nm
+    knobs = knobs.resolve(m, n, nm)
     k_pad = -(-k // group_m) * group_m
     per_row = k_pad // group_m * keep
     mt, group = knobs.m_tile, knobs.group
     if rows % group or rows < n:
         raise ValueError(f"rows {rows} must cover n={n} and be a multiple of group {group}")
+    if knobs.k_tile % group_m:
+        raise ValueError(f"k_tile {knobs.k_tile} must be a multiple of M={group_m}")
     m_full, m_tail = m // mt, m % mt
     tasks = -(-n // group)
     full_tasks = n // group
     n_tail = n - full_tasks * group
+    # Every row keeps the same number of values per k tile: the tiles need no index pointers.
+    per_tile = knobs.k_tile // group_m * keep
+    k_full, k_rest = per_row // per_tile, per_row % per_tile
     zero = tirx.const(0, dtype)
     tk = 16
     k_tiles = -(-k_pad // tk)
 
     @T.macro
-    def tile(xt, values, columns, y, t, m0, w):
-        out = T.alloc_buffer((w, group), dtype)
+    def k_tile(xt, values, columns, acc_rows, r0, m0, w, e0, count):
         for g in range(group):
             acc = T.alloc_buffer((w,), dtype)
             for mi in T.vectorized(w):
-                acc[mi] = zero
-            for e in range(per_row):
+                acc[mi] = acc_rows[g, mi]
+            for e in range(count):
                 for mi in T.vectorized(w):
                     acc[mi] = (
-                        acc[mi] + values[t * group + g, e] * xt[columns[t * group + g, e], m0 + mi]
+                        acc[mi] + values[r0 + g, e0 + e] * xt[columns[r0 + g, e0 + e], m0 + mi]
                     )
-            for mi in T.unroll(w):
-                out[mi, g] = acc[mi]
+            for mi in T.vectorized(w):
+                acc_rows[g, mi] = acc[mi]
+
+    @T.macro
+    def tile(xt, values, columns, y, t, m0, w):
+        # The task's accumulators live in memory between k tiles; within a tile each row's
+        # stay in registers while the tile's columns of X.T stay in L1 for all its rows.
+        acc_rows = T.alloc_buffer((group, w), dtype)
+        for g, mi in T.grid(group, w):
+            acc_rows[g, mi] = zero
+        for kt in range(k_full):
+            k_tile(xt, values, columns, acc_rows, t * group, m0, w, kt * per_tile, per_tile)
+        if k_rest > 0:
+            k_tile(xt, values, columns, acc_rows, t * group, m0, w, k_full * per_tile, k_rest)
         if t < full_tasks:
             for mi in range(w):
                 for gg in T.vectorized(group):
-                    y[m0 + mi, t * group + gg] = out[mi, gg]
+                    y[m0 + mi, t * group + gg] = acc_rows[gg, mi]
         else:
             for mi, gg in T.grid(w, n_tail):
-                y[m0 + mi, t * group + gg] = out[mi, gg]
+                y[m0 + mi, t * group + gg] = acc_rows[gg, mi]
 
     @T.prim_func(private=True)
     def kernel(
@@ -148,7 +179,12 @@ def nm_matmul(
         {
             "tirx.is_scheduled": True,
             "tvm_sparse.kernel": nm_matmul_kernel_name(nm),
-            "tvm_sparse.knobs": {"lanes": knobs.lanes, "m_tile": mt, "group": group},
+            "tvm_sparse.knobs": {
+                "lanes": knobs.lanes,
+                "m_tile": mt,
+                "group": group,
+                "k_tile": knobs.k_tile,
+            },
             "op_pattern": 8,
         }
     )

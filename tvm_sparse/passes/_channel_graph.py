@@ -1,10 +1,11 @@
 """Channel dependency analysis behind ``ShrinkPrunedChannels``.
 
 Every channel of every tensor is an *atom*; ops that carry channels through unchanged
-(activations, bias add, batch-norm arithmetic, pooling, reshape, permute, residual add, concat,
-depthwise conv, per-head attention matmuls) put the atoms they connect into one class with a
-union-find, Torch-Pruning's DepGraph on a Relax function. A class is removed as a whole, and only
-when every place where its values leave the class can do without them:
+(activations and clip, bias add, batch-norm arithmetic, pooling, reshape, permute, residual add,
+gating multiply, concat, depthwise conv, per-head attention matmuls) put the atoms they connect
+into one class with a union-find, Torch-Pruning's DepGraph on a Relax function. A class is
+removed as a whole, and only when every place where its values leave the class can do without
+them:
 
 * a consumer ``matmul`` / ``conv2d`` with a constant weight reads the channel through an
   all-zero weight column, or the channel holds a known per-channel constant there (the
@@ -276,6 +277,11 @@ class ChannelGraph:
         if op in _UNARY and xc is not None and len(args) == 1:
             self.chan[var] = xc.copy_with(cv=_UNARY[op](xc.cv), rows_sum_to_one=False)
             return True
+        if op == "relax.clip" and xc is not None and len(args) == 3:
+            # ReLU6 and the hard sigmoid / swish that frontends write with it
+            low, high = (_scalar(a) for a in args[1:])
+            self.chan[var] = xc.copy_with(cv=np.clip(xc.cv, low, high), rows_sum_to_one=False)
+            return True
         if op in _BINARY and len(args) == 2:
             return self._visit_binary(var, call, op)
         if op in _POOL and xc is not None and xc.axes == (1,):
@@ -354,7 +360,8 @@ class ChannelGraph:
             ids = np.repeat(xc.ids, mult)
             cv = np.repeat(xc.cv, mult) * weight.sum(axis=(1, 2, 3))
             if padded:
-                cv[weight.any(axis=(1, 2, 3))] = np.nan
+                # zero padding breaks a constant at the borders, unless the constant is zero
+                cv[weight.any(axis=(1, 2, 3)) & (np.repeat(xc.cv, mult) != 0)] = np.nan
             self.weight_ops[var] = WeightOp(var, call, weight, "depthwise", x)
             self.chan[var] = Chan((1,), ids, cv)
             return True
@@ -387,7 +394,15 @@ class ChannelGraph:
         cb = self.chan.get(b) if isinstance(b, relax.Var) else None
         out_shape = static_shape(var)
         if ca is not None and cb is not None:
-            if static_shape(a) == static_shape(b) == out_shape and ca.axes == cb.axes:
+            # equal shapes, or one broadcast over the other's non-channel axes (the gate of a
+            # squeeze-excitation block: N x C x 1 x 1 times N x C x H x W)
+            shapes = (static_shape(a), static_shape(b), out_shape)
+            same_rank = None not in shapes and len({len(sh) for sh in shapes}) == 1
+            if (
+                same_rank
+                and ca.axes == cb.axes
+                and all(len({sh[ax] for sh in shapes}) == 1 for ax in ca.axes)
+            ):
                 self.uf.union(ca.ids, cb.ids)
                 known_a, known_b = ~np.isnan(ca.cv), ~np.isnan(cb.cv)
                 self.residual_hints.append(
@@ -688,6 +703,12 @@ def _per_channel(const: np.ndarray, out_shape, axes) -> np.ndarray | None | bool
     reduced = full.reshape([full.shape[ax] for ax in axes]) if full.ndim else full
     dims = [out_shape[ax] for ax in axes]
     return np.broadcast_to(reduced.astype(np.float64), dims)
+
+
+def _scalar(arg: relax.Expr | tvm.tirx.PrimExpr) -> float:
+    """A clip bound: an immediate (``FloatImm``), or a ``PrimValue`` holding one."""
+    value = arg.value
+    return float(value if isinstance(value, int | float) else value.value)
 
 
 def _const_value(expr: relax.Expr, values) -> np.ndarray | None:

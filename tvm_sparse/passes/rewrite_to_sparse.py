@@ -357,7 +357,7 @@ class _SparseRewriter(PyExprMutator):
         n, k = weight.shape
         x2 = x if len(x_shape) == 2 else self._emit(relax.op.reshape(x, (m, k)), "x2d")
         if plan.nm is not None:
-            knobs = self.nm_knobs.resolve(m)
+            knobs = self.nm_knobs.resolve(m, n, plan.nm)
             mat = to_nm(weight, plan.nm, row_multiple=knobs.group)
             func = nm_matmul(m, k, n, plan.nm, mat.values.shape[0], knobs=knobs)
             func = func.with_attr(FLOPS_ATTR, 2 * m * int(mat.values.size))

@@ -44,7 +44,7 @@ _HEAD_ATTRS = ("num_heads", "heads", "n_heads", "n_head", "nhead", "num_attentio
 _Q_NAMES = ("q", "q_proj", "query", "wq", "to_q")
 _K_NAMES = ("k", "k_proj", "key", "wk", "to_k")
 _V_NAMES = ("v", "v_proj", "value", "wv", "to_v")
-_O_NAMES = ("o", "o_proj", "out_proj", "out", "wo", "proj", "to_out")
+_O_NAMES = ("o", "o_proj", "out_proj", "out", "attn_out", "wo", "proj", "to_out")
 
 
 @dataclass

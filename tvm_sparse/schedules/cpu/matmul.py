@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.gpu.matmul import (
@@ -215,6 +216,23 @@ def _pack_weight_panels(sch: s_tir.Schedule, main: SBlockRV, nr: int) -> None:
     sch.parallel(sch.get_loops(packed)[0])
 
 
+def _pad_tiles(sch: s_tir.Schedule, main: SBlockRV, mr: int, nr: int, lanes: int) -> bool:
+    """Pad ``J`` of the canonical matmul up to a multiple of ``nr``; whether it could.
+
+    A predicate on ``J`` sits inside the vectorised loop, and LLVM turns every predicated
+    vector into scalar code: ``Q @ K^T`` over ViT's 197 tokens then ran scalar in all its
+    tiles. Padded, only the copy of ``B`` and the crop of ``C`` carry the predicate.
+    """
+    try:
+        sch.pad_einsum(main, [1, mr, nr, 1])
+    except (s_tir.ScheduleError, tvm.error.TVMError):
+        return False
+    for block in sch.get_producers(main):
+        if sch.get(block).name_hint.endswith("_pad"):
+            schedule_spatial_block(sch, block, FallbackKnobs(vector_lanes=lanes))
+    return True
+
+
 def _row_tile(m: int | None, tile_rows: int) -> int:
     """Rows per register tile for ``m`` rows of ``C`` and at most ``tile_rows``.
 
@@ -366,10 +384,22 @@ class Matmul(CPUScheduleRule):
             nr = n_ext
         else:
             vec_multiples = [lanes * v for v in range(knobs.tile_vectors, 0, -1)]
-            nr = pick_factor(n_ext, nr_max, [*vec_multiples, lanes // 2, lanes // 4])
-            if nr < max(lanes // 4, 2):
-                nr = nr_max  # no good divisor: a predicated tail beats a scalar kernel
+            fits = [t for t in [*vec_multiples, lanes // 2] if n_ext is not None and n_ext % t == 0]
+            if fits:
+                nr = fits[0]
+            elif n_ext is not None:
+                # no divisor of whole vectors (ViT's 197 tokens): columns padded up to the
+                # tile that pads least, of at least two vectors where the target has them
+                tiles = vec_multiples[:-1] or vec_multiples
+                nr = min(tiles, key=lambda t: (-(-n_ext // t) * t, -t))
+            else:
+                nr = nr_max
         mr = _row_tile(m_ext, knobs.tile_rows)
+        pad_j = nr if n_ext is not None and n_ext % nr else 1
+        pad_i = mr if m_ext is not None and m_ext % mr else 1
+        padded = max(pad_i, pad_j) > 1 and _pad_tiles(sch, main, pad_i, pad_j, lanes)
+        if padded:
+            n_ext = -(-n_ext // nr) * nr
         if knobs.pack_b and b_contiguous and n_ext is not None and n_ext > nr and n_ext % nr == 0:
             _pack_weight_panels(sch, main, nr)
         io, ii = sch.split(i, [None, mr])
@@ -412,7 +442,12 @@ class Matmul(CPUScheduleRule):
             sch.annotate(inner_k, "pragma_unroll_explicit", 1)
 
         # Step 3. Accumulate in registers (or the panel's C); the epilogue runs from them.
-        acc = sch.cache_write(main, 0, TILE_SCOPE)
+        if padded:
+            # the padded C is the tile's accumulator; the crop (with the epilogue) writes the
+            # tile's valid columns (inlined into the accumulator's write-back, it lost the crop)
+            acc = sch.get_consumers(main)[0]
+        else:
+            acc = sch.cache_write(main, 0, TILE_SCOPE)
         auto_inline_consumer_chain(sch, acc)
         sch.reverse_compute_at(acc, tile, preserve_unit_loops=True)
         wj = sch.get_loops(acc)[-1]
