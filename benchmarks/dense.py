@@ -19,7 +19,15 @@ import numpy as np
 import torch
 
 import tvm_sparse
-from tvm_sparse.architectures import BertLayer, MobileNetV2, ResNet18, randomize_batch_norm
+from tvm_sparse.architectures import (
+    BertEncoder,
+    BertLayer,
+    ConvNeXt,
+    MobileNetV2,
+    ResNet18,
+    ViT,
+    randomize_batch_norm,
+)
 from tvm_sparse.benchmarking import (
     in_fresh_process,
     interleave,
@@ -33,6 +41,9 @@ MODELS = {
     "resnet18 1x3x224x224": (lambda: randomize_batch_norm(ResNet18()), (1, 3, 224, 224)),
     "mobilenetv2 1x3x224x224": (lambda: randomize_batch_norm(MobileNetV2()), (1, 3, 224, 224)),
     "bert-base layer 1x128x768": (BertLayer, (1, 128, 768)),
+    "bert-mini 1x128x256": (BertEncoder, (1, 128, 256)),
+    "vit-tiny 1x3x224x224": (ViT, (1, 3, 224, 224)),
+    "convnext-atto 1x3x224x224": (ConvNeXt, (1, 3, 224, 224)),
 }
 
 

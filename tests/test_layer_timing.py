@@ -48,6 +48,19 @@ def test_times_are_cached_per_weight_pattern(timer, tmp_path):
     assert not timer.matmul((32, 256), other, ["bsr:16x1", "unstructured"]).cached
 
 
+def test_n_m_layers_of_one_shape_share_a_measurement(timer):
+    from tvm_sparse.kernels._measure import nm_mask
+
+    rng = np.random.default_rng(1)
+    masks = [nm_mask(64, 128, (2, 4), rng) for _ in range(2)]
+    assert (masks[0] != masks[1]).any()
+    for mask in masks:  # two blocks of a transformer: one shape, each its own 2:4 mask
+        weight = (rng.standard_normal((64, 128)) * mask).astype("float32")
+        timing = timer.matmul((32, 128), weight, ["nm:2:4", "unstructured"])
+        assert timing is not None and set(timing.ms) == {"dense", "nm:2:4", "unstructured"}
+    assert timer.measured == 1 and timing.cached
+
+
 def test_convolutions_are_timed_between_channels_last_neighbours(timer):
     rng = np.random.default_rng(0)
     weight = (rng.standard_normal((32, 16, 3, 3)) * (rng.random((32, 16, 3, 3)) < 0.1)).astype(

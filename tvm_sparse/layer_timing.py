@@ -43,7 +43,7 @@ from .timing import TimingPolicy, compare
 __all__ = ["LayerTimer", "LayerTiming"]
 
 #: Written into cache records; a record of another version is measured again.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,7 +255,11 @@ class LayerTimer:
         ):
             digest.update(part.encode())
             digest.update(b"\0")
-        digest.update(np.packbits(layer.weight != 0).tobytes())
+        if not any(name.startswith("nm:") for name in names):
+            digest.update(np.packbits(layer.weight != 0).tobytes())
+        # else an N:M weight: every row keeps the same count in every group, so the kernels'
+        # times depend on the shape alone, and the layers of a transformer's blocks (one shape,
+        # each its own mask) share one measurement
         return digest.hexdigest()[:32]
 
     def _read(self, key: str, names: list[str]) -> LayerTiming | None:

@@ -496,6 +496,22 @@ class _InvertedResidualSE(nn.Module):
         return x + self.project(y)
 
 
+class _PreNormBlock(nn.Module):
+    """A pre-norm transformer MLP block on a residual stream of ``d`` channels."""
+
+    def __init__(self, d_in=5, d=8, ff=12, out=3):
+        super().__init__()
+        self.embed = nn.Linear(d_in, d)
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.fc1, self.fc2 = nn.Linear(d, ff), nn.Linear(ff, d)
+        self.head = nn.Linear(d, out)
+
+    def forward(self, x):
+        h = self.embed(x)
+        h = h + self.fc2(nn.functional.gelu(self.fc1(self.ln1(h))))
+        return self.head(self.ln2(h))
+
+
 def _zero(param, index):
     with torch.no_grad():
         param[index] = 0
@@ -545,6 +561,17 @@ def _inverted_residual_se():
     return m, torch.randn(1, 6, 5, 5)
 
 
+def _hidden_channels_pruned():
+    # residual stream channels 1 and 5 pruned as a dependency-aware pruner does: producers'
+    # rows and the norms' scale and shift; the embedding's bias leaves them nonzero constants,
+    # which still count in both LayerNorms' mean and variance
+    m = _PreNormBlock()
+    for param in (m.embed.weight, m.fc2.weight, m.fc2.bias, m.ln1.weight, m.ln1.bias,
+                  m.ln2.weight, m.ln2.bias):  # fmt: skip
+        _zero(param, [1, 5])
+    return m, torch.randn(2, 4, 5)
+
+
 def _mlp_all_zero():
     m = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3), nn.Tanh(), nn.Linear(3, 2))
     _zero(m[0].weight, slice(None))
@@ -568,6 +595,7 @@ MODELS = {
     "attention_zero_v_head": _attention_zero_v_head,
     "attention_zero_out_head": _attention_zero_out_head,
     "inverted_residual_se": _inverted_residual_se,
+    "hidden_channels_through_layer_norm": _hidden_channels_pruned,
     "all_zero_weight": _mlp_all_zero,
     "dense": _mlp_dense,
     "odd_shapes": _mlp_odd,
@@ -636,6 +664,19 @@ def test_channels_pass_clamp_depthwise_and_squeeze_excitation():
     shapes = _shapes_of(after, "relax.nn.conv2d")
     assert (10, 1, 3, 3) in shapes  # the depthwise conv lost channels 1 and 4
     assert (3, 10, 1, 1) in shapes  # SE reduce: 2 of 12 inputs and 1 of 4 outputs gone
+
+
+def test_hidden_channels_leave_layer_norms_exactly():
+    torch.manual_seed(0)
+    model, x = _hidden_channels_pruned()
+    with torch.no_grad():
+        ref = model.eval()(x).numpy()
+    after = ShrinkPrunedChannels()(DetectSparsity()(_import(model, x)))
+    np.testing.assert_allclose(_run(after, x), ref, rtol=1e-4, atol=1e-5)
+    # (in, out) of each matmul weight: the stream has 6 of its 8 channels everywhere
+    assert sorted(_shapes_of(after, "relax.matmul")) == [(5, 6), (6, 3), (6, 12), (12, 6)]
+    decisions = _decisions(after)
+    assert all("removed 2/8" in decisions[v]["reason"] for v in decisions if v != "__function__")
 
 
 def _shapes_of(mod, op_name):

@@ -19,7 +19,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from ..targets.facts import vector_lanes
+from ..targets.facts import num_cores, vector_lanes
 
 __all__ = ["NMMatmulKnobs", "nm_matmul", "nm_matmul_kernel_name"]
 
@@ -53,17 +53,31 @@ class NMMatmulKnobs:
     m_tile: int = 0
     group: int = 0
     k_tile: int = 0
+    cores: int = 1
 
     @classmethod
     def for_target(cls, target: Target, **overrides) -> NMMatmulKnobs:
-        return cls(lanes=vector_lanes(target), **overrides)
+        return cls(lanes=vector_lanes(target), cores=num_cores(target), **overrides)
 
     def resolve(self, m: int, n: int = 0, nm: tuple[int, int] = (2, 4)) -> NMMatmulKnobs:
-        m_tile = max(min(self.m_tile or 8 * self.lanes, m), 1)
-        group = self.group or min(4 * self.lanes, -(-max(n, 1) // self.lanes) * self.lanes)
+        m_pad = padded_rows(m, self.lanes)
+        m_tile = max(min(self.m_tile or 8 * self.lanes, m_pad), 1)
+        group = self.group
+        if not group:
+            group = min(4 * self.lanes, -(-max(n, 1) // self.lanes) * self.lanes)
+            # enough tasks for every core (a narrow weight: ViT's 192 outputs made 3 tasks)
+            m_tiles = -(-m_pad // m_tile)
+            while group > self.lanes and -(-max(n, 1) // group) * m_tiles < 4 * self.cores:
+                group = max(group // 2 // self.lanes, 1) * self.lanes
         fit = min(_XT_TILE_BYTES // (4 * m_tile), _K_TILE_MAX)
         k_tile = self.k_tile or max(fit // nm[1], 1) * nm[1]
         return replace(self, m_tile=m_tile, group=group, k_tile=k_tile)
+
+
+def padded_rows(m: int, lanes: int) -> int:
+    """Rows of ``X.T`` the kernel computes: ``m`` up to whole vectors (beyond one vector), so
+    that no tile ends in a part of a register (ViT's 197 rows ran a 69-lane tail tile)."""
+    return m if m <= lanes else -(-m // lanes) * lanes
 
 
 def nm_matmul_kernel_name(nm: tuple[int, int]) -> str:
@@ -109,7 +123,9 @@ def nm_matmul(
         raise ValueError(f"rows {rows} must cover n={n} and be a multiple of group {group}")
     if knobs.k_tile % group_m:
         raise ValueError(f"k_tile {knobs.k_tile} must be a multiple of M={group_m}")
-    m_full, m_tail = m // mt, m % mt
+    m_pad = padded_rows(m, knobs.lanes)
+    m_full, m_tail = m_pad // mt, m_pad % mt
+    m_tiles = m_full + (m_tail > 0)
     tasks = -(-n // group)
     full_tasks = n // group
     n_tail = n - full_tasks * group
@@ -117,41 +133,52 @@ def nm_matmul(
     per_tile = knobs.k_tile // group_m * keep
     k_full, k_rest = per_row // per_tile, per_row % per_tile
     zero = tirx.const(0, dtype)
+    # vectors of one register each, unrolled: LLVM splits a vector of 5 registers into odd
+    # pieces and shuffles
+    lanes = knobs.lanes
+    vl_full = lanes if mt % lanes == 0 else mt
+    vl_tail = lanes if m_tail % lanes == 0 else max(m_tail, 1)
     tk = 16
     k_tiles = -(-k_pad // tk)
 
     @T.macro
-    def k_tile(xt, values, columns, acc_rows, r0, m0, w, e0, count):
+    def k_tile(xt, values, columns, acc_rows, r0, m0, w, vl, e0, count):
         for g in range(group):
             acc = T.alloc_buffer((w,), dtype)
-            for mi in T.vectorized(w):
-                acc[mi] = acc_rows[g, mi]
+            for mv in T.unroll(w // vl):
+                for ml in T.vectorized(vl):
+                    acc[mv * vl + ml] = acc_rows[g, mv * vl + ml]
             for e in range(count):
-                for mi in T.vectorized(w):
-                    acc[mi] = (
-                        acc[mi] + values[r0 + g, e0 + e] * xt[columns[r0 + g, e0 + e], m0 + mi]
-                    )
-            for mi in T.vectorized(w):
-                acc_rows[g, mi] = acc[mi]
+                for mv in T.unroll(w // vl):
+                    for ml in T.vectorized(vl):
+                        acc[mv * vl + ml] = (
+                            acc[mv * vl + ml]
+                            + values[r0 + g, e0 + e]
+                            * xt[columns[r0 + g, e0 + e], m0 + mv * vl + ml]
+                        )
+            for mv in T.unroll(w // vl):
+                for ml in T.vectorized(vl):
+                    acc_rows[g, mv * vl + ml] = acc[mv * vl + ml]
 
     @T.macro
-    def tile(xt, values, columns, y, t, m0, w):
+    def tile(xt, values, columns, y, t, m0, w, vl):
         # The task's accumulators live in memory between k tiles; within a tile each row's
         # stay in registers while the tile's columns of X.T stay in L1 for all its rows.
         acc_rows = T.alloc_buffer((group, w), dtype)
         for g, mi in T.grid(group, w):
             acc_rows[g, mi] = zero
         for kt in range(k_full):
-            k_tile(xt, values, columns, acc_rows, t * group, m0, w, kt * per_tile, per_tile)
+            k_tile(xt, values, columns, acc_rows, t * group, m0, w, vl, kt * per_tile, per_tile)
         if k_rest > 0:
-            k_tile(xt, values, columns, acc_rows, t * group, m0, w, k_full * per_tile, k_rest)
-        if t < full_tasks:
-            for mi in range(w):
-                for gg in T.vectorized(group):
-                    y[m0 + mi, t * group + gg] = acc_rows[gg, mi]
-        else:
-            for mi, gg in T.grid(w, n_tail):
-                y[m0 + mi, t * group + gg] = acc_rows[gg, mi]
+            k_tile(xt, values, columns, acc_rows, t * group, m0, w, vl, k_full * per_tile, k_rest)
+        for mi in range(w):
+            if m0 + mi < m:
+                if t < full_tasks:
+                    for gg in T.vectorized(group):
+                        y[m0 + mi, t * group + gg] = acc_rows[gg, mi]
+                else:
+                    for gg in range(n_tail):
+                        y[m0 + mi, t * group + gg] = acc_rows[gg, mi]
 
     @T.prim_func(private=True)
     def kernel(
@@ -161,19 +188,23 @@ def nm_matmul(
         y: T.Buffer((m, n), dtype),
     ):
         T.func_attr({"tirx.noalias": True})
-        xt = T.alloc_buffer((k_pad, m), dtype)
+        xt = T.alloc_buffer((k_pad, m_pad), dtype)
         for ko in T.parallel(k_tiles):
-            for mm in range(m):
+            for mm in range(m_pad):
                 for kk in T.unroll(tk):
                     if ko * tk + kk < k_pad:
                         xt[ko * tk + kk, mm] = T.if_then_else(
-                            ko * tk + kk < k, x[mm, T.min(ko * tk + kk, k - 1)], zero
+                            ko * tk + kk < k and mm < m,
+                            x[T.min(mm, m - 1), T.min(ko * tk + kk, k - 1)],
+                            zero,
                         )
-        for t in T.parallel(tasks):
-            for mo in range(m_full):
-                tile(xt, values, columns, y, t, mo * mt, mt)
-            if m_tail > 0:
-                tile(xt, values, columns, y, t, m_full * mt, m_tail)
+        for p in T.parallel(tasks * m_tiles):
+            if m_tail == 0:
+                tile(xt, values, columns, y, p // m_tiles, p % m_tiles * mt, mt, vl_full)
+            elif p % m_tiles < m_full:
+                tile(xt, values, columns, y, p // m_tiles, p % m_tiles * mt, mt, vl_full)
+            else:
+                tile(xt, values, columns, y, p // m_tiles, m_full * mt, m_tail, vl_tail)
 
     return kernel.with_attrs(
         {

@@ -284,6 +284,8 @@ class ChannelGraph:
             return True
         if op in _BINARY and len(args) == 2:
             return self._visit_binary(var, call, op)
+        if op == "relax.nn.layer_norm" and xc is not None:
+            return self._visit_layer_norm(var, call, xc)
         if op in _POOL and xc is not None and xc.axes == (1,):
             if call.attrs.layout != "NCHW" or (call.attrs.out_layout or "NCHW") != "NCHW":
                 return False
@@ -441,6 +443,29 @@ class ChannelGraph:
             return False
         self._pin_var(other, f"used by {op} ({self._name(var)})")
         self.chan[var] = Chan(tc.axes, tc.ids, np.full_like(tc.cv, np.nan))
+        return True
+
+    def _visit_layer_norm(self, var: relax.Var, call: relax.Call, xc: Chan) -> bool:
+        """LayerNorm over the channel axis: a channel may leave it when it is a known constant
+        at the input (its value still counts in the mean and variance, which the rewrite
+        keeps exact); its output is then ``beta`` where ``gamma`` is zero, else unknown."""
+        x, gamma, beta = call.args
+        shape = static_shape(x)
+        if shape is None or None in shape:
+            return False
+        last = len(shape) - 1
+        axes = [int(a) % len(shape) for a in call.attrs.axes]
+        gamma = _const_value(gamma, self.values)
+        beta = _const_value(beta, self.values)
+        if axes != [last] or xc.axes != (last,) or gamma is None or beta is None:
+            return False
+        gamma = np.broadcast_to(gamma if call.attrs.scale else 1.0, (shape[last],))
+        beta = np.broadcast_to(beta if call.attrs.center else 0.0, (shape[last],))
+        unknown = np.isnan(xc.cv)
+        if unknown.any():
+            self.pins.append((xc.ids[unknown], f"read by the statistics of {self._name(var)}"))
+        cv = np.where(gamma == 0, beta.astype(np.float64), np.nan)
+        self.chan[var] = Chan(xc.axes, xc.ids, cv)
         return True
 
     def _visit_reduce(self, var: relax.Var, call: relax.Call, op: str, xc: Chan) -> bool:

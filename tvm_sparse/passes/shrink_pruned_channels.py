@@ -11,7 +11,7 @@ from tvm.ir import IRModule
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ._bindings import unique_binding_names
-from ._channel_graph import ChannelGraph, WeightOp, static_shape
+from ._channel_graph import ChannelGraph, WeightOp, _const_value, static_shape
 from .detect_sparsity import WEIGHTS_ATTR, _detect_in_function
 
 __all__ = ["DECISIONS_ATTR", "ShrinkPrunedChannels"]
@@ -367,6 +367,8 @@ class _Shrinker(PyExprMutator):
             return None
         op = value.op.name
         args = [self.visit_expr(a) for a in value.args]
+        if op == "relax.nn.layer_norm":
+            return self._layer_norm(var, value, args[0])
         if op in ("relax.reshape", "relax.broadcast_to"):
             shape = list(static_shape(var))
             for ax, idx in self.plan.per_axis(var).items():
@@ -390,6 +392,46 @@ class _Shrinker(PyExprMutator):
             args[i] = relax.const(np.ascontiguousarray(const))
             return relax.Call(value.op, args, value.attrs, value.ty_args)
         return None
+
+    def _layer_norm(self, var: relax.Var, call: relax.Call, x: relax.Expr) -> relax.Expr:
+        """LayerNorm over the kept channels, with the removed ones' constants still counted:
+        ``D`` channels of which ``R`` removed hold ``c``, so with ``d = x - mean`` over the kept
+        ones, ``mean = (sum(x) + sum(c)) / D`` and
+        ``var = (sum(d^2) + R mean^2 - 2 mean sum(c) + sum(c^2)) / D``."""
+        old_x = call.args[0]
+        keep = self.plan.keep[old_x]
+        consts = self.graph.chan[old_x].cv[~keep]
+        attrs = call.attrs
+        dtype = str(old_x.ty.dtype)
+        size, removed = keep.size, int((~keep).sum())
+        s1, s2 = float(consts.sum()), float((consts * consts).sum())
+
+        def const(v) -> relax.Expr:
+            return relax.const(np.asarray(v, dtype=dtype))
+
+        def emit(expr: relax.Expr, suffix: str) -> relax.Var:
+            return self._emit(var, expr, name=f"{var.name}_{suffix}", inner=True)
+
+        total = relax.op.sum(x, axis=[-1], keepdims=True)
+        mean = emit(relax.op.multiply(relax.op.add(total, const(s1)), const(1.0 / size)), "mean")
+        d = emit(relax.op.subtract(x, mean), "centered")
+        ss = relax.op.sum(relax.op.multiply(d, d), axis=[-1], keepdims=True)
+        # sum(d^2) + R mean^2 - 2 s1 mean + s2, written (R mean - 2 s1) mean + s2
+        rest = relax.op.add(
+            relax.op.multiply(
+                relax.op.subtract(relax.op.multiply(mean, const(removed)), const(2 * s1)), mean
+            ),
+            const(s2),
+        )
+        variance = relax.op.multiply(relax.op.add(ss, rest), const(1.0 / size))
+        scale = relax.op.rsqrt(relax.op.add(variance, const(attrs.epsilon)))
+        out = relax.op.multiply(d, emit(scale, "rstd"))
+        gamma, beta = (_const_value(a, self.graph.values) for a in call.args[1:])
+        if attrs.scale:
+            out = relax.op.multiply(out, const(np.broadcast_to(gamma, keep.shape)[keep]))
+        if attrs.center:
+            out = relax.op.add(out, const(np.broadcast_to(beta, keep.shape)[keep]))
+        return out
 
 
 def _call_args(value: relax.Expr) -> list[relax.Expr]:
