@@ -176,7 +176,10 @@ def write_results(
         cells = []
         for col in columns:
             value = row.get(col, "")
-            cells.append(f"{value:.3f}" if isinstance(value, float) else str(value))
+            if isinstance(value, float):
+                # errors and other small figures keep their digits instead of reading 0.000
+                value = f"{value:.1e}" if value and abs(value) < 1e-2 else f"{value:.3f}"
+            cells.append(str(value))
         lines.append("| " + " | ".join(cells) + " |")
     info = machine_info()
     header = f"# {name}\n\nMeasured on {info['cpu']}, {info['cores']} cores, {info['date']}.\n\n"

@@ -4,6 +4,7 @@ import tvm
 from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
+from tvm.script import tirx as T
 
 from tvm_sparse.passes import DetectSparsity, ShrinkPrunedChannels
 
@@ -148,6 +149,61 @@ def test_linear_gelu_linear_with_bias_folding():
         w1=w1[keep],
         b1=(b1 + g * w1[2]).astype(F32),
     )
+    tvm.ir.assert_structural_equal(after, expected)
+
+
+def test_conv_clip_conv():
+    # ReLU6 as frontends import it: clip keeps a removed channel's constant (here 0)
+    @I.ir_module
+    class Before:
+        @R.function
+        def main(
+            x: R.Tensor((1, 3, 4, 4), F32),
+            w0: R.Tensor((4, 3, 1, 1), F32),
+            w1: R.Tensor((2, 4, 1, 1), F32),
+        ):
+            with R.dataflow():
+                lv = R.nn.conv2d(x, w0)
+                lv1 = R.clip(lv, R.prim_value(T.float64(0.0)), R.prim_value(T.float64(6.0)))
+                lv2 = R.nn.conv2d(lv1, w1)
+                R.output(lv2)
+            return lv2
+
+    @I.ir_module
+    class Expected:
+        @R.function
+        def main(
+            x: R.Tensor((1, 3, 4, 4), F32),
+            w0: R.Tensor((3, 3, 1, 1), F32),
+            w1: R.Tensor((2, 3, 1, 1), F32),
+        ):
+            R.func_attr(
+                {
+                    "tvm_sparse.decisions": {
+                        "lv": {
+                            "kernel": "dense-shrunk",
+                            "pattern": "channel",
+                            "reason": "removed 1/4 output channels",
+                        },
+                        "lv2": {
+                            "kernel": "dense-shrunk",
+                            "pattern": "channel",
+                            "reason": "removed 1/4 input channels",
+                        },
+                    }
+                }
+            )
+            with R.dataflow():
+                lv = R.nn.conv2d(x, w0)
+                lv1 = R.clip(lv, R.prim_value(T.float64(0.0)), R.prim_value(T.float64(6.0)))
+                lv2 = R.nn.conv2d(lv1, w1)
+                R.output(lv2)
+            return lv2
+
+    w0, w1 = _rand(4, 3, 1, 1), _rand(2, 4, 1, 1, seed=1)
+    w0[2] = 0
+    after = ShrinkPrunedChannels()(_bind(Before, w0=w0, w1=w1))
+    expected = _bind(Expected, w0=w0[[0, 1, 3]], w1=w1[:, [0, 1, 3]])
     tvm.ir.assert_structural_equal(after, expected)
 
 

@@ -47,6 +47,8 @@ class NMMatmulKnobs:
     k_tile : int
         Inputs per k tile, a multiple of ``M`` (0: up to 64, as many as keep ``m_tile`` columns
         of ``X.T`` within 32 KiB).
+    cores : int
+        Cores the kernel runs on: the default ``group`` leaves at least four tasks per core.
     """
 
     lanes: int = 16
