@@ -32,7 +32,7 @@ import torch
 
 import tvm_sparse
 from tvm_sparse.architectures import MobileNetV2, ResNet18, randomize_batch_norm
-from tvm_sparse.benchmarking import in_fresh_process, write_results
+from tvm_sparse.benchmarking import in_fresh_process, max_relative_error, write_results
 from tvm_sparse.kernels._measure import block_mask, nm_mask
 from tvm_sparse.timing import TimingPolicy, compare
 
@@ -99,10 +99,7 @@ def measure(kind: str, a: str, b, target: str) -> dict:
         except Exception as err:  # noqa: BLE001 - a forced kernel that cannot build is no alternative
             print(f"[decisions] {a} {b}: {choice} did not build ({err})", flush=True)
     xs = x.numpy()
-    error = 0.0
-    for build in builds.values():
-        out = build(xs)
-        error = max(error, float(np.abs(out - expected).max() / np.abs(expected).max()))
+    error = max_relative_error(list(builds.values()), xs, expected)
     assert error < 1e-3, f"a build differs from PyTorch: {error:.2e}"
     calls = {name: (lambda build=build: build(xs)) for name, build in builds.items()}
     result = compare(calls, reference="dense", policy=POLICY)

@@ -23,8 +23,8 @@ import copy
 import os
 import tempfile
 import time
+from collections import Counter
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -38,7 +38,7 @@ from tvm_sparse.architectures import (
     ViT,
     randomize_batch_norm,
 )
-from tvm_sparse.benchmarking import in_fresh_process, write_results
+from tvm_sparse.benchmarking import in_fresh_process, max_relative_error, write_results
 from tvm_sparse.prune.physical import remove_pruned_channels
 from tvm_sparse.timing import TimingPolicy, compare
 
@@ -118,22 +118,21 @@ def measure(arch: str, pattern: str, target: str) -> dict:
     compile_s = time.perf_counter() - start
     dense = tvm_sparse.compile(model, target, example_inputs=(x,), sparsity="off")
     xs = x.numpy()
-    error = max(
-        float(np.abs(build(xs) - expected).max() / np.abs(expected).max())
-        for build in (chosen, dense)
-    )
+    error = max_relative_error([chosen, dense], xs, expected)
+
+    def pytorch():
+        with torch.no_grad():
+            model(x)
+
     result = compare(
-        {"compile": lambda: chosen(xs), "dense": lambda: dense(xs)},
+        {"compile": lambda: chosen(xs), "dense": lambda: dense(xs), "pytorch": pytorch},
         reference="dense",
         policy=POLICY,
     )
-    rows = chosen.report.rows
-    kinds: dict[str, int] = {}
-    for r in rows:
-        if r.pattern != "dense":
-            kinds[r.kernel] = kinds.get(r.kernel, 0) + 1
+    kinds = Counter(r.kernel for r in chosen.report.rows if r.pattern != "dense")
     return {
         "speedup": result.speedup["compile"],
+        "vs_pytorch": result.ms["pytorch"] / result.ms["compile"],
         "ms": result.ms,
         "flop_reduction": reduction,
         "error": error,
@@ -161,7 +160,7 @@ def main() -> None:
                 r = in_fresh_process(measure, arch, pattern, args.target)
             except Exception as err:  # noqa: BLE001 - a failing cell is a row, not the end
                 print(f"[matrix] {arch} {pattern}: failed ({err})", flush=True)
-                rows.append({"model": arch, "pattern": pattern, "speedup": None,
+                rows.append({"model": arch, "pattern": pattern, "speedup": None, "vs_pytorch": None,
                              "flop_reduction": None, "share_of_flops": None,
                              "dense_ms": None, "pruned_ms": None, "max_rel_error": None,
                              "kernels": f"failed: {err}"[:200], "compile_s": None})  # fmt: skip
@@ -170,6 +169,7 @@ def main() -> None:
                 "model": arch,
                 "pattern": pattern,
                 "speedup": r["speedup"],
+                "vs_pytorch": r["vs_pytorch"],
                 "flop_reduction": r["flop_reduction"],
                 "share_of_flops": r["speedup"] / r["flop_reduction"],
                 "dense_ms": r["ms"]["dense"],
@@ -188,8 +188,10 @@ def main() -> None:
         notes=f"target {args.target}; speedup: the build tvm_sparse.compile returns "
         "(sparsity='auto', end-to-end check off) over the dense build of the same model, "
         "timed in one process by tvm_sparse.timing.compare (interleaved rounds, medians in "
-        "ms); flop_reduction: dense FLOPs over the pruned model's (channels removed, zeros "
-        "not counted); share_of_flops: speedup / flop_reduction.",
+        "ms); vs_pytorch: PyTorch's time (eager, no_grad, its default threads) over the "
+        "returned build's, in the same rounds; flop_reduction: dense FLOPs over the pruned "
+        "model's (channels removed, zeros not counted); share_of_flops: speedup / "
+        "flop_reduction.",
     )
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "in_fresh_process",
     "interleave",
     "machine_info",
+    "max_relative_error",
     "onnxruntime_runner",
     "settle",
     "summarize",
@@ -143,6 +144,14 @@ def onnxruntime_runner(
 def time_onnxruntime(model: Any, inputs: Sequence[np.ndarray], **kwargs: Any) -> dict[str, float]:
     """Latency of an ONNX model in ONNX Runtime (see :func:`onnxruntime_runner`)."""
     return time_callable(onnxruntime_runner(model, inputs), **kwargs)
+
+
+def max_relative_error(builds: Sequence[Callable[[Any], Any]], x: Any, expected: Any) -> float:
+    """The largest error of any of ``builds`` on ``x`` against ``expected`` (PyTorch's output),
+    relative to the largest magnitude of ``expected``."""
+    expected = np.asarray(expected)
+    scale = float(np.abs(expected).max())
+    return max(float(np.abs(np.asarray(b(x)) - expected).max()) / scale for b in builds)
 
 
 def machine_info() -> dict[str, Any]:

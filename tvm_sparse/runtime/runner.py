@@ -47,10 +47,6 @@ class Runner:
         self.name = name or ("this machine" if session is None else "the rpc device")
 
     @property
-    def remote(self) -> bool:
-        return self.session is not None
-
-    @property
     def board(self) -> str | None:
         """The name records of a board are kept under; ``None`` for this machine (whose
         records are keyed by :func:`tvm_sparse.targets.machine_key`)."""

@@ -210,9 +210,9 @@ def sparse_candidates(spec: SparseSpec, knobs: dict, target: Target) -> list[dic
     if spec.kernel == "nm":
         tiles = [lanes, 2 * lanes, 4 * lanes, 8 * lanes, 16 * lanes]
         groups = [g * lanes for g in (1, 2, 4, 8) if spec.stored % (g * lanes) == 0]
-        m = spec.pattern[1]
+        inputs_per_group = spec.pattern[1]  # the M of N:M
         options = [{"m_tile": t, "group": g} for t in tiles for g in groups]
-        options += [{"k_tile": kt * m} for kt in (4, 8, 16, 32, 64)]
+        options += [{"k_tile": kt * inputs_per_group} for kt in (4, 8, 16, 32, 64)]
     elif knobs.get("variant") == "gemv":
         options = [{"lanes": v} for v in (4, 8, 16, 32, 64)]
     elif knobs.get("variant") == "rows":

@@ -217,11 +217,12 @@ def _pack_weight_panels(sch: s_tir.Schedule, main: SBlockRV, nr: int) -> None:
 
 
 def _pad_tiles(sch: s_tir.Schedule, main: SBlockRV, mr: int, nr: int, lanes: int) -> bool:
-    """Pad ``J`` of the canonical matmul up to a multiple of ``nr``; whether it could.
+    """Pad ``I`` and ``J`` of the canonical matmul up to multiples of ``mr`` and ``nr``;
+    whether it could.
 
     A predicate on ``J`` sits inside the vectorised loop, and LLVM turns every predicated
     vector into scalar code: ``Q @ K^T`` over ViT's 197 tokens then ran scalar in all its
-    tiles. Padded, only the copy of ``B`` and the crop of ``C`` carry the predicate.
+    tiles. Padded, only the copies of ``A`` and ``B`` and the crop of ``C`` carry predicates.
     """
     try:
         sch.pad_einsum(main, [1, mr, nr, 1])
@@ -398,7 +399,7 @@ class Matmul(CPUScheduleRule):
         pad_j = nr if n_ext is not None and n_ext % nr else 1
         pad_i = mr if m_ext is not None and m_ext % mr else 1
         padded = max(pad_i, pad_j) > 1 and _pad_tiles(sch, main, pad_i, pad_j, lanes)
-        if padded:
+        if padded and pad_j > 1:
             n_ext = -(-n_ext // nr) * nr
         if knobs.pack_b and b_contiguous and n_ext is not None and n_ext > nr and n_ext % nr == 0:
             _pack_weight_panels(sch, main, nr)
