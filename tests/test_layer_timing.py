@@ -79,6 +79,18 @@ def test_convolutions_are_timed_between_channels_last_neighbours(timer):
     assert not strided.cached and len(timer._dense) == 2
 
 
+def test_widths_time_a_dense_layer_at_two_output_counts(timer):
+    weight = np.random.default_rng(0).standard_normal((62, 96)).astype("float32")
+    first = timer.widths((32, 96), weight, 64)
+    assert first is not None and set(first.ms) == {"dense", "rounded:64"}
+    assert all(ms > 0 for ms in first.ms.values()) and first.winner in first.ms
+    assert timer.widths((32, 96), weight, 64).cached
+    conv = ((1, 1), (1, 1, 1, 1), (1, 1))
+    kernel = np.random.default_rng(0).standard_normal((12, 8, 3, 3)).astype("float32")
+    timing = timer.widths((1, 8, 14, 14), kernel, 16, conv=conv)
+    assert timing is not None and set(timing.ms) == {"dense", "rounded:16"}
+
+
 def test_a_bad_record_is_measured_again(timer, tmp_path):
     weight = _weight(256, 256, 0.2)
     timer.matmul((8, 256), weight, ["bsr:16x1"])

@@ -14,8 +14,9 @@ A convolution is built between the channels-last layouts of its neighbours in a 
 so that a sparse conv (which runs channels-first) pays the transposes it pays in the model.
 ``RewriteToWinograd`` asks the same way whether a dense 3x3 conv runs as the Winograd kernel
 (its time does not depend on the weight's values, so one record serves every layer of a
-shape). The device is this machine, or a board behind a TVM RPC session
-(:class:`~tvm_sparse.runtime.runner.Runner`); a target neither runs is decided by the
+shape), and ``ShrinkPrunedChannels`` whether a shrunk layer runs faster with zero channels
+kept up to a multiple of the SIMD width. The device is this machine, or a board behind a TVM
+RPC session (:class:`~tvm_sparse.runtime.runner.Runner`); a target neither runs is decided by the
 calibration table and the stated rules.
 """
 
@@ -145,6 +146,25 @@ class LayerTimer:
         attrs = (tuple(strides), tuple(padding), tuple(dilation))
         return self._time(_Layer("conv2d", tuple(x_shape), weight, attrs), candidates)
 
+    def widths(
+        self,
+        x_shape: tuple[int, ...],
+        weight: np.ndarray,
+        wanted: int,
+        *,
+        conv: tuple | None = None,
+    ) -> LayerTiming | None:
+        """Time a dense matmul (``weight`` 2-D) or conv2d (``weight`` OIHW, ``conv`` its
+        strides, padding and dilation) as it is (``"dense"``) and with ``wanted`` output
+        channels (``"rounded:<wanted>"``): whether a shrunk layer keeps zero channels up to a
+        count its schedule vectorises better. ``None`` as for :meth:`matmul`."""
+        layer = (
+            _Layer("matmul", tuple(x_shape), weight)
+            if conv is None
+            else _Layer("conv2d", tuple(x_shape), weight, tuple(tuple(a) for a in conv))
+        )
+        return self._time(layer, [f"rounded:{wanted}"])
+
     def winograd(
         self, x_shape: tuple[int, int, int, int], weight_shape: tuple[int, int, int, int]
     ) -> LayerTiming | None:
@@ -196,9 +216,14 @@ class LayerTimer:
         from .pipeline import pipeline
 
         bb = relax.BlockBuilder()
+        weight = layer.weight
+        if choice.startswith("rounded:"):  # the dense layer with more output channels
+            rows = int(choice.split(":")[1]) - weight.shape[0]
+            extra = np.random.default_rng(0).standard_normal((rows, *weight.shape[1:]))
+            weight, choice = np.concatenate([weight, extra.astype(weight.dtype)]), "dense"
         if layer.op == "matmul":
             x = relax.Var("x", relax.TensorType(list(layer.x_shape), "float32"))
-            w = relax.const(np.ascontiguousarray(layer.weight.T))
+            w = relax.const(np.ascontiguousarray(weight.T))
             with bb.function("main", [x]):
                 with bb.dataflow():
                     out = bb.emit_output(relax.op.matmul(x, w))
@@ -210,7 +235,7 @@ class LayerTimer:
             x_shape = (n, h, w_, c)
             strides, padding, dilation = layer.attrs
             x = relax.Var("x", relax.TensorType(list(x_shape), "float32"))
-            w = relax.const(np.ascontiguousarray(layer.weight))
+            w = relax.const(np.ascontiguousarray(weight))
             with bb.function("main", [x]):
                 with bb.dataflow():
                     nchw = bb.emit(relax.op.permute_dims(x, [0, 3, 1, 2]))

@@ -49,11 +49,11 @@ def sparsity_passes(
     from .passes import DetectSparsity, RewriteToSparse, ShrinkPrunedChannels
     from .targets.facts import vector_lanes
 
-    # CPU schedules vectorise over output channels: keep counts a multiple of the SIMD width
+    # CPU schedules vectorise over output channels: weigh counts a multiple of the SIMD width
     multiple = vector_lanes(target) if target.kind.name == "llvm" else 1
     return [
         DetectSparsity(),
-        ShrinkPrunedChannels(channel_multiple=multiple),
+        ShrinkPrunedChannels(channel_multiple=multiple, layer_timer=layer_timer),
         relax.transform.FoldConstant(),
         DetectSparsity(),
         RewriteToSparse(target, sparsity=sparsity, layer_timer=layer_timer),

@@ -777,6 +777,54 @@ def test_channel_multiple_rounds_kept_output_channels(out_channels, zero, kept):
         assert "multiple of 16 output channels" in reason
 
 
+class _Timer:
+    """Answers ``widths`` with fixed times: the pass's wiring, not the machine, is tested
+    here (``test_layer_timing`` times real builds)."""
+
+    def __init__(self, exact_ms: float | None, rounded_ms: float = 1.0):
+        self.exact_ms, self.rounded_ms = exact_ms, rounded_ms
+        self.asked: list[tuple] = []
+        self.exhausted = exact_ms is None
+        self.runner = type("Runner", (), {"name": "this machine"})()
+
+    def widths(self, x_shape, weight, wanted, *, conv=None):
+        from tvm_sparse.layer_timing import LayerTiming
+
+        self.asked.append((tuple(x_shape), weight.shape, wanted, conv))
+        if self.exact_ms is None:
+            return None
+        ms = {"dense": self.exact_ms, f"rounded:{wanted}": self.rounded_ms}
+        winner = "dense" if self.exact_ms < self.rounded_ms * 1.05 else f"rounded:{wanted}"
+        return LayerTiming(ms=ms, winner=winner, rounds=3)
+
+
+@pytest.mark.parametrize(
+    ("exact_ms", "kept", "evidence"),
+    [
+        (0.5, 43, "not rounded up to 48: measured on this machine, 43 channels 0.500 ms"),
+        (2.0, 48, "has 48 output channels: measured on this machine, 43 channels 2.000 ms"),
+        (None, 48, "by rule: budget spent on this machine"),
+    ],
+)
+def test_rounding_is_decided_by_the_layer_timer(exact_ms, kept, evidence):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, 16, 1)).eval()
+    _zero(model[0].weight, slice(0, 42, 2))  # 21 zero rows: 43 kept
+    x = torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    timer = _Timer(exact_ms)
+    after = ShrinkPrunedChannels(channel_multiple=16, layer_timer=timer)(
+        DetectSparsity()(_import(model, x))
+    )
+    first, second = _shapes_of(after, "relax.nn.conv2d")
+    assert first[0] == kept and second[1] == kept
+    np.testing.assert_allclose(_run(after, x), ref, rtol=1e-4, atol=1e-5)
+    # the first conv is timed on its real input, with its real kernel and padding
+    assert timer.asked[0] == ((2, 8, 5, 5), (43, 8, 3, 3), 48, ((1, 1), (1, 1, 1, 1), (1, 1)))
+    assert evidence in _decisions(after)["lv"]["reason"]
+
+
 def test_channel_multiple_must_be_positive():
     with pytest.raises(ValueError, match="channel_multiple"):
         ShrinkPrunedChannels(channel_multiple=0)

@@ -134,6 +134,11 @@ class WeightOp:
     x: relax.Var
 
 
+#: ``round_up(op, kept, wanted, kept_in)``: why ``op`` keeps zero output channels up to
+#: ``wanted`` rather than shrinking to ``kept`` (it reads ``kept_in`` inputs), or ``None``.
+RoundUp = Callable[[WeightOp, int, int, int], "str | None"]
+
+
 class ChannelGraph:
     """Builds atoms, classes, constants and blockers for one function (top-level bindings)."""
 
@@ -588,12 +593,16 @@ class ChannelGraph:
 
     # --- decision ----------------------------------------------------------------------------
 
-    def removable_roots(self, channel_multiple: int = 1) -> tuple[set[int], dict[int, str]]:
+    def removable_roots(
+        self, channel_multiple: int = 1, round_up: RoundUp | None = None
+    ) -> tuple[set[int], dict[int, str]]:
         """Classes that can be removed, and for blocked classes the first reason why not.
 
-        With ``channel_multiple > 1``, zero output channels of dense conv2d / matmul ops are
-        kept until the kept count is a multiple of it (when the op has that many channels), so
-        that shrinking never leaves an op with a channel count its SIMD schedule handles badly.
+        With ``channel_multiple > 1``, an op whose kept output channels are not a multiple of it
+        (dense conv2d / matmul ops that have that many channels) asks ``round_up(op, kept,
+        wanted, kept_in)``: a reason to keep zero channels up to ``wanted``, or ``None`` to
+        shrink to ``kept`` exactly. Without ``round_up`` every such op is rounded up (the
+        stated rule: SIMD schedules vectorise over output channels).
         """
         reasons: dict[int, str] = {}
 
@@ -625,7 +634,7 @@ class ChannelGraph:
             removed = all_roots - set(reasons)
             extra = self._constraints(removed)
             if channel_multiple > 1 and not set(extra) & removed:
-                extra = self._round_to_multiple(removed, channel_multiple)
+                extra = self._round_to_multiple(removed, channel_multiple, round_up)
             if not set(extra) & removed:
                 return removed, reasons
             for root, reason in extra.items():
@@ -638,8 +647,11 @@ class ChannelGraph:
         roots = self.uf.roots(c.ids)
         return ~np.isin(roots, list(removed))
 
-    def _round_to_multiple(self, removed: set[int], multiple: int) -> dict[int, str]:
-        """Removed classes to keep so that output channel counts are multiples of ``multiple``."""
+    def _round_to_multiple(
+        self, removed: set[int], multiple: int, round_up: RoundUp | None
+    ) -> dict[int, str]:
+        """Removed classes to keep so that output channel counts are multiples of ``multiple``,
+        for the ops where ``round_up`` (or the stated rule) says so."""
         extra: dict[int, str] = {}
         for op in self.weight_ops.values():
             if op.kind not in ("conv2d", "matmul"):
@@ -650,13 +662,31 @@ class ChannelGraph:
             wanted = -(-kept // multiple) * multiple
             if not gone.any() or kept == wanted or wanted > total:
                 continue
-            reason = (
-                f"kept so that {self._name(op.var)} has a multiple of {multiple} output channels"
-                " (the SIMD width)"
-            )
+            if round_up is None:
+                reason = (
+                    f"kept so that {self._name(op.var)} has a multiple of {multiple} output"
+                    " channels (the SIMD width; by rule, not timed)"
+                )
+            else:
+                reason = round_up(op, kept, wanted, self._kept_inputs(op, removed))
+                if reason is None:
+                    continue
             for root in list(dict.fromkeys(roots[gone].tolist()))[: wanted - kept]:
                 extra[root] = reason
         return extra
+
+    def _kept_inputs(self, op: WeightOp, removed: set[int]) -> int:
+        """How many input channels ``op`` reads once ``removed`` is gone."""
+        full = op.weight.shape[1]
+        c, keep = self.chan.get(op.x), self.keep_mask(op.x, removed)
+        shape = static_shape(op.x)
+        if c is None or keep is None or shape is None:
+            return full
+        axis = 1 if op.kind == "conv2d" else len(shape) - 1
+        if axis not in c.axes:
+            return full
+        i = c.axes.index(axis)
+        return int(keep.any(axis=tuple(j for j in range(keep.ndim) if j != i)).sum())
 
     def _constraints(self, removed: set[int]) -> dict[int, str]:
         extra: dict[int, str] = {}

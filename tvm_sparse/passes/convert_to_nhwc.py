@@ -8,6 +8,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels.winograd_conv2d import winograd_applies
 from ..targets.facts import vector_lanes
+from .shrink_pruned_channels import DECISIONS_ATTR
 
 __all__ = ["ConvertToNHWC"]
 
@@ -113,7 +114,12 @@ def _static(shape) -> list[int] | None:
 @mutator
 class _PointwiseToMatmul(PyExprMutator):
     """An NHWC 1x1 conv of stride 1 without padding is ``X[N*H*W, C] @ W[C, F]``: reshapes
-    (views) around a matmul, which the ``Matmul`` schedule tiles across row ends."""
+    (views) around a matmul, which the ``Matmul`` schedule tiles across row ends. The names
+    of the converted convs are kept in ``converted``: their decisions move to the matmul."""
+
+    def __init__(self, mod: tvm.IRModule):
+        super().__init__(mod)
+        self.converted: list[str] = []
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         value = self.visit_expr(binding.value)
@@ -123,6 +129,7 @@ class _PointwiseToMatmul(PyExprMutator):
             return
         x, w, (n, h, wd, c), f = matmul
         name = binding.var.name
+        self.converted.append(name)
         rows = self.builder_.emit(relax.op.reshape(x, [n * h * wd, c]), name_hint=f"{name}_rows")
         product = self.builder_.emit(
             relax.op.matmul(rows, relax.op.reshape(w, [c, f])), name_hint=f"{name}_matmul"
@@ -212,6 +219,19 @@ def _runs_as_winograd(call: relax.Call) -> bool:
     return why is None
 
 
+def _moved_decisions(func: relax.Function, converted: list[str]) -> relax.Function:
+    """A pointwise conv's decision (a shrunk or dense layer) on the matmul it became, where the
+    report looks for it: the conv's own name is left on a reshape."""
+    decisions = (func.attrs or {}).get(DECISIONS_ATTR)
+    if not decisions or not any(name in decisions for name in converted):
+        return func
+    moved = {str(k): v for k, v in decisions.items()}
+    for name in converted:
+        if name in moved:
+            moved[f"{name}_matmul"] = moved.pop(name)
+    return func.with_attr(DECISIONS_ATTR, moved)
+
+
 def _binding_ops(func: relax.Function) -> dict[str, str]:
     ops: dict[str, str] = {}
     for block in func.body.blocks:
@@ -298,6 +318,7 @@ class ConvertToNHWC:
         renamer = _LayoutRenamer(mod, original, {p.name for p in func.params})
         mod["main"] = renamer.visit_expr(func)
         mod["main"] = _CancelTransposes(mod).visit_expr(mod["main"])
-        mod["main"] = _PointwiseToMatmul(mod).visit_expr(mod["main"])
+        pointwise = _PointwiseToMatmul(mod)
+        mod["main"] = _moved_decisions(pointwise.visit_expr(mod["main"]), pointwise.converted)
         # transposed (and reshaped) weights become constants again
         return relax.transform.DeadCodeElimination()(relax.transform.FoldConstant()(mod))

@@ -30,8 +30,9 @@ class ShrinkPrunedChannels:
     removable in *every* operand), concat (offsets), depthwise and grouped conv (equal counts per
     group), and attention written as ``softmax(Q K^T) V`` (a head is removed when its V
     projection is constant or its output-projection columns are zero; the importer's
-    ``scaled_dot_product_attention`` lowering, LayerNorm over channels and unknown ops pin the
-    channels they touch, with a reason). A removed channel that
+    ``scaled_dot_product_attention`` lowering and unknown ops pin the channels they touch, with
+    a reason), and LayerNorm over channels (exactly: a removed channel's constant still counts
+    in the mean and variance). A removed channel that
     still carries a constant (``ReLU(bias)``, a batch-norm shift) is folded exactly into each
     consumer: into its bias for matmul and unpadded conv, and as a constant
     ``(1, O, H_out, W_out)`` map for padded convs, whose borders see zero padding.
@@ -60,22 +61,28 @@ class ShrinkPrunedChannels:
     Parameters
     ----------
     channel_multiple : int
-        Keep zero output channels of dense conv2d / matmul ops until their count is a multiple
-        of this (the target's SIMD width: the pipeline passes it). Dense schedules vectorise
-        over output channels, and 62 channels ran 2x slower than 64 on x86; the decision row
-        says how many zero channels were kept for it.
+        Where a shrunk dense conv2d / matmul would have an output channel count that is not
+        a multiple of this (the target's SIMD width: the pipeline passes it), weigh keeping
+        zero channels up to the next multiple: dense schedules vectorise over output channels,
+        and a ragged count leaves a partial vector in every row.
+    layer_timer : tvm_sparse.layer_timing.LayerTimer, optional
+        Decide that rounding per layer by timing the layer at both counts on the device
+        (the exact count, the simpler choice, wins inside the margin); without one, or once
+        its budget is spent, every such layer is rounded up by rule. The decision row says
+        which, with the times.
     """
 
-    def __init__(self, channel_multiple: int = 1) -> None:
+    def __init__(self, channel_multiple: int = 1, layer_timer: Any = None) -> None:
         if channel_multiple < 1:
             raise ValueError(f"channel_multiple must be at least 1, got {channel_multiple}")
         self.channel_multiple = channel_multiple
+        self.layer_timer = layer_timer
 
     def transform_module(self, mod: IRModule, ctx: tvm.transform.PassContext) -> IRModule:
         updates = {}
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function) and not _is_primitive(func):
-                new_func = _shrink_function(mod, func, self.channel_multiple)
+                new_func = _shrink_function(mod, func, self.channel_multiple, self.layer_timer)
                 if new_func is not func:
                     updates[gv] = new_func
         if not updates:
@@ -91,15 +98,18 @@ def _is_primitive(func: relax.Function) -> bool:
 
 
 def _shrink_function(
-    mod: IRModule, func: relax.Function, channel_multiple: int = 1
+    mod: IRModule, func: relax.Function, channel_multiple: int = 1, layer_timer: Any = None
 ) -> relax.Function:
     names = unique_binding_names(func)
     try:
         graph = ChannelGraph(func, names)
+        rounding = _Rounding(graph, channel_multiple, layer_timer)
         removed, reasons = (
-            graph.removable_roots(channel_multiple) if graph.supported else (set(), {})
+            graph.removable_roots(channel_multiple, rounding if layer_timer else None)
+            if graph.supported
+            else (set(), {})
         )
-        plan = _Plan(graph, removed, reasons)
+        plan = _Plan(graph, removed, reasons, rounding.exact)
     except Exception as err:  # noqa: BLE001 - an unsupported graph is left unchanged
         return _with_decisions(func, {}, f"not analysed: {type(err).__name__}: {err}")
     decisions = plan.decisions()
@@ -132,13 +142,68 @@ def _with_decisions(
     return func.with_attr(DECISIONS_ATTR, merged) if merged else func
 
 
+class _Rounding:
+    """Whether a shrunk layer keeps zero channels up to a multiple of the SIMD width: timed on
+    the layer timer's device (memoised: the graph asks again each time its removals change),
+    by rule once the timer cannot answer."""
+
+    def __init__(self, graph: ChannelGraph, multiple: int, timer: Any) -> None:
+        self.graph, self.multiple, self.timer = graph, multiple, timer
+        self.memo: dict[tuple, str | None] = {}
+        #: layers measured faster at their exact count: var -> (count, evidence)
+        self.exact: dict[relax.Var, tuple[int, str]] = {}
+
+    def __call__(self, op: WeightOp, kept: int, wanted: int, kept_in: int) -> str | None:
+        key = (op.var, kept, wanted, kept_in)
+        if key not in self.memo:
+            self.memo[key] = self._decide(op, kept, wanted, kept_in)
+        return self.memo[key]
+
+    def _decide(self, op: WeightOp, kept: int, wanted: int, kept_in: int) -> str | None:
+        name = self.graph.names.get(op.var, op.var.name)
+        rule = (
+            f"kept so that {name} has a multiple of {self.multiple} output channels (the SIMD"
+            " width; by rule"
+        )
+        x_shape = static_shape(op.x)
+        if x_shape is None or None in x_shape:
+            return f"{rule}: dynamic input shape, not timed)"
+        rng = np.random.default_rng(0)  # the time depends on the shapes alone
+        weight = rng.standard_normal((kept, kept_in, *op.weight.shape[2:])).astype("float32")
+        if op.kind == "conv2d":
+            attrs = op.call.attrs
+            conv = tuple(tuple(int(v) for v in a) for a in
+                         (attrs.strides, attrs.padding, attrs.dilation))  # fmt: skip
+            x_shape = (x_shape[0], kept_in, *x_shape[2:])
+        else:
+            conv, x_shape = None, (*x_shape[:-1], kept_in)
+        timing = self.timer.widths(x_shape, weight, wanted, conv=conv)
+        if timing is None:
+            why = "budget spent" if self.timer.exhausted else "could not be timed"
+            return f"{rule}: {why} on {self.timer.runner.name})"
+        times = f"{kept} channels {timing.ms['dense']:.3f} ms, {wanted} channels " + (
+            f"{timing.ms[f'rounded:{wanted}']:.3f} ms"
+        )
+        if timing.winner == "dense":
+            self.exact[op.var] = (kept, f"not rounded up to {wanted}: {timing.where}, {times}")
+            return None
+        return f"kept so that {name} has {wanted} output channels: {timing.where}, {times}"
+
+
 class _Plan:
     """What to do with each binding, from the removable channel classes."""
 
-    def __init__(self, graph: ChannelGraph, removed: set[int], reasons: dict[int, str]):
+    def __init__(
+        self,
+        graph: ChannelGraph,
+        removed: set[int],
+        reasons: dict[int, str],
+        exact: dict[relax.Var, tuple[int, str]] | None = None,
+    ):
         self.graph = graph
         self.removed = removed
         self.reasons = reasons
+        self.exact = exact or {}
         self.keep: dict[relax.Var, np.ndarray] = {}
         for var in graph.chan:
             mask = graph.keep_mask(var, removed)
@@ -235,6 +300,9 @@ class _Plan:
                     parts.append(f"removed {removed_in}/{keep_in.size} input channels")
                 if var in self.corrections:
                     parts.append("folded constant inputs into the bias")
+                kept_out = out_c - removed_out
+                if self.exact.get(var, (None,))[0] == kept_out:
+                    parts.append(self.exact[var][1])
                 kept_zero = zero_rows & (keep_out if keep_out is not None else True)
                 if kept_zero.any() and op.kind != "depthwise":
                     roots = graph.uf.roots(graph.chan[var].ids.ravel()[kept_zero])
