@@ -16,6 +16,7 @@ from .passes.collect_report import CollectFusionGroups, CollectKernelReport, Col
 from .passes.convert_to_nhwc import ConvertToNHWC
 from .passes.inject_prefetch import InjectPrefetch
 from .passes.pack_weights import PackWeights
+from .passes.pad_attention_tokens import PadAttentionTokens
 from .passes.reorder_reshape_after_elementwise import ReorderReshapeAfterElementwise
 from .passes.rewrite_to_winograd import RewriteToWinograd
 from .passes.uniquify_binding_names import UniquifyBindingNames
@@ -95,7 +96,9 @@ def schedule_input_passes(
 ) -> list[tvm.transform.Pass]:
     """Everything before scheduling: the PrimFuncs these leave are what schedules (and the
     autotuner) see."""
-    cpu = [ConvertToNHWC()]
+    from .targets.facts import vector_lanes
+
+    cpu = [PadAttentionTokens(vector_lanes(target)), ConvertToNHWC()]
     if winograd:
         cpu.append(RewriteToWinograd(target, layer_timer=layer_timer))
     return (

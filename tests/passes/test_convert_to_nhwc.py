@@ -133,3 +133,22 @@ def test_a_conv_between_channels_last_transposes_runs_without_them():
     compiled = tvm_sparse.compile(model, "x86", example_inputs=(x,), sparsity="off")
     with torch.no_grad():
         np.testing.assert_allclose(compiled(x).numpy(), model(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_shrunk_pointwise_conv_keeps_its_decision_on_its_matmul():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(32, 48, 1),
+        torch.nn.ReLU(), torch.nn.Conv2d(48, 8, 3, padding=1),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        model[2].weight[:16] = 0  # the 1x1 conv loses 16 of its 48 output channels
+    x = torch.randn(1, 3, 12, 12)
+    compiled = tvm_sparse.compile(
+        model, "x86", example_inputs=(x,), verify_speed=False, measure_layers=False
+    )
+    with torch.no_grad():
+        np.testing.assert_allclose(compiled(x.numpy()), model(x).numpy(), rtol=1e-4, atol=1e-4)
+    (row,) = [r for r in compiled.report.rows if r.op == "relax.matmul"]
+    assert row.pattern == "channel" and "removed 16/48 output channels" in row.reason
+    assert row.output_shape[-1] == 32

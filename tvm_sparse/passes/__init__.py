@@ -8,6 +8,7 @@ from .convert_to_nhwc import ConvertToNHWC
 from .detect_sparsity import DetectSparsity, WeightSparsity, analyze_weight
 from .inject_prefetch import InjectPrefetch
 from .pack_weights import PackWeights
+from .pad_attention_tokens import PadAttentionTokens
 from .reorder_reshape_after_elementwise import ReorderReshapeAfterElementwise
 from .rewrite_to_sparse import RewriteToSparse
 from .rewrite_to_winograd import RewriteToWinograd
@@ -23,6 +24,7 @@ __all__ = [
     "DetectSparsity",
     "InjectPrefetch",
     "PackWeights",
+    "PadAttentionTokens",
     "ReorderReshapeAfterElementwise",
     "RewriteToSparse",
     "RewriteToWinograd",
