@@ -335,21 +335,26 @@ def _gemv_kernel(k, n, block, nnzb, block_rows, lanes, dtype):
 def _m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout, dtype):
     r, c = block
     mt, group = knobs.m_tile, knobs.group
-    m_full, m_tail = m // mt, m % mt
     k_pad = -(-k // c) * c
     mn = y_layout == "MN"
+    transpose_x = x_layout == "MK"
+    # rows of X.T padded to whole vectors: a ragged tail (ViT's 197 rows) would leave a partial
+    # vector in every accumulator, which LLVM splits into narrower instructions; the padded
+    # rows are zero and never stored
+    guard_m = transpose_x and mn and m % knobs.lanes != 0
+    m_run = -(-m // knobs.lanes) * knobs.lanes if guard_m else m
+    m_full, m_tail = m_run // mt, m_run % mt
     width = group * r  # outputs per task: one store tile of (M, N), or r rows of (N, M)
     per_batch = -(-n // width)  # tasks per batch item
     full_tasks = n // width
     n_tail = n - full_tasks * width
-    transpose_x = x_layout == "MK"
     guard_k = not transpose_x and k_pad != k
     x_shape = (batch, m, k) if transpose_x else (batch, k, m)
     y_shape = (batch, m, n) if mn else (batch, n, m)
     zero = tirx.const(0, dtype)
     tk = 16  # transpose tile along K
     k_tiles = -(-k_pad // tk)
-    xt_shape = (batch, k_pad, m) if transpose_x else (1, 1, 1)
+    xt_shape = (batch, k_pad, m_run) if transpose_x else (1, 1, 1)
 
     @T.macro
     def accumulate(x, xt, data, indices, indptr, b, acc, m0, w, row):
@@ -386,11 +391,13 @@ def _m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout
                     out[mi, g * r + rr] = acc[rr, mi]
         if t < full_tasks:
             for mi in range(w):
-                for ww in T.vectorized(width):
-                    y[b, m0 + mi, t * width + ww] = out[mi, ww]
+                if m0 + mi < m:  # the rows padded to whole vectors are not stored
+                    for ww in T.vectorized(width):
+                        y[b, m0 + mi, t * width + ww] = out[mi, ww]
         else:
             for mi, ww in T.grid(w, n_tail):
-                y[b, m0 + mi, t * width + ww] = out[mi, ww]
+                if m0 + mi < m:  # the rows padded to whole vectors are not stored
+                    y[b, m0 + mi, t * width + ww] = out[mi, ww]
 
     @T.macro
     def tile_nm(x, xt, data, indices, indptr, y, b, t, m0, w):
@@ -418,12 +425,16 @@ def _m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout
         xt = T.alloc_buffer(xt_shape, dtype)
         if transpose_x:
             for bko in T.parallel(batch * k_tiles):
-                for mm in range(m):
+                for mm in range(m_run):
                     for kk in T.unroll(tk):
                         if (bko % k_tiles) * tk + kk < k_pad:
                             xt[bko // k_tiles, (bko % k_tiles) * tk + kk, mm] = T.if_then_else(
-                                (bko % k_tiles) * tk + kk < k,
-                                x[bko // k_tiles, mm, T.min((bko % k_tiles) * tk + kk, k - 1)],
+                                (bko % k_tiles) * tk + kk < k and mm < m,
+                                x[
+                                    bko // k_tiles,
+                                    T.min(mm, m - 1),
+                                    T.min((bko % k_tiles) * tk + kk, k - 1),
+                                ],
                                 zero,
                             )
         for b in range(batch):
