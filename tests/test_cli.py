@@ -35,6 +35,19 @@ def test_report_json(tmp_path, capsys):
     assert len([r for r in data["rows"] if "matmul" in r["op"]]) == 3
 
 
+def test_report_for_an_arm_target_predicts_kernel_times(tmp_path, capsys):
+    from tvm_sparse.static_throughput import find_llvm_mca
+
+    path, _, _ = _onnx_file(tmp_path)
+    assert main(["report", str(path), "--target", "arm-cortex-a76"]) == 0
+    out = capsys.readouterr()
+    if find_llvm_mca() is None:
+        assert "llvm-mca not found" in out.err
+        return
+    assert "| kernel | MFLOP | predicted GFLOP/s per core |" in out.out
+    assert "predicted by llvm-mca on neoverse-n1" in out.out
+
+
 def test_bench_prints_latency_table(tmp_path, capsys):
     path, _, _ = _onnx_file(tmp_path)
     assert main(["bench", str(path), "--repeat", "3"]) == 0

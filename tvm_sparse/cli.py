@@ -80,7 +80,27 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     model = _compile(args)
     print(model.report.to_json() if args.json else model.report.table(all_ops=args.all))
+    if not args.json and _predicts(model, args.predict):
+        from .static_throughput import predicted_table
+
+        print()
+        print(predicted_table(model))
     return 0
+
+
+def _predicts(model, asked: bool) -> bool:
+    """Predicted kernel times for an llvm target this machine does not run (or when asked),
+    where llvm-mca is installed."""
+    from .static_throughput import find_llvm_mca
+    from .targets import is_host_target
+
+    target = model.preset.tvm_target()
+    if target.kind.name != "llvm" or not (asked or not is_host_target(target)):
+        return False
+    if find_llvm_mca() is None:
+        _progress("llvm-mca not found: no predicted kernel times (install Debian's llvm package)")
+        return False
+    return True
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -173,6 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = model_command("report", "print what the compiler does to each op")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--all", action="store_true", help="include ops without FLOPs or weights")
+    p.add_argument(
+        "--predict",
+        action="store_true",
+        help="predict kernel times with llvm-mca (default for targets this machine does not run)",
+    )
     p.set_defaults(func=cmd_report)
     p = model_command("bench", "compile and measure latency")
     p.add_argument("--repeat", type=int, default=30)

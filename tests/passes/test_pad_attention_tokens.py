@@ -30,6 +30,15 @@ class MaskedAttention(nn.Module):
         return torch.softmax(q @ k.transpose(-2, -1) + self.mask, dim=-1) @ v
 
 
+class AttentionWithProbabilities(MaskedAttention):
+    """Attention that also returns its probabilities: their shape is observable, not padded."""
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        att = torch.softmax(q @ k.transpose(-2, -1), dim=-1)
+        return att @ v, att
+
+
 def _imported(model, x):
     mod = import_model(model, example_inputs=(x,)).mod
     return tvm.transform.Sequential(prepare_passes())(mod)
@@ -68,6 +77,7 @@ def test_vit_attention_is_padded_and_exact(tokens, lanes, padded):
         (BertLayer(48, 3, 96), 128),  # whole registers already
         (BertLayer(48, 3, 96), 37),  # padding to 48 would add more than it saves
         (MaskedAttention(32, 197), 197),  # the mask varies along the keys
+        (AttentionWithProbabilities(32, 197), 197),  # the probabilities are an output
     ],
 )
 def test_attention_that_is_not_padded(model, tokens):
