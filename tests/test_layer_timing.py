@@ -79,6 +79,17 @@ def test_convolutions_are_timed_between_channels_last_neighbours(timer):
     assert not strided.cached and len(timer._dense) == 2
 
 
+def test_a_matmul_is_timed_with_its_bias_and_activation(timer):
+    weight = _weight(512, 256, 0.1)
+    plain = timer.matmul((32, 256), weight, ["bsr:16x1"])
+    fused = timer.matmul((32, 256), weight, ["bsr:16x1"], ("bias", "relax.nn.gelu"))
+    assert fused is not None and not fused.cached and timer.measured == 2  # its own record
+    assert set(fused.ms) == {"dense", "bsr:16x1"} and "with its bias, gelu" in fused.where
+    again = timer.matmul((32, 256), weight, ["bsr:16x1"], ("bias", "relax.nn.gelu"))
+    assert again.cached and again.ms == fused.ms and "with its bias, gelu" in again.where
+    assert "with its" not in plain.where
+
+
 def test_widths_time_a_dense_layer_at_two_output_counts(timer):
     weight = np.random.default_rng(0).standard_normal((62, 96)).astype("float32")
     first = timer.widths((32, 96), weight, 64)
@@ -140,6 +151,9 @@ def test_compile_decides_matmuls_by_their_measured_times(own_cache):
     assert len(rows) == 2, str(compiled.report)
     for row in rows:
         assert "measured on this machine" in row.reason and "dense" in row.reason
+    # each layer is timed with what fuses into its dense matmul in the model
+    assert "with its bias, relu" in rows[0].reason, rows[0].reason
+    assert "with its bias:" in rows[1].reason, rows[1].reason
     assert any("timed the candidates of 2 layer(s)" in n for n in compiled.report.notes)
     assert any("measured a calibration table for this machine" in n
                for n in compiled.report.notes)  # fmt: skip
@@ -148,7 +162,8 @@ def test_compile_decides_matmuls_by_their_measured_times(own_cache):
         np.testing.assert_allclose(compiled(x), model(x).numpy(), rtol=1e-4, atol=1e-4)
     # The second compile reads the times back and decides the same way.
     again = tvm_sparse.compile(model, "x86", example_inputs=(x,), measure_layers=True)
-    cached = [r for r in again.report.rows if "measured on this machine (cached)" in r.reason]
+    cached = [r for r in again.report.rows if "measured on this machine with its bias" in r.reason
+              and "(cached)" in r.reason]  # fmt: skip
     assert [(r.name, r.kernel) for r in cached] == [(r.name, r.kernel) for r in rows]
     assert not any("timed the candidates" in n for n in again.report.notes)
     assert not any("calibration table" in n for n in again.report.notes)

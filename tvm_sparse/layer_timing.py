@@ -44,7 +44,7 @@ from .timing import TimingPolicy, compare
 __all__ = ["LayerTimer", "LayerTiming"]
 
 #: Written into cache records; a record of another version is measured again.
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,7 @@ class _Layer:
     x_shape: tuple[int, ...]
     weight: np.ndarray  # (out, in) for a matmul, OIHW for a conv2d, HWIO for "winograd"
     attrs: tuple = ()  # a conv2d's strides, padding, dilation
+    epilogue: tuple[str, ...] = ()  # a matmul's bias add and activation (Relax op names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,10 +69,16 @@ class LayerTiming:
     rounds: int
     cached: bool = False
     device: str = "this machine"
+    epilogue: tuple[str, ...] = ()
 
     @property
     def where(self) -> str:
-        return f"measured on {self.device}" + (" (cached)" if self.cached else "")
+        with_ops = ", ".join(op.removeprefix("relax.").removeprefix("nn.") for op in self.epilogue)
+        return (
+            f"measured on {self.device}"
+            + (f" with its {with_ops}" if with_ops else "")
+            + (" (cached)" if self.cached else "")
+        )
 
     def describe(self) -> str:
         times = ", ".join(f"{name} {ms:.3f} ms" for name, ms in self.ms.items())
@@ -121,13 +128,21 @@ class LayerTimer:
         return self.spent_s >= self.budget_s
 
     def matmul(
-        self, x_shape: tuple[int, ...], weight: np.ndarray, candidates: list[str]
+        self,
+        x_shape: tuple[int, ...],
+        weight: np.ndarray,
+        candidates: list[str],
+        epilogue: tuple[str, ...] = (),
     ) -> LayerTiming | None:
         """Time ``x @ weight.T`` (``weight`` is ``(out, in)``) as ``"dense"`` and as each of
         ``candidates`` (sparsity choices such as ``"bsr:16x1"``, ``"unstructured"``,
-        ``"nm:2:4"``). ``None`` when the budget is spent or a candidate did not build (with a
-        warning): the caller falls back to the calibration table."""
-        return self._time(_Layer("matmul", tuple(x_shape), weight), candidates)
+        ``"nm:2:4"``), followed by ``epilogue``: ``"bias"`` (an add of a constant per output)
+        and elementwise ops by Relax name (``"relax.nn.gelu"``), as the layer runs in the
+        model: a dense matmul computes them in its own loop, a sparse kernel leaves them to a
+        pass of their own over its output. ``None`` when the budget is spent or a candidate
+        did not build (with a warning): the caller falls back to the calibration table."""
+        layer = _Layer("matmul", tuple(x_shape), weight, epilogue=tuple(epilogue))
+        return self._time(layer, candidates)
 
     def conv2d(
         self,
@@ -176,7 +191,7 @@ class LayerTimer:
     def _time(self, layer: _Layer, candidates: list[str]) -> LayerTiming | None:
         names = ["dense", *[c for c in candidates if c != "dense"]]
         key = self._key(layer, names)
-        cached = self._read(key, names)
+        cached = self._read(key, names, layer.epilogue)
         if cached is not None:
             return cached
         if self.exhausted:
@@ -186,7 +201,8 @@ class LayerTimer:
             calls = {}
             for name in names:
                 # the dense build does not depend on the weight's values: one per shape
-                shape_key = (layer.op, layer.x_shape, layer.weight.shape, layer.attrs)
+                shape_key = (layer.op, layer.x_shape, layer.weight.shape, layer.attrs,
+                             layer.epilogue)  # fmt: skip
                 if name == "dense" and shape_key in self._dense:
                     calls[name] = self._dense[shape_key]
                     continue
@@ -206,7 +222,7 @@ class LayerTimer:
             self.spent_s += time.perf_counter() - start
         self.measured += 1
         timing = LayerTiming(ms=result.ms, winner=result.winner, rounds=result.rounds,
-                             device=self.runner.name)  # fmt: skip
+                             device=self.runner.name, epilogue=layer.epilogue)  # fmt: skip
         self._write(key, timing)
         return timing
 
@@ -226,7 +242,14 @@ class LayerTimer:
             w = relax.const(np.ascontiguousarray(weight.T))
             with bb.function("main", [x]):
                 with bb.dataflow():
-                    out = bb.emit_output(relax.op.matmul(x, w))
+                    y = bb.emit(relax.op.matmul(x, w))
+                    for op in layer.epilogue:
+                        if op == "bias":
+                            bias = np.random.default_rng(1).standard_normal(weight.shape[0])
+                            y = bb.emit(relax.op.add(y, relax.const(bias.astype("float32"))))
+                        else:
+                            y = bb.emit(relax.Call(tvm.ir.Op.get(op), [y]))
+                    out = bb.emit_output(y)
                 bb.emit_func_output(out)
             x_shape = layer.x_shape
             options = {"sparsity": {"*": choice}}
@@ -276,6 +299,7 @@ class LayerTimer:
             repr(layer.x_shape),
             repr(layer.weight.shape),
             repr(layer.attrs),
+            ",".join(layer.epilogue),
             ",".join(names),
         ):
             digest.update(part.encode())
@@ -287,7 +311,7 @@ class LayerTimer:
         # each its own mask) share one measurement
         return digest.hexdigest()[:32]
 
-    def _read(self, key: str, names: list[str]) -> LayerTiming | None:
+    def _read(self, key: str, names: list[str], epilogue: tuple[str, ...]) -> LayerTiming | None:
         path = self.cache_dir / f"{key}.json"
         try:
             if not path.is_file():
@@ -299,7 +323,7 @@ class LayerTimer:
             if not all(np.isfinite(v) and v > 0 for v in ms.values()):
                 raise ValueError("a time that is not a positive number")
             return LayerTiming(ms=ms, winner=record["winner"], rounds=int(record["rounds"]),
-                               cached=True, device=self.runner.name)  # fmt: skip
+                               cached=True, device=self.runner.name, epilogue=epilogue)  # fmt: skip
         except Exception as err:  # noqa: BLE001 - a bad record is measured again
             warnings.warn(
                 f"layer timing record {path.name} ignored ({type(err).__name__}: {err}); "

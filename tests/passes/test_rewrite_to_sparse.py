@@ -243,7 +243,7 @@ class _StubTimer:
         self.result = None if ms is None else LayerTiming(ms=ms, winner=winner, rounds=5)
         self.exhausted = ms is None
 
-    def matmul(self, x_shape, weight, candidates):
+    def matmul(self, x_shape, weight, candidates, epilogue=()):
         self.asked.append((x_shape, weight.shape, list(candidates)))
         return self.result
 

@@ -195,6 +195,24 @@ def _static_shape(expr: relax.Expr) -> tuple[list[int], str] | None:
     return [int(v) for v in values], str(ty.dtype)
 
 
+#: Activations a layer timer times after a matmul's bias (they fuse into a dense matmul).
+_ACTIVATIONS = frozenset(
+    {"relax.nn.relu", "relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.silu", "relax.sigmoid"}
+)
+
+
+def _op_name(value: relax.Expr) -> str:
+    is_op = isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
+    return value.op.name if is_op else ""
+
+
+def _is_bias(arg: relax.Expr, outputs: int) -> bool:
+    if not isinstance(arg, tvm.ir.Constant):
+        return False
+    shape = arg.value.shape
+    return bool(shape) and shape[-1] == outputs and int(np.prod(shape)) == outputs
+
+
 @mutator
 class _SparseRewriter(PyExprMutator):
     def __init__(
@@ -224,6 +242,11 @@ class _SparseRewriter(PyExprMutator):
         self._values = dict(function_bindings(func))
         self._records = func.attrs[WEIGHTS_ATTR]
         self._decisions = {}
+        self._users = {}
+        for var, value in self._values.items():
+            for arg in getattr(value, "args", []):
+                if isinstance(arg, relax.Var):
+                    self._users.setdefault(arg, []).append((var, value))
         new_func = self.visit_expr(func)
         existing = func.attrs.get(DECISIONS_ATTR) if func.attrs else None
         merged = {str(k): dict(v) for k, v in (existing or {}).items()}
@@ -247,6 +270,7 @@ class _SparseRewriter(PyExprMutator):
             super().visit_var_binding_(binding)
             return
         self._layer = name  # intermediate bindings are named after the layer they compute
+        self._var = binding.var
         new_value, plan = self._rewrite(name, binding.value)
         self._decisions[name] = plan.record()
         if new_value is None:
@@ -257,6 +281,22 @@ class _SparseRewriter(PyExprMutator):
         else:
             new_var = self.builder_.emit_output(new_value, name_hint=binding.var.name)
         self.set_var_remap(binding.var, new_var)
+
+    def _epilogue(self, var: relax.Var, outputs: int) -> tuple[str, ...]:
+        """What follows a matmul in the model and fuses into a dense one: its bias add (a
+        constant of one value per output) and the activation after it (reshapes between
+        skipped), for the layer timer to time with it."""
+        users = self._users.get(var, [])
+        if len(users) != 1 or _op_name(users[0][1]) != "relax.add":
+            return ()
+        var, value = users[0]
+        if not any(_is_bias(a, outputs) for a in value.args):
+            return ()
+        while len(self._users.get(var, [])) == 1:
+            var, value = self._users[var][0]
+            if _op_name(value) != "relax.reshape":
+                return ("bias", _op_name(value)) if _op_name(value) in _ACTIVATIONS else ("bias",)
+        return ("bias",)
 
     # -- per op -------------------------------------------------------------------------------
 
@@ -287,7 +327,8 @@ class _SparseRewriter(PyExprMutator):
             timer = self.layer_timer
             if timer is not None and self.config.choice_for(name).kind == "auto":
                 # leading batch dims fold into the rows, as the rewrite does
-                measure = lambda c: timer.matmul((m, weight.shape[1]), weight, c)  # noqa: E731
+                epilogue = self._epilogue(self._var, weight.shape[0])
+                measure = lambda c: timer.matmul((m, weight.shape[1]), weight, c, epilogue)  # noqa: E731
                 plan = measured(plan, info, weight, m, self.calibration, timer, measure)
             if plan.kernel == "dense":
                 return None, plan
