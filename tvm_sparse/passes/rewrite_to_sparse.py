@@ -82,6 +82,7 @@ from ..kernels.gpu import CUDATileKnobs, cuda_bsr_matmul, cuda_nm_matmul, nm_gro
 from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul
 from ..kernels.sparse_conv2d import Conv2DGeometry, im2col
 from ._bindings import function_bindings, unique_binding_names
+from ._epilogue import matmul_epilogue, users_of
 from .detect_sparsity import WEIGHTS_ATTR, WeightSparsity, constant_weight_of
 from .sparse_decisions import (
     GPU_RULE,
@@ -195,24 +196,6 @@ def _static_shape(expr: relax.Expr) -> tuple[list[int], str] | None:
     return [int(v) for v in values], str(ty.dtype)
 
 
-#: Activations a layer timer times after a matmul's bias (they fuse into a dense matmul).
-_ACTIVATIONS = frozenset(
-    {"relax.nn.relu", "relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.silu", "relax.sigmoid"}
-)
-
-
-def _op_name(value: relax.Expr) -> str:
-    is_op = isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
-    return value.op.name if is_op else ""
-
-
-def _is_bias(arg: relax.Expr, outputs: int) -> bool:
-    if not isinstance(arg, tvm.ir.Constant):
-        return False
-    shape = arg.value.shape
-    return bool(shape) and shape[-1] == outputs and int(np.prod(shape)) == outputs
-
-
 @mutator
 class _SparseRewriter(PyExprMutator):
     def __init__(
@@ -242,11 +225,7 @@ class _SparseRewriter(PyExprMutator):
         self._values = dict(function_bindings(func))
         self._records = func.attrs[WEIGHTS_ATTR]
         self._decisions = {}
-        self._users = {}
-        for var, value in self._values.items():
-            for arg in getattr(value, "args", []):
-                if isinstance(arg, relax.Var):
-                    self._users.setdefault(arg, []).append((var, value))
+        self._users = users_of(self._values)
         new_func = self.visit_expr(func)
         existing = func.attrs.get(DECISIONS_ATTR) if func.attrs else None
         merged = {str(k): dict(v) for k, v in (existing or {}).items()}
@@ -282,22 +261,6 @@ class _SparseRewriter(PyExprMutator):
             new_var = self.builder_.emit_output(new_value, name_hint=binding.var.name)
         self.set_var_remap(binding.var, new_var)
 
-    def _epilogue(self, var: relax.Var, outputs: int) -> tuple[str, ...]:
-        """What follows a matmul in the model and fuses into a dense one: its bias add (a
-        constant of one value per output) and the activation after it (reshapes between
-        skipped), for the layer timer to time with it."""
-        users = self._users.get(var, [])
-        if len(users) != 1 or _op_name(users[0][1]) != "relax.add":
-            return ()
-        var, value = users[0]
-        if not any(_is_bias(a, outputs) for a in value.args):
-            return ()
-        while len(self._users.get(var, [])) == 1:
-            var, value = self._users[var][0]
-            if _op_name(value) != "relax.reshape":
-                return ("bias", _op_name(value)) if _op_name(value) in _ACTIVATIONS else ("bias",)
-        return ("bias",)
-
     # -- per op -------------------------------------------------------------------------------
 
     def _rewrite(self, name: str, call: relax.Expr) -> tuple[relax.Expr | None, Plan]:
@@ -327,7 +290,7 @@ class _SparseRewriter(PyExprMutator):
             timer = self.layer_timer
             if timer is not None and self.config.choice_for(name).kind == "auto":
                 # leading batch dims fold into the rows, as the rewrite does
-                epilogue = self._epilogue(self._var, weight.shape[0])
+                epilogue = matmul_epilogue(self._users, self._var, weight.shape[0])
                 measure = lambda c: timer.matmul((m, weight.shape[1]), weight, c, epilogue)  # noqa: E731
                 plan = measured(plan, info, weight, m, self.calibration, timer, measure)
             if plan.kernel == "dense":
