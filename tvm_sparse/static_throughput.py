@@ -25,6 +25,9 @@ from dataclasses import dataclass
 
 from tvm.target import Target
 
+from .targets.facts import num_cores, vector_lanes
+from .targets.host import host_clock_ghz
+
 __all__ = [
     "CORES",
     "CoreModel",
@@ -61,29 +64,17 @@ def core_of(target: Target) -> CoreModel:
     triple = str(target.attrs.get("mtriple", "")) or "x86_64"
     if mcpu in CORES:
         return CORES[mcpu]
-    return CoreModel(triple.split("-")[0], mcpu, _host_ghz())
-
-
-@functools.cache
-def _host_ghz() -> float:
-    try:
-        with open("/proc/cpuinfo") as f:
-            mhz = [float(line.split(":")[1]) for line in f if line.startswith("cpu MHz")]
-        return max(mhz) / 1000 if mhz else 0.0
-    except OSError:
-        return 0.0
+    return CoreModel(triple.split("-")[0], mcpu, host_clock_ghz())
 
 
 @functools.cache
 def find_llvm_mca() -> str | None:
     """The newest ``llvm-mca`` on the PATH (newer LLVMs model more cores), or ``None``."""
-    found = []
     for version in range(30, 13, -1):
         path = shutil.which(f"llvm-mca-{version}")
         if path:
-            found.append(path)
-    plain = shutil.which("llvm-mca")
-    return found[0] if found else plain
+            return path
+    return shutil.which("llvm-mca")
 
 
 # -- assembly -----------------------------------------------------------------------------------
@@ -223,7 +214,6 @@ class KernelThroughput:
     flops: float  # per iteration
     peak: float  # the core's FLOPs per cycle
     ghz: float
-    instructions: int
 
     @property
     def flops_per_cycle(self) -> float:
@@ -247,8 +237,7 @@ def kernel_throughput(asm: str, target: Target) -> dict[str, KernelThroughput]:
     (copies, transposes) are left out.
     """
     core = core_of(target)
-    lanes = _target_lanes(target)
-    peak = peak_flops_per_cycle(core, lanes)
+    peak = peak_flops_per_cycle(core, vector_lanes(target))
     owner: dict[str, str] = {}
     kernel = None
     bodies = _functions(asm, core.triple)
@@ -270,15 +259,8 @@ def kernel_throughput(asm: str, target: Target) -> dict[str, KernelThroughput]:
             flops=flops_per_iteration(loop),
             peak=peak,
             ghz=core.ghz,
-            instructions=len(loop),
         )
     return result
-
-
-def _target_lanes(target: Target) -> int:
-    from .targets.facts import vector_lanes
-
-    return vector_lanes(target)
 
 
 def predicted_times(compiled) -> list[dict]:
@@ -288,7 +270,7 @@ def predicted_times(compiled) -> list[dict]:
     (sparse kernels count their nonzeros, copies none) is listed without a time."""
     target = compiled.preset.tvm_target()
     kernels = kernel_throughput(assembly(compiled.executable), target)
-    cores = max(int(target.attrs.get("num-cores", 1) or 1), 1)
+    cores = num_cores(target)
     groups: dict[str, int] = {}
     for r in compiled.report.rows:
         group = r.fused_into or r.name

@@ -10,6 +10,9 @@ is taken gets the smallest suffix ``_1``, ``_2``, ... that is still free.
 
 from __future__ import annotations
 
+from typing import Any
+
+import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprVisitor, visitor
 
@@ -62,3 +65,33 @@ def unique_binding_names(func: relax.Function) -> dict[relax.Var, str]:
         taken.add(name)
         names[var] = name
     return names
+
+
+def op_name(value: relax.Expr | None) -> str:
+    """The name of the Relax op ``value`` calls (``"relax.matmul"``), or ``""``."""
+    is_op = isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
+    return value.op.name if is_op else ""
+
+
+def only_users(func: relax.Function) -> dict[relax.Var, relax.Var]:
+    """Each bound var of ``func``'s dataflow blocks that exactly one binding reads and nothing
+    else (not the block's outputs, not the function's result), mapped to that binding's var;
+    from TVM's use-def chains (``relax.analysis.udchain``)."""
+    users: dict[relax.Var, relax.Var] = {}
+    for block in func.body.blocks:
+        if not isinstance(block, relax.DataflowBlock):
+            continue
+        for var, uses in relax.analysis.udchain(block).items():
+            if len(uses) == 1 and uses[0] is not None and isinstance(var, relax.DataflowVar):
+                users[var] = uses[0]
+    return users
+
+
+def with_functions(mod: tvm.IRModule, updates: dict[relax.GlobalVar, Any]) -> tvm.IRModule:
+    """``mod`` with the functions in ``updates`` replaced (``mod`` itself when there are none)."""
+    if not updates:
+        return mod
+    mod = mod.clone()
+    for gv, func in updates.items():
+        mod.update_func(gv, func)
+    return mod

@@ -601,9 +601,10 @@ class ChannelGraph:
         With ``channel_multiple > 1``, an op whose kept output channels are not a multiple of it
         (dense conv2d / matmul ops that have that many channels) asks ``round_up(op, kept,
         wanted, kept_in)``: a reason to keep zero channels up to ``wanted``, or ``None`` to
-        shrink to ``kept`` exactly. Without ``round_up`` every such op is rounded up (the
-        stated rule: SIMD schedules vectorise over output channels).
+        shrink to ``kept`` exactly.
         """
+        if channel_multiple > 1 and round_up is None:
+            raise ValueError("channel_multiple > 1 needs round_up to decide each op's rounding")
         reasons: dict[int, str] = {}
 
         def block(ids: np.ndarray, reason: str) -> None:
@@ -648,10 +649,10 @@ class ChannelGraph:
         return ~np.isin(roots, list(removed))
 
     def _round_to_multiple(
-        self, removed: set[int], multiple: int, round_up: RoundUp | None
+        self, removed: set[int], multiple: int, round_up: RoundUp
     ) -> dict[int, str]:
         """Removed classes to keep so that output channel counts are multiples of ``multiple``,
-        for the ops where ``round_up`` (or the stated rule) says so."""
+        for the ops where ``round_up`` says so."""
         extra: dict[int, str] = {}
         for op in self.weight_ops.values():
             if op.kind not in ("conv2d", "matmul"):
@@ -662,15 +663,9 @@ class ChannelGraph:
             wanted = -(-kept // multiple) * multiple
             if not gone.any() or kept == wanted or wanted > total:
                 continue
-            if round_up is None:
-                reason = (
-                    f"kept so that {self._name(op.var)} has a multiple of {multiple} output"
-                    " channels (the SIMD width; by rule, not timed)"
-                )
-            else:
-                reason = round_up(op, kept, wanted, self._kept_inputs(op, removed))
-                if reason is None:
-                    continue
+            reason = round_up(op, kept, wanted, self._kept_inputs(op, removed))
+            if reason is None:
+                continue
             for root in list(dict.fromkeys(roots[gone].tolist()))[: wanted - kept]:
                 extra[root] = reason
         return extra

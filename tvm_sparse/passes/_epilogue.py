@@ -10,45 +10,34 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ._bindings import op_name
+
 #: Activations timed after a matmul's bias (the ones a dense matmul fuses).
 ACTIVATIONS = frozenset(
     {"relax.nn.relu", "relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.silu", "relax.sigmoid"}
 )
 
-Users = dict[relax.Var, list[tuple[relax.Var, relax.Expr]]]
 
-
-def users_of(values: Mapping[relax.Var, relax.Expr]) -> Users:
-    """The bindings that read each var, in program order."""
-    users: Users = {}
-    for var, value in values.items():
-        for arg in getattr(value, "args", []):
-            if isinstance(arg, relax.Var):
-                users.setdefault(arg, []).append((var, value))
-    return users
-
-
-def matmul_epilogue(users: Users, var: relax.Var, outputs: int) -> tuple[str, ...]:
+def matmul_epilogue(
+    var: relax.Var,
+    outputs: int,
+    users: Mapping[relax.Var, relax.Var],
+    values: Mapping[relax.Var, relax.Expr],
+) -> tuple[str, ...]:
     """``("bias", activation)``, ``("bias",)`` or ``()`` for the matmul bound to ``var`` with
     ``outputs`` columns: its only user adds a constant of one value per output, and the
-    activation is that add's only user (reshapes between skipped)."""
-    found = users.get(var, [])
-    if len(found) != 1 or _op_name(found[0][1]) != "relax.add":
+    activation is that add's only user (reshapes between skipped). ``users`` maps a var to its
+    only user (:func:`~tvm_sparse.passes._bindings.only_users`)."""
+    var = users.get(var)
+    if var is None or op_name(values[var]) != "relax.add":
         return ()
-    var, value = found[0]
-    if not any(_is_bias(a, outputs) for a in value.args):
+    if not any(_is_bias(a, outputs) for a in values[var].args):
         return ()
-    while len(users.get(var, [])) == 1:
-        var, value = users[var][0]
-        name = _op_name(value)
+    while (var := users.get(var)) is not None:
+        name = op_name(values[var])
         if name != "relax.reshape":
             return ("bias", name) if name in ACTIVATIONS else ("bias",)
     return ("bias",)
-
-
-def _op_name(value: relax.Expr) -> str:
-    is_op = isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
-    return value.op.name if is_op else ""
 
 
 def _is_bias(arg: relax.Expr, outputs: int) -> bool:

@@ -8,6 +8,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels.winograd_conv2d import winograd_applies
 from ..targets.facts import vector_lanes
+from ._bindings import op_name
 from .shrink_pruned_channels import DECISIONS_ATTR
 
 __all__ = ["ConvertToNHWC"]
@@ -82,11 +83,7 @@ class _LayoutRenamer(PyExprMutator):
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         value = self.visit_expr(binding.value)
         old = binding.var
-        op = (
-            value.op.name
-            if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
-            else ""
-        )
+        op = op_name(value)
         keeps = (
             old.name in self.original
             and old.name not in self.claimed
@@ -174,7 +171,7 @@ class _CancelTransposes(PyExprMutator):
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         value = self.visit_expr(binding.value)
-        if _op_name(value) != "relax.permute_dims" or value.attrs.axes is None:
+        if op_name(value) != "relax.permute_dims" or value.attrs.axes is None:
             self.builder_.emit_normalized(relax.VarBinding(binding.var, value))
             return
         source, axes = value.args[0], [int(a) for a in value.attrs.axes]
@@ -193,15 +190,10 @@ def _framed(binding: relax.VarBinding, producers: dict[relax.Var, relax.Expr]) -
     """Whether a conv reads a transpose from channels-last: converting it costs no transpose."""
     source = producers.get(binding.value.args[0])
     return (
-        _op_name(source) == "relax.permute_dims"
+        op_name(source) == "relax.permute_dims"
         and source.attrs.axes is not None
         and [int(a) for a in source.attrs.axes] == [0, 3, 1, 2]
     )
-
-
-def _op_name(value: relax.Expr) -> str:
-    is_op = isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
-    return value.op.name if is_op else ""
 
 
 def _runs_as_winograd(call: relax.Call) -> bool:
@@ -236,13 +228,7 @@ def _binding_ops(func: relax.Function) -> dict[str, str]:
     ops: dict[str, str] = {}
     for block in func.body.blocks:
         for binding in block.bindings:
-            value = binding.value
-            op = (
-                value.op.name
-                if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
-                else ""
-            )
-            ops.setdefault(binding.var.name, op)
+            ops.setdefault(binding.var.name, op_name(binding.value))
     return ops
 
 

@@ -16,7 +16,7 @@ import tvm
 from tvm import relax
 from tvm.ir import IRModule
 
-from ._bindings import function_bindings, unique_binding_names
+from ._bindings import function_bindings, unique_binding_names, with_functions
 
 __all__ = [
     "BLOCK_TOLERANCE",
@@ -306,9 +306,4 @@ class DetectSparsity:
                 updates[gv] = func.with_attr(WEIGHTS_ATTR, records)
             elif func.attrs is not None and WEIGHTS_ATTR in func.attrs:
                 updates[gv] = func.without_attr(WEIGHTS_ATTR)
-        if not updates:
-            return mod
-        mod = mod.clone()
-        for gv, func in updates.items():
-            mod.update_func(gv, func)
-        return mod
+        return with_functions(mod, updates)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from ._bindings import only_users, op_name, with_functions
 from .shrink_pruned_channels import DECISIONS_ATTR
 
 __all__ = ["PadAttentionTokens"]
@@ -21,11 +22,6 @@ _SCALES = ("relax.multiply", "relax.divide", "relax.add", "relax.subtract")
 #: What a padded score becomes before the softmax: its exponential is zero (or, with
 #: ``UseFastMath``'s clamped exponential, far below the rounding error of the row's sum).
 _MASKED = -1e30
-
-
-def _op(value: relax.Expr) -> str:
-    is_op = isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op)
-    return value.op.name if is_op else ""
 
 
 def _shape(expr: relax.Expr) -> tuple[int, ...] | None:
@@ -47,9 +43,9 @@ class _Attention:
     scores: relax.Var  # the score matmul Q @ K^T
     softmax: relax.Var
     values: relax.Var  # the value matmul P @ V
-    chain: list[relax.Var] = field(default_factory=list)  # every binding to re-emit
-    tokens: int = 0
-    padded: int = 0
+    chain: list[relax.Var]  # every binding to re-emit
+    tokens: int
+    padded: int
 
 
 @mutator
@@ -64,7 +60,7 @@ class _Padder(PyExprMutator):
             super().visit_var_binding_(binding)
             return
         value = binding.value
-        op = _op(value)
+        op = op_name(value)
         args = [self.visit_expr(a) for a in value.args]
         extra = attention.padded - attention.tokens
         ndim = len(_shape(value.args[1])) if op == "relax.matmul" else 0
@@ -99,31 +95,16 @@ class _Padder(PyExprMutator):
 
 def _find(func: relax.Function, lanes: int) -> list[_Attention]:
     """Attention blocks of ``func`` whose key axis a pad to whole registers serves."""
-    values, uses = {}, {}
-    for block in func.body.blocks:
-        for b in block.bindings:
-            values[b.var] = b.value
-
-    def count(expr):
-        if isinstance(expr, relax.Var):
-            uses[expr] = uses.get(expr, 0) + 1
-
-    relax.analysis.post_order_visit(func.body, count)
-    consumers: dict[relax.Var, relax.Var] = {}
-    for var, value in values.items():
-        for arg in getattr(value, "args", []):
-            if isinstance(arg, relax.Var):
-                consumers[arg] = var
-
-    def only_use(var: relax.Var) -> relax.Var | None:
-        return consumers.get(var) if uses.get(var, 0) == 1 else None
+    values = {b.var: b.value for block in func.body.blocks for b in block.bindings}
+    users = only_users(func)
+    only_use = users.get
 
     found = []
     for var, value in values.items():
-        if _op(value) != "relax.nn.softmax" or int(value.attrs.axis) not in (-1, _rank(var) - 1):
-            continue
         shape = _shape(var)
-        if shape is None or shape[-1] % lanes == 0:
+        if op_name(value) != "relax.nn.softmax" or shape is None or shape[-1] % lanes == 0:
+            continue
+        if int(value.attrs.axis) not in (-1, len(shape) - 1):
             continue
         tokens = shape[-1]
         padded = -(-tokens // lanes) * lanes
@@ -137,15 +118,10 @@ def _find(func: relax.Function, lanes: int) -> list[_Attention]:
     return found
 
 
-def _rank(var: relax.Var) -> int:
-    shape = _shape(var)
-    return len(shape) if shape is not None else -1
-
-
 def _keeps_key_axis(values, var, tokens) -> bool:
     """Whether ``var``'s binding maps its input's last axis (``tokens`` long) to its own."""
     value = values[var]
-    op, shape = _op(value), _shape(var)
+    op, shape = op_name(value), _shape(var)
     if shape is None or shape[-1] != tokens:
         return False
     if op in _RESHAPES:
@@ -161,7 +137,7 @@ def _keeps_key_axis(values, var, tokens) -> bool:
 def _back_to_scores(values, var, tokens, only_use) -> list[relax.Var] | None:
     chain = []
     while isinstance(var, relax.Var) and var in values:
-        if _op(values[var]) == "relax.matmul":
+        if op_name(values[var]) == "relax.matmul":
             keys = _shape(values[var].args[1])
             if keys is None or keys[-1] != tokens:
                 return None
@@ -181,11 +157,11 @@ def _on_to_values(values, var, tokens, only_use) -> list[relax.Var] | None:
         if user is None:
             return None
         value = values[user]
-        if _op(value) == "relax.matmul":
+        if op_name(value) == "relax.matmul":
             vals = _shape(value.args[1])
             ok = value.args[0].same_as(var) and vals is not None and vals[-2] == tokens
             return [*chain, user] if ok else None
-        if _op(value) not in _RESHAPES or not _keeps_key_axis(values, user, tokens):
+        if op_name(value) not in _RESHAPES or not _keeps_key_axis(values, user, tokens):
             return None
         chain.append(user)
         var = user
@@ -250,9 +226,4 @@ class PadAttentionTokens:
                     "reason": f"key axis padded from {a.tokens} to {a.padded} tokens (whole "
                     "SIMD registers), padded scores masked"})  # fmt: skip
             updates[gv] = new_func.with_attr(DECISIONS_ATTR, decisions)
-        if not updates:
-            return mod
-        mod = mod.clone()
-        for gv, func in updates.items():
-            mod.update_func(gv, func)
-        return mod
+        return with_functions(mod, updates)

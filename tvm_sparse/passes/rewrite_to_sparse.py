@@ -81,8 +81,8 @@ from ..kernels.formats import to_bsr, to_nm
 from ..kernels.gpu import CUDATileKnobs, cuda_bsr_matmul, cuda_nm_matmul, nm_group_offsets
 from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul
 from ..kernels.sparse_conv2d import Conv2DGeometry, im2col
-from ._bindings import function_bindings, unique_binding_names
-from ._epilogue import matmul_epilogue, users_of
+from ._bindings import function_bindings, only_users, unique_binding_names
+from ._epilogue import matmul_epilogue
 from .detect_sparsity import WEIGHTS_ATTR, WeightSparsity, constant_weight_of
 from .sparse_decisions import (
     GPU_RULE,
@@ -225,7 +225,7 @@ class _SparseRewriter(PyExprMutator):
         self._values = dict(function_bindings(func))
         self._records = func.attrs[WEIGHTS_ATTR]
         self._decisions = {}
-        self._users = users_of(self._values)
+        self._users = only_users(func)
         new_func = self.visit_expr(func)
         existing = func.attrs.get(DECISIONS_ATTR) if func.attrs else None
         merged = {str(k): dict(v) for k, v in (existing or {}).items()}
@@ -290,7 +290,7 @@ class _SparseRewriter(PyExprMutator):
             timer = self.layer_timer
             if timer is not None and self.config.choice_for(name).kind == "auto":
                 # leading batch dims fold into the rows, as the rewrite does
-                epilogue = matmul_epilogue(self._users, self._var, weight.shape[0])
+                epilogue = matmul_epilogue(self._var, weight.shape[0], self._users, self._values)
                 measure = lambda c: timer.matmul((m, weight.shape[1]), weight, c, epilogue)  # noqa: E731
                 plan = measured(plan, info, weight, m, self.calibration, timer, measure)
             if plan.kernel == "dense":

@@ -10,7 +10,7 @@ from tvm import relax
 from tvm.ir import IRModule
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ._bindings import unique_binding_names
+from ._bindings import unique_binding_names, with_functions
 from ._channel_graph import ChannelGraph, WeightOp, _const_value, static_shape
 from .detect_sparsity import WEIGHTS_ATTR, _detect_in_function
 
@@ -85,12 +85,7 @@ class ShrinkPrunedChannels:
                 new_func = _shrink_function(mod, func, self.channel_multiple, self.layer_timer)
                 if new_func is not func:
                     updates[gv] = new_func
-        if not updates:
-            return mod
-        mod = mod.clone()
-        for gv, func in updates.items():
-            mod.update_func(gv, func)
-        return mod
+        return with_functions(mod, updates)
 
 
 def _is_primitive(func: relax.Function) -> bool:
@@ -105,9 +100,7 @@ def _shrink_function(
         graph = ChannelGraph(func, names)
         rounding = _Rounding(graph, channel_multiple, layer_timer)
         removed, reasons = (
-            graph.removable_roots(channel_multiple, rounding if layer_timer else None)
-            if graph.supported
-            else (set(), {})
+            graph.removable_roots(channel_multiple, rounding) if graph.supported else (set(), {})
         )
         plan = _Plan(graph, removed, reasons, rounding.exact)
     except Exception as err:  # noqa: BLE001 - an unsupported graph is left unchanged
@@ -145,7 +138,7 @@ def _with_decisions(
 class _Rounding:
     """Whether a shrunk layer keeps zero channels up to a multiple of the SIMD width: timed on
     the layer timer's device (memoised: the graph asks again each time its removals change),
-    by rule once the timer cannot answer."""
+    by rule (rounded up) without a timer or once it cannot answer."""
 
     def __init__(self, graph: ChannelGraph, multiple: int, timer: Any) -> None:
         self.graph, self.multiple, self.timer = graph, multiple, timer
@@ -165,6 +158,8 @@ class _Rounding:
             f"kept so that {name} has a multiple of {self.multiple} output channels (the SIMD"
             " width; by rule"
         )
+        if self.timer is None:
+            return f"{rule}, not timed)"
         x_shape = static_shape(op.x)
         if x_shape is None or None in x_shape:
             return f"{rule}: dynamic input shape, not timed)"

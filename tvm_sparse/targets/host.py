@@ -16,7 +16,13 @@ from functools import cache
 
 from tvm.target import Target, codegen
 
-__all__ = ["host_cpu_features", "is_host_target", "machine_key", "missing_host_features"]
+__all__ = [
+    "host_clock_ghz",
+    "host_cpu_features",
+    "is_host_target",
+    "machine_key",
+    "missing_host_features",
+]
 
 # Only ISA extensions that LLVM emits instructions for count. LLVM's feature sets also hold
 # tuning flags (``fast-gather``, ``slow-3ops-lea``, ``fuse-aes``...) and system features that
@@ -190,3 +196,14 @@ def machine_key() -> str:
     except OSError:
         pass
     return f"{codegen.llvm_get_system_cpu()}|{model}|{available_cores()}"
+
+
+@cache
+def host_clock_ghz() -> float:
+    """The clock Linux reports for this machine's cores (the highest), in GHz; 0 if unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            mhz = [float(line.split(":")[1]) for line in f if line.startswith("cpu MHz")]
+    except (OSError, ValueError):
+        return 0.0
+    return max(mhz) / 1000 if mhz else 0.0
