@@ -8,16 +8,18 @@ import numpy as np
 import pytest
 
 from tvm_sparse.kernels import BSRMatmulKnobs, NMMatmulKnobs, bsr_matmul, nm_matmul
+from tvm_sparse.kernels.epilogue import PLAIN, Epilogue
 from tvm_sparse.tune.space import _knobs_of, sparse_candidates, sparse_spec
 
 
-def _bsr(target, m, k, n, block, **layout):
+def _bsr(target, m, k, n, block, epilogue=PLAIN, **layout):
     knobs = BSRMatmulKnobs.for_target(target).resolve(block, m, n, **layout)
     rows = -(-n // block[0])
     rows = -(-rows // knobs.group) * knobs.group
-    return bsr_matmul(m, k, n, block, 40, rows, knobs=knobs, **layout)
+    return bsr_matmul(m, k, n, block, 40, rows, knobs=knobs, epilogue=epilogue, **layout)
 
 
+@pytest.mark.parametrize("epilogue", [PLAIN, Epilogue(bias=True, activation="relax.nn.gelu")])
 @pytest.mark.parametrize(
     ("m", "k", "n", "block", "layout"),
     [
@@ -29,10 +31,13 @@ def _bsr(target, m, k, n, block, **layout):
     ],
     ids=["rows", "gemv-like", "m", "conv-KM-NM", "square-conv"],
 )
-def test_bsr_spec_is_recovered_and_candidates_keep_the_signature(target, m, k, n, block, layout):
-    func = _bsr(target, m, k, n, block, **layout)
+def test_bsr_spec_is_recovered_and_candidates_keep_the_signature(
+    target, m, k, n, block, layout, epilogue
+):
+    func = _bsr(target, m, k, n, block, epilogue, **layout)
     spec = sparse_spec(func)
     assert spec is not None and (spec.m, spec.k, spec.n) == (m, k, n)
+    assert Epilogue.from_attr(spec.epilogue) == epilogue
     assert spec.x_layout == layout.get("x_layout", "MK")
     candidates = sparse_candidates(spec, _knobs_of(func), target)
     assert candidates[0] == _knobs_of(func)  # the default is measured first
@@ -43,11 +48,13 @@ def test_bsr_spec_is_recovered_and_candidates_keep_the_signature(target, m, k, n
         assert [tuple(p.ty.shape) for p in built.params] == shapes
 
 
-def test_nm_spec_and_candidates(target):
+@pytest.mark.parametrize("epilogue", [PLAIN, Epilogue(bias=True, activation="relax.nn.relu")])
+def test_nm_spec_and_candidates(target, epilogue):
     knobs = NMMatmulKnobs.for_target(target).resolve(32)
-    func = nm_matmul(32, 64, 96, (2, 4), 96, knobs=knobs)
+    func = nm_matmul(32, 64, 96, (2, 4), 96, knobs=knobs, epilogue=epilogue)
     spec = sparse_spec(func)
     assert spec.kernel == "nm" and spec.pattern == (2, 4)
+    assert Epilogue.from_attr(spec.epilogue) == epilogue
     assert len(sparse_candidates(spec, _knobs_of(func), target)) > 1
 
 

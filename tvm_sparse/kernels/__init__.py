@@ -2,7 +2,8 @@
 ones on CPUs.
 
 ``formats`` compresses pruned weights (BSR, N:M); ``bsr_matmul`` and ``nm_matmul`` are the CPU
-matmul kernels with their knobs; ``sparse_conv2d`` lowers convolutions onto them;
+matmul kernels with their knobs, applying an ``epilogue`` (bias add, activation) as they store
+their outputs; ``sparse_conv2d`` lowers convolutions onto them;
 ``cost_model`` decides per layer whether sparse beats dense on a target, from a table that
 ``calibrate_host`` measures. ``gpu`` holds the CUDA
 kernels for the same formats. ``winograd_conv2d`` is the dense Winograd F(2x2, 3x3) conv that
@@ -18,6 +19,7 @@ from .cost_model import (
     default_cache_path,
     load_calibration,
 )
+from .epilogue import Epilogue
 from .formats import BSRMatrix, NMMatrix, to_bsr, to_nm
 from .nm_matmul import NMMatmulKnobs, nm_matmul, nm_matmul_kernel_name
 from .sparse_conv2d import Conv2DGeometry, im2col
@@ -29,6 +31,7 @@ __all__ = [
     "Calibration",
     "CalibrationWarning",
     "Conv2DGeometry",
+    "Epilogue",
     "Estimate",
     "NMMatmulKnobs",
     "NMMatrix",

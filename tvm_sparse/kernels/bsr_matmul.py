@@ -32,6 +32,7 @@ from tvm.script import tirx as T
 from tvm.target import Target
 
 from ..targets.facts import vector_lanes
+from .epilogue import EPILOGUE_ATTR, PLAIN, Epilogue
 
 __all__ = ["BSRMatmulKnobs", "bsr_matmul", "bsr_matmul_kernel_name"]
 
@@ -146,6 +147,7 @@ def bsr_matmul(
     x_layout: str = "MK",
     y_layout: str = "MN",
     dtype: str = "float32",
+    epilogue: Epilogue = PLAIN,
 ) -> tirx.PrimFunc:
     """A scheduled PrimFunc for ``Y = X @ W.T`` with ``W`` in BSR form.
 
@@ -166,12 +168,15 @@ def bsr_matmul(
         ``"MK"`` / ``"KM"`` and ``"MN"`` / ``"NM"`` (last two dims of the batched buffers).
     dtype : str
         Element type of activations and weights.
+    epilogue : Epilogue
+        Bias add and activation applied to every output as it is stored.
 
     Returns
     -------
     tvm.tirx.PrimFunc
-        Parameters ``(x, data, indices, indptr, y)``; ``data`` is ``(nnzb, c, r)`` for the
-        ``"rows"`` variant (:meth:`BSRMatrix.data_cr`) and ``(nnzb, r, c)`` otherwise.
+        Parameters ``(x, data, indices, indptr, y)``, with ``bias`` ``(n,)`` before ``y`` when
+        the epilogue adds one; ``data`` is ``(nnzb, c, r)`` for the ``"rows"`` variant
+        (:meth:`BSRMatrix.data_cr`) and ``(nnzb, r, c)`` otherwise.
     """
     if x_layout not in ("MK", "KM") or y_layout not in ("MN", "NM"):
         raise ValueError(f"x_layout must be MK|KM and y_layout MN|NM, got {x_layout}, {y_layout}")
@@ -179,15 +184,19 @@ def bsr_matmul(
     if knobs.variant == "gemv":
         if batch != 1 or m != 1 or x_layout != "MK" or y_layout != "MN":
             raise ValueError("the 'gemv' variant takes a (1, K) input and a (1, N) output")
-        func = _gemv_kernel(k, n, block, nnzb, block_rows, knobs.lanes, dtype)
+        func = _gemv_kernel(k, n, block, nnzb, block_rows, knobs.lanes, dtype, epilogue)
     elif knobs.variant == "rows":
         if batch != 1 or x_layout != "MK" or y_layout != "MN":
             raise ValueError("the 'rows' variant takes a single (M, K) input and (M, N) output")
-        func = _rows_kernel(m, k, n, block, nnzb, block_rows, knobs.m_tile, knobs.row_block, dtype)
+        func = _rows_kernel(
+            m, k, n, block, nnzb, block_rows, knobs.m_tile, knobs.row_block, dtype, epilogue
+        )
     else:
         if block_rows % knobs.group:
             raise ValueError(f"block_rows {block_rows} is not a multiple of group {knobs.group}")
-        func = _m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout, dtype)
+        func = _m_kernel(
+            batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout, dtype, epilogue
+        )
     return func.with_attrs(
         {
             "tirx.is_scheduled": True,
@@ -201,11 +210,12 @@ def bsr_matmul(
             },
             # Opaque: FuseOps must not fuse other ops into a kernel it cannot see into.
             "op_pattern": 8,
+            **({EPILOGUE_ATTR: epilogue.attr} if epilogue else {}),
         }
     )
 
 
-def _rows_kernel(m, k, n, block, nnzb, block_rows, m_tile, row_block, dtype):
+def _rows_kernel(m, k, n, block, nnzb, block_rows, m_tile, row_block, dtype, epilogue):
     r, c = block
     mt, rb = m_tile, row_block
     m_full, m_tail = m // mt, m % mt
@@ -217,7 +227,7 @@ def _rows_kernel(m, k, n, block, nnzb, block_rows, m_tile, row_block, dtype):
     zero = tirx.const(0, dtype)
 
     @T.macro
-    def tile(x, data, indices, indptr, y, i, m0, w):
+    def tile(x, data, indices, indptr, bias, y, i, m0, w):
         acc = T.alloc_buffer((w, r), dtype)
         for mi in T.unroll(w):
             for rr in T.vectorized(r):
@@ -243,17 +253,41 @@ def _rows_kernel(m, k, n, block, nnzb, block_rows, m_tile, row_block, dtype):
         if i < full_rows:
             for mi in T.unroll(w):
                 for rr in T.vectorized(r):
-                    y[m0 + mi, i * r + rr] = acc[mi, rr]
+                    y[m0 + mi, i * r + rr] = epilogue.apply(acc[mi, rr], bias, i * r + rr)
         else:
             for mi, rr in T.grid(w, n_tail):
-                y[m0 + mi, i * r + rr] = acc[mi, rr]
+                y[m0 + mi, i * r + rr] = epilogue.apply(acc[mi, rr], bias, i * r + rr)
 
     @T.macro
-    def task_rows(x, data, indices, indptr, y, t, m0, w):
+    def task_rows(x, data, indices, indptr, bias, y, t, m0, w):
         # the task's block rows, one after another, on the same rows of X (in L1 by then)
         for ii in range(rb):
             if t * rb + ii < row_tasks:
-                tile(x, data, indices, indptr, y, t * rb + ii, m0, w)
+                tile(x, data, indices, indptr, bias, y, t * rb + ii, m0, w)
+
+    @T.macro
+    def body(x, data, indices, indptr, bias, y):
+        for t in T.parallel(tasks):
+            for mo in range(m_full):
+                task_rows(x, data, indices, indptr, bias, y, t, mo * mt, mt)
+            if m_tail > 0:
+                task_rows(x, data, indices, indptr, bias, y, t, m_full * mt, m_tail)
+
+    if epilogue.bias:
+
+        @T.prim_func(private=True)
+        def with_bias(
+            x: T.Buffer((m, k), dtype),
+            data: T.Buffer((nnzb, c, r), dtype),
+            indices: T.Buffer((nnzb,), "int32"),
+            indptr: T.Buffer((block_rows + 1,), "int32"),
+            bias: T.Buffer((n,), dtype),
+            y: T.Buffer((m, n), dtype),
+        ):
+            T.func_attr({"tirx.noalias": True})
+            body(x, data, indices, indptr, bias, y)
+
+        return with_bias
 
     @T.prim_func(private=True)
     def kernel(
@@ -264,16 +298,12 @@ def _rows_kernel(m, k, n, block, nnzb, block_rows, m_tile, row_block, dtype):
         y: T.Buffer((m, n), dtype),
     ):
         T.func_attr({"tirx.noalias": True})
-        for t in T.parallel(tasks):
-            for mo in range(m_full):
-                task_rows(x, data, indices, indptr, y, t, mo * mt, mt)
-            if m_tail > 0:
-                task_rows(x, data, indices, indptr, y, t, m_full * mt, m_tail)
+        body(x, data, indices, indptr, None, y)
 
     return kernel
 
 
-def _gemv_kernel(k, n, block, nnzb, block_rows, lanes, dtype):
+def _gemv_kernel(k, n, block, nnzb, block_rows, lanes, dtype, epilogue):
     # One row of activations gives no reuse to vectorise over: vectorise over the flattened
     # (block, column) nonzeros of an output row instead, gathering the matching activations.
     # Independent lanes also break the FMA latency chain that one scalar accumulator would form.
@@ -281,15 +311,8 @@ def _gemv_kernel(k, n, block, nnzb, block_rows, lanes, dtype):
     row_tasks = -(-n // r)
     zero = tirx.const(0, dtype)
 
-    @T.prim_func(private=True)
-    def kernel(
-        x: T.Buffer((1, k), dtype),
-        data: T.Buffer((nnzb, r, c), dtype),
-        indices: T.Buffer((nnzb,), "int32"),
-        indptr: T.Buffer((block_rows + 1,), "int32"),
-        y: T.Buffer((1, n), dtype),
-    ):
-        T.func_attr({"tirx.noalias": True})
+    @T.macro
+    def body(x, data, indices, indptr, bias, y):
         for i in T.parallel(row_tasks):
             for rr in range(r):
                 if i * r + rr < n:
@@ -327,12 +350,39 @@ def _gemv_kernel(k, n, block, nnzb, block_rows, lanes, dtype):
                         )
                     for v in range(lanes):
                         total[0] = total[0] + acc[v]
-                    y[0, i * r + rr] = total[0]
+                    y[0, i * r + rr] = epilogue.apply(total[0], bias, i * r + rr)
+
+    if epilogue.bias:
+
+        @T.prim_func(private=True)
+        def with_bias(
+            x: T.Buffer((1, k), dtype),
+            data: T.Buffer((nnzb, r, c), dtype),
+            indices: T.Buffer((nnzb,), "int32"),
+            indptr: T.Buffer((block_rows + 1,), "int32"),
+            bias: T.Buffer((n,), dtype),
+            y: T.Buffer((1, n), dtype),
+        ):
+            T.func_attr({"tirx.noalias": True})
+            body(x, data, indices, indptr, bias, y)
+
+        return with_bias
+
+    @T.prim_func(private=True)
+    def kernel(
+        x: T.Buffer((1, k), dtype),
+        data: T.Buffer((nnzb, r, c), dtype),
+        indices: T.Buffer((nnzb,), "int32"),
+        indptr: T.Buffer((block_rows + 1,), "int32"),
+        y: T.Buffer((1, n), dtype),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        body(x, data, indices, indptr, None, y)
 
     return kernel
 
 
-def _m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout, dtype):
+def _m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout, dtype, epilogue):
     r, c = block
     mt, group = knobs.m_tile, knobs.group
     k_pad = -(-k // c) * c
@@ -381,7 +431,7 @@ def _m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout
                             )
 
     @T.macro
-    def tile_mn(x, xt, data, indices, indptr, y, b, t, m0, w):
+    def tile_mn(x, xt, data, indices, indptr, bias, y, b, t, m0, w):
         out = T.alloc_buffer((w, width), dtype)
         for g in range(group):
             acc = T.alloc_buffer((r, w), dtype)
@@ -393,34 +443,31 @@ def _m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout
             for mi in range(w):
                 if m0 + mi < m:  # the rows padded to whole vectors are not stored
                     for ww in T.vectorized(width):
-                        y[b, m0 + mi, t * width + ww] = out[mi, ww]
+                        y[b, m0 + mi, t * width + ww] = epilogue.apply(
+                            out[mi, ww], bias, t * width + ww
+                        )
         else:
             for mi, ww in T.grid(w, n_tail):
                 if m0 + mi < m:  # the rows padded to whole vectors are not stored
-                    y[b, m0 + mi, t * width + ww] = out[mi, ww]
+                    y[b, m0 + mi, t * width + ww] = epilogue.apply(
+                        out[mi, ww], bias, t * width + ww
+                    )
 
     @T.macro
-    def tile_nm(x, xt, data, indices, indptr, y, b, t, m0, w):
+    def tile_nm(x, xt, data, indices, indptr, bias, y, b, t, m0, w):
         acc = T.alloc_buffer((r, w), dtype)
         accumulate(x, xt, data, indices, indptr, b, acc, m0, w, t)
         if t < full_tasks:
             for rr in T.unroll(r):
                 for mi in T.vectorized(w):
-                    y[b, t * r + rr, m0 + mi] = acc[rr, mi]
+                    y[b, t * r + rr, m0 + mi] = epilogue.apply(acc[rr, mi], bias, t * r + rr)
         else:
             for rr in range(n_tail):
                 for mi in T.vectorized(w):
-                    y[b, t * r + rr, m0 + mi] = acc[rr, mi]
+                    y[b, t * r + rr, m0 + mi] = epilogue.apply(acc[rr, mi], bias, t * r + rr)
 
-    @T.prim_func(private=True)
-    def kernel(
-        x: T.Buffer(x_shape, dtype),
-        data: T.Buffer((nnzb, r, c), dtype),
-        indices: T.Buffer((nnzb,), "int32"),
-        indptr: T.Buffer((block_rows + 1,), "int32"),
-        y: T.Buffer(y_shape, dtype),
-    ):
-        T.func_attr({"tirx.noalias": True})
+    @T.macro
+    def body(x, data, indices, indptr, bias, y):
         # X.T zero-padded to whole blocks along K, for an (M, K) input.
         xt = T.alloc_buffer(xt_shape, dtype)
         if transpose_x:
@@ -441,13 +488,40 @@ def _m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout
             for t in T.parallel(per_batch):
                 for mo in range(m_full):
                     if mn:
-                        tile_mn(x, xt, data, indices, indptr, y, b, t, mo * mt, mt)
+                        tile_mn(x, xt, data, indices, indptr, bias, y, b, t, mo * mt, mt)
                     else:
-                        tile_nm(x, xt, data, indices, indptr, y, b, t, mo * mt, mt)
+                        tile_nm(x, xt, data, indices, indptr, bias, y, b, t, mo * mt, mt)
                 if m_tail > 0:
                     if mn:
-                        tile_mn(x, xt, data, indices, indptr, y, b, t, m_full * mt, m_tail)
+                        tile_mn(x, xt, data, indices, indptr, bias, y, b, t, m_full * mt, m_tail)
                     else:
-                        tile_nm(x, xt, data, indices, indptr, y, b, t, m_full * mt, m_tail)
+                        tile_nm(x, xt, data, indices, indptr, bias, y, b, t, m_full * mt, m_tail)
+
+    if epilogue.bias:
+
+        @T.prim_func(private=True)
+        def with_bias(
+            x: T.Buffer(x_shape, dtype),
+            data: T.Buffer((nnzb, r, c), dtype),
+            indices: T.Buffer((nnzb,), "int32"),
+            indptr: T.Buffer((block_rows + 1,), "int32"),
+            bias: T.Buffer((n,), dtype),
+            y: T.Buffer(y_shape, dtype),
+        ):
+            T.func_attr({"tirx.noalias": True})
+            body(x, data, indices, indptr, bias, y)
+
+        return with_bias
+
+    @T.prim_func(private=True)
+    def kernel(
+        x: T.Buffer(x_shape, dtype),
+        data: T.Buffer((nnzb, r, c), dtype),
+        indices: T.Buffer((nnzb,), "int32"),
+        indptr: T.Buffer((block_rows + 1,), "int32"),
+        y: T.Buffer(y_shape, dtype),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        body(x, data, indices, indptr, None, y)
 
     return kernel

@@ -79,7 +79,9 @@ class BSRMatrix:
         return dense[: self.shape[0], : self.shape[1]]
 
 
-def to_bsr(weight: np.ndarray, block: tuple[int, int], *, row_multiple: int = 1) -> BSRMatrix:
+def to_bsr(
+    weight: np.ndarray, block: tuple[int, int], *, row_multiple: int = 1, nonempty: bool = False
+) -> BSRMatrix:
     """Compress a dense ``(N, K)`` weight into BSR, keeping every block holding a nonzero.
 
     Parameters
@@ -91,6 +93,9 @@ def to_bsr(weight: np.ndarray, block: tuple[int, int], *, row_multiple: int = 1)
     row_multiple : int
         Pad the number of block rows to a multiple of this (empty rows), so a kernel that writes
         groups of block rows at a time needs no tail.
+    nonempty : bool
+        Store one explicit zero block for an all-zero weight, so that no buffer a kernel takes
+        is empty.
 
     Returns
     -------
@@ -109,6 +114,8 @@ def to_bsr(weight: np.ndarray, block: tuple[int, int], *, row_multiple: int = 1)
     padded[:n, :k] = weight
     grid = padded.reshape(block_rows, r, block_cols, c).transpose(0, 2, 1, 3)
     keep = (grid != 0).any(axis=(2, 3))
+    if nonempty and not keep.any():
+        keep[0, 0] = True
     rows, cols = np.nonzero(keep)  # row-major: block rows in order
     indptr = np.zeros(block_rows + 1, dtype="int32")
     np.cumsum(keep.sum(axis=1), out=indptr[1:])

@@ -20,6 +20,7 @@ from tvm.script import tirx as T
 from tvm.target import Target
 
 from ..targets.facts import num_cores, vector_lanes
+from .epilogue import EPILOGUE_ATTR, PLAIN, Epilogue
 
 __all__ = ["NMMatmulKnobs", "nm_matmul", "nm_matmul_kernel_name"]
 
@@ -95,6 +96,7 @@ def nm_matmul(
     *,
     knobs: NMMatmulKnobs,
     dtype: str = "float32",
+    epilogue: Epilogue = PLAIN,
 ) -> tirx.PrimFunc:
     """A scheduled PrimFunc for ``Y = X @ W.T`` with ``W`` in N:M form.
 
@@ -110,11 +112,14 @@ def nm_matmul(
         Register tiling.
     dtype : str
         Element type.
+    epilogue : Epilogue
+        Bias add and activation applied to every output as it is stored.
 
     Returns
     -------
     tvm.tirx.PrimFunc
-        Parameters ``(x, values, columns, y)``.
+        Parameters ``(x, values, columns, y)``, with ``bias`` ``(n,)`` before ``y`` when the
+        epilogue adds one.
     """
     keep, group_m = nm
     knobs = knobs.resolve(m, n, nm)
@@ -163,7 +168,7 @@ def nm_matmul(
                     acc_rows[g, mv * vl + ml] = acc[mv * vl + ml]
 
     @T.macro
-    def tile(xt, values, columns, y, t, m0, w, vl):
+    def tile(xt, values, columns, bias, y, t, m0, w, vl):
         # The task's accumulators live in memory between k tiles; within a tile each row's
         # stay in registers while the tile's columns of X.T stay in L1 for all its rows.
         acc_rows = T.alloc_buffer((group, w), dtype)
@@ -177,19 +182,17 @@ def nm_matmul(
             if m0 + mi < m:
                 if t < full_tasks:
                     for gg in T.vectorized(group):
-                        y[m0 + mi, t * group + gg] = acc_rows[gg, mi]
+                        y[m0 + mi, t * group + gg] = epilogue.apply(
+                            acc_rows[gg, mi], bias, t * group + gg
+                        )
                 else:
                     for gg in range(n_tail):
-                        y[m0 + mi, t * group + gg] = acc_rows[gg, mi]
+                        y[m0 + mi, t * group + gg] = epilogue.apply(
+                            acc_rows[gg, mi], bias, t * group + gg
+                        )
 
-    @T.prim_func(private=True)
-    def kernel(
-        x: T.Buffer((m, k), dtype),
-        values: T.Buffer((rows, per_row), dtype),
-        columns: T.Buffer((rows, per_row), "int32"),
-        y: T.Buffer((m, n), dtype),
-    ):
-        T.func_attr({"tirx.noalias": True})
+    @T.macro
+    def body(x, values, columns, bias, y):
         xt = T.alloc_buffer((k_pad, m_pad), dtype)
         for ko in T.parallel(k_tiles):
             for mm in range(m_pad):
@@ -202,11 +205,36 @@ def nm_matmul(
                         )
         for p in T.parallel(tasks * m_tiles):
             if m_tail == 0:
-                tile(xt, values, columns, y, p // m_tiles, p % m_tiles * mt, mt, vl_full)
+                tile(xt, values, columns, bias, y, p // m_tiles, p % m_tiles * mt, mt, vl_full)
             elif p % m_tiles < m_full:
-                tile(xt, values, columns, y, p // m_tiles, p % m_tiles * mt, mt, vl_full)
+                tile(xt, values, columns, bias, y, p // m_tiles, p % m_tiles * mt, mt, vl_full)
             else:
-                tile(xt, values, columns, y, p // m_tiles, m_full * mt, m_tail, vl_tail)
+                tile(xt, values, columns, bias, y, p // m_tiles, m_full * mt, m_tail, vl_tail)
+
+    if epilogue.bias:
+
+        @T.prim_func(private=True)
+        def kernel(
+            x: T.Buffer((m, k), dtype),
+            values: T.Buffer((rows, per_row), dtype),
+            columns: T.Buffer((rows, per_row), "int32"),
+            bias: T.Buffer((n,), dtype),
+            y: T.Buffer((m, n), dtype),
+        ):
+            T.func_attr({"tirx.noalias": True})
+            body(x, values, columns, bias, y)
+
+    else:
+
+        @T.prim_func(private=True)
+        def kernel(
+            x: T.Buffer((m, k), dtype),
+            values: T.Buffer((rows, per_row), dtype),
+            columns: T.Buffer((rows, per_row), "int32"),
+            y: T.Buffer((m, n), dtype),
+        ):
+            T.func_attr({"tirx.noalias": True})
+            body(x, values, columns, None, y)
 
     return kernel.with_attrs(
         {
@@ -219,5 +247,6 @@ def nm_matmul(
                 "k_tile": knobs.k_tile,
             },
             "op_pattern": 8,
+            **({EPILOGUE_ATTR: epilogue.attr} if epilogue else {}),
         }
     )

@@ -1,21 +1,48 @@
-"""What follows a matmul in a model and fuses into a dense matmul's loop: the bias add and the
-activation after it. The layer timer times a matmul's candidates with them, since a sparse
-kernel, which fusion cannot enter, runs them as a pass of their own."""
+"""What follows a matmul in a model: the bias add and the activation after it.
+
+A dense matmul gets both fused into its loop by ``FuseOps``. A sparse kernel is opaque to
+fusion, so ``RewriteToSparse`` builds them into the kernel's stores instead
+(:class:`tvm_sparse.kernels.epilogue.Epilogue`) and drops the Relax ops, and the layer timer
+times every candidate of a matmul with them.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax
 
+from ..kernels.epilogue import ACTIVATIONS
 from ._bindings import op_name
 
-#: Activations timed after a matmul's bias (the ones a dense matmul fuses).
-ACTIVATIONS = frozenset(
-    {"relax.nn.relu", "relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.silu", "relax.sigmoid"}
-)
+__all__ = ["MatmulEpilogue", "matmul_epilogue"]
+
+
+@dataclass(frozen=True)
+class MatmulEpilogue:
+    """The bias add and activation that only a matmul's output feeds.
+
+    ``bias`` is the ``(n,)`` constant added (None when there is none; then there is no
+    activation either), ``activation`` a Relax op name from
+    :data:`~tvm_sparse.kernels.epilogue.ACTIVATIONS`. ``absorbed`` maps the add's var, and the
+    activation's, to the var whose value each takes once the kernel applies them: the matmul's
+    for the add, the activation's input (a reshape of the add, or the add) for the activation.
+    """
+
+    bias: np.ndarray | None = None
+    activation: str | None = None
+    absorbed: Mapping[relax.Var, relax.Var] = field(default_factory=dict)
+
+    @property
+    def ops(self) -> tuple[str, ...]:
+        """``("bias", activation)``, ``("bias",)`` or ``()``: what the layer timer builds."""
+        if self.bias is None:
+            return ()
+        return ("bias",) if self.activation is None else ("bias", self.activation)
 
 
 def matmul_epilogue(
@@ -23,21 +50,27 @@ def matmul_epilogue(
     outputs: int,
     users: Mapping[relax.Var, relax.Var],
     values: Mapping[relax.Var, relax.Expr],
-) -> tuple[str, ...]:
-    """``("bias", activation)``, ``("bias",)`` or ``()`` for the matmul bound to ``var`` with
-    ``outputs`` columns: its only user adds a constant of one value per output, and the
-    activation is that add's only user (reshapes between skipped). ``users`` maps a var to its
-    only user (:func:`~tvm_sparse.passes._bindings.only_users`)."""
-    var = users.get(var)
-    if var is None or op_name(values[var]) != "relax.add":
-        return ()
-    if not any(_is_bias(a, outputs) for a in values[var].args):
-        return ()
-    while (var := users.get(var)) is not None:
-        name = op_name(values[var])
+) -> MatmulEpilogue:
+    """The epilogue of the matmul bound to ``var`` with ``outputs`` columns: its only user adds
+    a constant of one value per output, keeping the shape, and the activation is that add's
+    only user (reshapes between skipped). ``users`` maps a var to its only user
+    (:func:`~tvm_sparse.passes._bindings.only_users`)."""
+    add = users.get(var)
+    if add is None or op_name(values[add]) != "relax.add":
+        return MatmulEpilogue()
+    bias = next((a for a in values[add].args if _is_bias(a, outputs)), None)
+    if bias is None or not _same_shape(add, var):
+        return MatmulEpilogue()
+    found = MatmulEpilogue(bias.value.numpy().reshape(outputs), None, {add: var})
+    last = add
+    while (user := users.get(last)) is not None:
+        name = op_name(values[user])
         if name != "relax.reshape":
-            return ("bias", name) if name in ACTIVATIONS else ("bias",)
-    return ("bias",)
+            if name not in ACTIVATIONS:
+                break
+            return MatmulEpilogue(found.bias, name, {add: var, user: last})
+        last = user
+    return found
 
 
 def _is_bias(arg: relax.Expr, outputs: int) -> bool:
@@ -45,3 +78,7 @@ def _is_bias(arg: relax.Expr, outputs: int) -> bool:
         return False
     shape = arg.value.shape
     return bool(shape) and shape[-1] == outputs and int(np.prod(shape)) == outputs
+
+
+def _same_shape(a: relax.Var, b: relax.Var) -> bool:
+    return tvm_ffi.structural_equal(a.ty, b.ty)

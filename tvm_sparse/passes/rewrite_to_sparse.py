@@ -31,7 +31,8 @@ After::
 
 Leading batch dims of a matmul are folded into the rows (``reshape``, a view). Conv2d
 (``NCHW``/``OIHW``, ``groups=1``) runs 1x1 stride-1 convolutions directly on the activations
-and larger ones through ``im2col``. Bias and activations stay separate Relax ops. Anything the
+and larger ones through ``im2col``. A matmul's bias add and activation (:mod:`._epilogue`) are
+applied by the sparse kernel as it stores its outputs, and their Relax ops go. Anything the
 pass cannot handle (symbolic shapes, non-fp32, grouped convolution, other layouts) keeps its
 dense op and its decision row says why.
 
@@ -77,6 +78,7 @@ from tvm.target import Target
 
 from ..kernels.bsr_matmul import BSRMatmulKnobs, bsr_matmul, bsr_matmul_kernel_name
 from ..kernels.cost_model import Calibration, load_calibration
+from ..kernels.epilogue import Epilogue
 from ..kernels.formats import to_bsr, to_nm
 from ..kernels.gpu import CUDATileKnobs, cuda_bsr_matmul, cuda_nm_matmul, nm_group_offsets
 from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul
@@ -219,6 +221,7 @@ class _SparseRewriter(PyExprMutator):
         self._values: dict[relax.Var, relax.Expr] = {}
         self._records: Mapping[str, Any] = {}
         self._decisions: dict[str, dict[str, str]] = {}
+        self._absorbed: dict[relax.Var, relax.Var] = {}  # epilogue var -> the var it becomes
 
     def rewrite_function(self, gv: relax.GlobalVar, func: relax.Function) -> None:
         self._names = unique_binding_names(func)
@@ -244,6 +247,13 @@ class _SparseRewriter(PyExprMutator):
         self.builder_.update_func(gv, new_func)
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        source = self._absorbed.get(binding.var)
+        if source is not None:  # a bias add or activation the kernel before applies
+            value = self.visit_expr(source)
+            if not isinstance(binding.var, relax.DataflowVar):
+                value = self.builder_.emit_output(value, name_hint=binding.var.name)
+            self.set_var_remap(binding.var, value)
+            return
         name = self._names.get(binding.var)
         if name is None or name not in self._records:
             super().visit_var_binding_(binding)
@@ -287,15 +297,19 @@ class _SparseRewriter(PyExprMutator):
                     return None, plan
                 return self._cuda_matmul(x, out_shape, weight, m, plan), plan
             plan = decide(name, info, weight, "matmul", m, self.config, self.calibration)
+            epilogue = matmul_epilogue(self._var, weight.shape[0], self._users, self._values)
             timer = self.layer_timer
             if timer is not None and self.config.choice_for(name).kind == "auto":
                 # leading batch dims fold into the rows, as the rewrite does
-                epilogue = matmul_epilogue(self._var, weight.shape[0], self._users, self._values)
-                measure = lambda c: timer.matmul((m, weight.shape[1]), weight, c, epilogue)  # noqa: E731
+                measure = lambda c: timer.matmul((m, weight.shape[1]), weight, c, epilogue.ops)  # noqa: E731
                 plan = measured(plan, info, weight, m, self.calibration, timer, measure)
             if plan.kernel == "dense":
                 return None, plan
-            return self._matmul(x, x_shape, out_shape, weight, m, plan), plan
+            if epilogue.ops:
+                self._absorbed.update(epilogue.absorbed)
+                label = Epilogue(True, epilogue.activation).label
+                plan = dataclasses.replace(plan, reason=f"{plan.reason}; {label} in its stores")
+            return self._matmul(x, x_shape, out_shape, weight, m, plan, epilogue), plan
         attrs = call.attrs
         if attrs.data_layout != "NCHW" or attrs.out_layout != "NCHW" or int(attrs.groups) != 1:
             return None, Plan(
@@ -357,26 +371,31 @@ class _SparseRewriter(PyExprMutator):
     def _emit(self, expr: relax.Expr, suffix: str) -> relax.Var:
         return self.builder_.emit(expr, name_hint=f"{self._layer}_{suffix}")
 
-    def _matmul(self, x, x_shape, out_shape, weight, m, plan: Plan) -> relax.Expr:
+    def _matmul(self, x, x_shape, out_shape, weight, m, plan: Plan, epilogue) -> relax.Expr:
         n, k = weight.shape
+        fused = Epilogue(epilogue.bias is not None, epilogue.activation)
         x2 = x if len(x_shape) == 2 else self._emit(relax.op.reshape(x, (m, k)), "x2d")
         if plan.nm is not None:
             knobs = self.nm_knobs.resolve(m, n, plan.nm)
             mat = to_nm(weight, plan.nm, row_multiple=knobs.group)
-            func = nm_matmul(m, k, n, plan.nm, mat.values.shape[0], knobs=knobs)
+            func = nm_matmul(m, k, n, plan.nm, mat.values.shape[0], knobs=knobs, epilogue=fused)
             func = func.with_attr(FLOPS_ATTR, 2 * m * int(mat.values.size))
             gv = self.builder_.add_func(func, _func_name(plan.kernel))
             args = [x2, relax.const(mat.values), relax.const(mat.columns)]
         else:
             knobs = self.knobs.resolve(plan.block, m, n)
-            bsr = _nonempty_bsr(weight, plan.block, knobs.group)
-            func = bsr_matmul(m, k, n, plan.block, bsr.nnzb, bsr.block_rows, knobs=knobs)
+            bsr = to_bsr(weight, plan.block, row_multiple=knobs.group, nonempty=True)
+            func = bsr_matmul(
+                m, k, n, plan.block, bsr.nnzb, bsr.block_rows, knobs=knobs, epilogue=fused
+            )
             func = func.with_attr(FLOPS_ATTR, 2 * m * int(bsr.data.size))
             gv = self.builder_.add_func(func, _func_name(plan.kernel))
             data = bsr.data_cr() if knobs.variant == "rows" else bsr.data
             if knobs.variant == "m":
                 x2 = self._emit(relax.op.reshape(x2, (1, m, k)), "x3d")
             args = [x2, relax.const(data), relax.const(bsr.indices), relax.const(bsr.indptr)]
+        if fused.bias:
+            args.append(relax.const(np.ascontiguousarray(epilogue.bias, dtype="float32")))
         y_shape = (1, m, n) if plan.nm is None and knobs.variant == "m" else (m, n)
         y = relax.call_tir(gv, args, out_ty=relax.TensorType(y_shape, "float32"))
         if list(y_shape) == list(out_shape):
@@ -400,7 +419,7 @@ class _SparseRewriter(PyExprMutator):
         knobs = self.knobs.resolve(
             plan.block, hw, n, batch=geom.batch, x_layout="KM", y_layout="NM"
         )
-        bsr = _nonempty_bsr(weight, plan.block, knobs.group)
+        bsr = to_bsr(weight, plan.block, row_multiple=knobs.group, nonempty=True)
         func = bsr_matmul(
             hw,
             k,
@@ -434,7 +453,7 @@ class _SparseRewriter(PyExprMutator):
             stored = int(mat.values.size)
             args = [x3, relax.const(mat.values), relax.const(nm_group_offsets(mat))]
         else:
-            bsr = _nonempty_bsr(weight, plan.block, 1)
+            bsr = to_bsr(weight, plan.block, row_multiple=1, nonempty=True)
             func = cuda_bsr_matmul(
                 m, k, n, plan.block, bsr.nnzb, bsr.block_rows, knobs=self.cuda_knobs
             )
@@ -453,7 +472,7 @@ class _SparseRewriter(PyExprMutator):
         batch, _, height, width = x_shape
         hw = height * width
         cols = self._emit(relax.op.reshape(x, (batch, k, hw)), "cols")
-        bsr = _nonempty_bsr(weight, plan.block, 1)
+        bsr = to_bsr(weight, plan.block, row_multiple=1, nonempty=True)
         func = cuda_bsr_matmul(
             hw,
             k,
@@ -478,22 +497,3 @@ class _SparseRewriter(PyExprMutator):
 def _func_name(kernel: str) -> str:
     """``bsr_matmul[16x1]`` -> ``bsr_matmul_16x1`` (a valid global symbol)."""
     return kernel.replace("[", "_").replace("]", "").replace(":", "_")
-
-
-def _nonempty_bsr(weight: np.ndarray, block: tuple[int, int], row_multiple: int):
-    bsr = to_bsr(weight, block, row_multiple=row_multiple)
-    if bsr.nnzb:
-        return bsr
-    # An all-zero weight: one explicit zero block keeps every buffer non-empty.
-    padded = np.zeros_like(weight)
-    padded_bsr = to_bsr(padded, block, row_multiple=row_multiple)
-    data = np.zeros((1, *block), dtype=weight.dtype)
-    indptr = padded_bsr.indptr.copy()
-    indptr[1:] = 1
-    return type(bsr)(
-        data=data,
-        indices=np.zeros(1, "int32"),
-        indptr=indptr,
-        shape=bsr.shape,
-        block=bsr.block,
-    )

@@ -31,6 +31,7 @@ Dense ops
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -45,6 +46,7 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from ..kernels.bsr_matmul import BSRMatmulKnobs, bsr_matmul
+from ..kernels.epilogue import EPILOGUE_ATTR, Epilogue
 from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul
 from ..schedules import schedule_rules
 from ..schedules.apply_schedules import KERNEL_ATTR
@@ -90,6 +92,8 @@ class SparseSpec:
     dtype: str = "float32"
     #: Positions of the index arrays among the kernel's parameters (they key the workload).
     index_args: tuple[int, ...] = ()
+    #: What the kernel applies as it stores (:attr:`Epilogue.attr`; empty for nothing).
+    epilogue: str = ""
 
     def build(self, knobs: dict) -> tirx.PrimFunc:
         """The kernel generated with ``knobs`` (a dict as in the ``tvm_sparse.knobs`` attr)."""
@@ -102,6 +106,7 @@ class SparseSpec:
                 self.stored,
                 knobs=NMMatmulKnobs(**knobs),
                 dtype=self.dtype,
+                epilogue=Epilogue.from_attr(self.epilogue),
             )
         return bsr_matmul(
             self.m,
@@ -115,6 +120,7 @@ class SparseSpec:
             x_layout=self.x_layout,
             y_layout=self.y_layout,
             dtype=self.dtype,
+            epilogue=Epilogue.from_attr(self.epilogue),
         )
 
 
@@ -147,7 +153,11 @@ def sparse_spec(func: tirx.PrimFunc) -> SparseSpec | None:
         dtype = str(func.params[0].ty.dtype)
     except (TypeError, ValueError, AttributeError):
         return None  # symbolic shapes
+    epilogue = Epilogue.from_attr(func.attrs.get(EPILOGUE_ATTR, ""))
+    if epilogue.bias:  # the (n,) bias sits before the output
+        shapes = [*shapes[:-2], shapes[-1]]
     for spec in _readings(name, shapes, knobs, dtype):
+        spec = dataclasses.replace(spec, epilogue=epilogue.attr)
         try:
             again = spec.build(knobs)
         except Exception:  # noqa: BLE001 - a generator refusing these arguments: not this reading
@@ -257,6 +267,8 @@ def _digest(*parts: bytes) -> str:
 def sparse_workload_key(spec: SparseSpec, index_arrays: Sequence[np.ndarray]) -> str:
     """Kernel, shapes and the hash of the nonzero pattern (the index arrays, not the values)."""
     fields = {k: v for k, v in asdict(spec).items() if k != "index_args"}
+    if not fields["epilogue"]:  # keys of plain kernels from before epilogues existed
+        del fields["epilogue"]
     head = json.dumps(fields, sort_keys=True).encode()
     return "sparse:" + _digest(head, *(np.ascontiguousarray(a).tobytes() for a in index_arrays))
 
