@@ -44,7 +44,7 @@ from .timing import TimingPolicy, compare
 __all__ = ["LayerTimer", "LayerTiming"]
 
 #: Written into cache records; a record of another version is measured again.
-FORMAT_VERSION = 5  # 5: sparse candidates apply their bias and activation in their stores
+FORMAT_VERSION = 6  # 6: sparse candidates add the bias (and a ReLU) in their stores
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """What follows a matmul in a model: the bias add and the activation after it.
 
 A dense matmul gets both fused into its loop by ``FuseOps``. A sparse kernel is opaque to
-fusion, so ``RewriteToSparse`` builds them into the kernel's stores instead
-(:class:`tvm_sparse.kernels.epilogue.Epilogue`) and drops the Relax ops, and the layer timer
-times every candidate of a matmul with them.
+fusion, so ``RewriteToSparse`` builds the bias, and a ReLU, into the kernel's stores instead
+(:class:`tvm_sparse.kernels.epilogue.Epilogue`) and drops their Relax ops; the layer timer
+times every candidate of a matmul with all of what follows it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,13 @@ from tvm import relax
 from ..kernels.epilogue import ACTIVATIONS
 from ._bindings import op_name
 
-__all__ = ["MatmulEpilogue", "matmul_epilogue"]
+__all__ = ["FUSED_ACTIVATIONS", "MatmulEpilogue", "matmul_epilogue"]
+
+#: Activations a sparse kernel applies in its stores. The kernels can apply GELU, SiLU and
+#: sigmoid too (:data:`~tvm_sparse.kernels.epilogue.ACTIVATIONS`), but their TIR forms call the
+#: C library's erf, exp and tanh, which LLVM does not vectorise; left as Relax ops after the
+#: kernel, ``UseFastMath`` gives them TOPI's vectorisable polynomials instead.
+FUSED_ACTIVATIONS = frozenset({"relax.nn.relu"})
 
 
 @dataclass(frozen=True)
@@ -27,10 +33,10 @@ class MatmulEpilogue:
     """The bias add and activation that only a matmul's output feeds.
 
     ``bias`` is the ``(n,)`` constant added (None when there is none; then there is no
-    activation either), ``activation`` a Relax op name from
-    :data:`~tvm_sparse.kernels.epilogue.ACTIVATIONS`. ``absorbed`` maps the add's var, and the
-    activation's, to the var whose value each takes once the kernel applies them: the matmul's
-    for the add, the activation's input (a reshape of the add, or the add) for the activation.
+    activation either), ``activation`` the Relax op that follows it (one of
+    :data:`~tvm_sparse.kernels.epilogue.ACTIVATIONS`). ``absorbed`` maps the add's var, and the
+    activation's where the kernel applies it (:attr:`fused`), to the var whose value each takes
+    then: the matmul's for the add, the activation's input (a reshape of the add, or the add).
     """
 
     bias: np.ndarray | None = None
@@ -43,6 +49,11 @@ class MatmulEpilogue:
         if self.bias is None:
             return ()
         return ("bias",) if self.activation is None else ("bias", self.activation)
+
+    @property
+    def fused(self) -> str | None:
+        """The activation the sparse kernel applies (None: it stays a Relax op, or none)."""
+        return self.activation if self.activation in FUSED_ACTIVATIONS else None
 
 
 def matmul_epilogue(
@@ -68,7 +79,8 @@ def matmul_epilogue(
         if name != "relax.reshape":
             if name not in ACTIVATIONS:
                 break
-            return MatmulEpilogue(found.bias, name, {add: var, user: last})
+            absorbed = {add: var, user: last} if name in FUSED_ACTIVATIONS else {add: var}
+            return MatmulEpilogue(found.bias, name, absorbed)
         last = user
     return found
 

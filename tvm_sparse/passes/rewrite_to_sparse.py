@@ -307,7 +307,7 @@ class _SparseRewriter(PyExprMutator):
                 return None, plan
             if epilogue.ops:
                 self._absorbed.update(epilogue.absorbed)
-                label = Epilogue(True, epilogue.activation).label
+                label = Epilogue(True, epilogue.fused).label
                 plan = dataclasses.replace(plan, reason=f"{plan.reason}; {label} in its stores")
             return self._matmul(x, x_shape, out_shape, weight, m, plan, epilogue), plan
         attrs = call.attrs
@@ -373,7 +373,7 @@ class _SparseRewriter(PyExprMutator):
 
     def _matmul(self, x, x_shape, out_shape, weight, m, plan: Plan, epilogue) -> relax.Expr:
         n, k = weight.shape
-        fused = Epilogue(epilogue.bias is not None, epilogue.activation)
+        fused = Epilogue(epilogue.bias is not None, epilogue.fused)
         x2 = x if len(x_shape) == 2 else self._emit(relax.op.reshape(x, (m, k)), "x2d")
         if plan.nm is not None:
             knobs = self.nm_knobs.resolve(m, n, plan.nm)
