@@ -16,7 +16,7 @@ import tvm
 import tvm_ffi
 from tvm import relax
 
-from ..kernels.epilogue import ACTIVATIONS
+from ..kernels.epilogue import ACTIVATIONS, Epilogue
 from ._bindings import op_name
 
 __all__ = ["FUSED_ACTIVATIONS", "MatmulEpilogue", "matmul_epilogue"]
@@ -35,7 +35,7 @@ class MatmulEpilogue:
     ``bias`` is the ``(n,)`` constant added (None when there is none; then there is no
     activation either), ``activation`` the Relax op that follows it (one of
     :data:`~tvm_sparse.kernels.epilogue.ACTIVATIONS`). ``absorbed`` maps the add's var, and the
-    activation's where the kernel applies it (:attr:`fused`), to the var whose value each takes
+    activation's where the kernel applies it (:attr:`kernel`), to the var whose value each takes
     then: the matmul's for the add, the activation's input (a reshape of the add, or the add).
     """
 
@@ -51,9 +51,10 @@ class MatmulEpilogue:
         return ("bias",) if self.activation is None else ("bias", self.activation)
 
     @property
-    def fused(self) -> str | None:
-        """The activation the sparse kernel applies (None: it stays a Relax op, or none)."""
-        return self.activation if self.activation in FUSED_ACTIVATIONS else None
+    def kernel(self) -> Epilogue:
+        """What the sparse kernel applies: the bias, and the activation where it is fused."""
+        fused = self.activation if self.activation in FUSED_ACTIVATIONS else None
+        return Epilogue(self.bias is not None, fused)
 
 
 def matmul_epilogue(

@@ -78,7 +78,6 @@ from tvm.target import Target
 
 from ..kernels.bsr_matmul import BSRMatmulKnobs, bsr_matmul, bsr_matmul_kernel_name
 from ..kernels.cost_model import Calibration, load_calibration
-from ..kernels.epilogue import Epilogue
 from ..kernels.formats import to_bsr, to_nm
 from ..kernels.gpu import CUDATileKnobs, cuda_bsr_matmul, cuda_nm_matmul, nm_group_offsets
 from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul
@@ -307,7 +306,7 @@ class _SparseRewriter(PyExprMutator):
                 return None, plan
             if epilogue.ops:
                 self._absorbed.update(epilogue.absorbed)
-                label = Epilogue(True, epilogue.fused).label
+                label = epilogue.kernel.label
                 plan = dataclasses.replace(plan, reason=f"{plan.reason}; {label} in its stores")
             return self._matmul(x, x_shape, out_shape, weight, m, plan, epilogue), plan
         attrs = call.attrs
@@ -373,7 +372,7 @@ class _SparseRewriter(PyExprMutator):
 
     def _matmul(self, x, x_shape, out_shape, weight, m, plan: Plan, epilogue) -> relax.Expr:
         n, k = weight.shape
-        fused = Epilogue(epilogue.bias is not None, epilogue.fused)
+        fused = epilogue.kernel
         x2 = x if len(x_shape) == 2 else self._emit(relax.op.reshape(x, (m, k)), "x2d")
         if plan.nm is not None:
             knobs = self.nm_knobs.resolve(m, n, plan.nm)
