@@ -293,6 +293,46 @@ def test_unmeasured_layers_keep_the_table_and_say_why():
     assert timer.asked == []
 
 
+class _SpentAfterOneTimer(_StubTimer):
+    """Measures the first layer it is asked for; the budget is spent after that."""
+
+    def matmul(self, x_shape, weight, candidates, epilogue=()):
+        result = super().matmul(x_shape, weight, candidates, epilogue)
+        self.result, self.exhausted = None, True
+        return result
+
+
+@pytest.mark.parametrize("sparse_ms, kernel", [(2.0, "dense"), (0.25, "bsr_matmul[16x1]")])
+def test_layers_past_the_budget_scale_the_table_by_the_measured_ones(sparse_ms, kernel):
+    rng = np.random.default_rng(0)
+    w1, w2 = (
+        (rng.standard_normal((64, 64)) * block_mask(64, 64, (16, 1), 0.25, rng)).astype("float32")
+        for _ in range(2)
+    )
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((128, 64), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            h = bb.emit(relax.op.nn.relu(relax.op.matmul(x, relax.const(w1.T.copy()))))
+            out = bb.emit_output(relax.op.matmul(h, relax.const(w2.T.copy())))
+        bb.emit_func_output(out)
+    # the table says 16x1 is far faster than dense; the first layer measures otherwise (or
+    # agrees), and the second, unmeasured, follows what the first found of the table
+    timer = _SpentAfterOneTimer({"dense": 1.0, "bsr:16x1": sparse_ms, "bsr:8x1": 3.0}, "dense")
+    after = RewriteToSparse(TARGET, calibration=CALIBRATION, layer_timer=timer)(
+        DetectSparsity()(bb.get())
+    )
+    first, second = sorted(_decisions(after).values(), key=lambda d: "budget" in d["reason"])
+    assert "measured on this machine" in first["reason"]
+    assert second["kernel"] == kernel
+    assert "measuring budget spent on this machine: table est." in second["reason"]
+    assert "candidate measured in this compile" in second["reason"], second["reason"]
+    xin = rng.standard_normal((128, 64)).astype("float32")
+    np.testing.assert_allclose(
+        _run(after, xin), np.maximum(xin @ w1.T, 0) @ w2.T, rtol=1e-4, atol=ATOL["float32"]
+    )
+
+
 # --- numerics vs PyTorch ----------------------------------------------------------------------
 
 

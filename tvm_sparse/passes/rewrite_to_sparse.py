@@ -92,6 +92,7 @@ from .sparse_decisions import (
     LayerChoice,
     Plan,
     SparsityConfig,
+    TableCheck,
     decide,
     decide_cuda,
     measured,
@@ -216,6 +217,7 @@ class _SparseRewriter(PyExprMutator):
         self.nm_knobs = NMMatmulKnobs.for_target(target)
         self.cuda_knobs = CUDATileKnobs()
         self.cuda = target.kind.name == "cuda"
+        self.check = TableCheck()  # the table against the layers measured in this compile
         self._names: dict[relax.Var, str] = {}
         self._values: dict[relax.Var, relax.Expr] = {}
         self._records: Mapping[str, Any] = {}
@@ -301,7 +303,8 @@ class _SparseRewriter(PyExprMutator):
             if timer is not None and self.config.choice_for(name).kind == "auto":
                 # leading batch dims fold into the rows, as the rewrite does
                 measure = lambda c: timer.matmul((m, weight.shape[1]), weight, c, epilogue.ops)  # noqa: E731
-                plan = measured(plan, info, weight, m, self.calibration, timer, measure)
+                plan = measured(plan, info, weight, m, self.calibration, timer, measure,
+                                check=self.check, min_speedup=self.config.min_speedup)  # fmt: skip
             if plan.kernel == "dense":
                 return None, plan
             if epilogue.ops:
@@ -358,8 +361,9 @@ class _SparseRewriter(PyExprMutator):
                 dilation=geom.dilation, candidates=c,
             )  # fmt: skip
             plan = measured(
-                plan, info, weight, oh * ow, self.calibration, timer, measure, nm_kernel=False
-            )
+                plan, info, weight, oh * ow, self.calibration, timer, measure, op="conv2d",
+                check=self.check, min_speedup=self.config.min_speedup,
+            )  # fmt: skip
         if plan.kernel == "dense":
             return None, plan
         if plan.nm is not None:  # N:M conv weights run through the 1x1 BSR kernel

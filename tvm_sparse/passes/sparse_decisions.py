@@ -24,7 +24,16 @@ from ..kernels.winograd_conv2d import winograd_applies
 from ..targets.facts import vector_lanes
 from .detect_sparsity import WeightSparsity
 
-__all__ = ["CHOICES", "LayerChoice", "Plan", "SparsityConfig", "decide", "decide_cuda", "measured"]
+__all__ = [
+    "CHOICES",
+    "LayerChoice",
+    "Plan",
+    "SparsityConfig",
+    "TableCheck",
+    "decide",
+    "decide_cuda",
+    "measured",
+]
 
 
 #: Effective bandwidth of im2col's copy for the cost model: half the memory bandwidth that
@@ -315,34 +324,86 @@ def _choice_of(block: tuple[int, int] | None, nm: tuple[int, int] | None) -> str
     return "unstructured" if block == (1, 1) else f"bsr:{block[0]}x{block[1]}"
 
 
+@dataclass
+class TableCheck:
+    """How far the calibration table's speedups were from the layers measured in one compile.
+
+    Once the measuring budget is spent, the table decides the remaining layers; a table measured
+    in another state of the machine (or on another host of its class) errs the same way on
+    every layer of a kind, so its estimate is scaled by the median of measured over estimated
+    speedup of the layers of the same kind already measured: the same op (a single row, M = 1,
+    a kind of its own: the table measures it apart) and kernel, else the same op.
+    """
+
+    ratios: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+
+    def add(self, op: str, choice: str, estimated: float, measured: float) -> None:
+        if estimated > 0 and math.isfinite(estimated) and measured > 0:
+            self.ratios.setdefault((op, choice), []).append(measured / estimated)
+
+    def factor(self, op: str, choice: str) -> tuple[float, int] | None:
+        """``(median ratio, measurements it comes from)``, or ``None`` without any."""
+        for wanted in (choice, None):
+            found = [r for (o, c), rs in self.ratios.items() for r in rs
+                     if o == op and wanted in (None, c)]  # fmt: skip
+            if found:
+                return float(np.median(found)), len(found)
+        return None
+
+
 def measured(
     plan: Plan, info: WeightSparsity, weight: np.ndarray, m: int,
-    calibration: Calibration, timer: Any, measure, *, nm_kernel: bool = True,
+    calibration: Calibration, timer: Any, measure, *, op: str = "matmul",
+    check: TableCheck | None = None, min_speedup: float = 1.1,
 ) -> Plan:  # fmt: skip
     """The table's ``plan`` for an ``"auto"`` layer, replaced by what timing the layer's
-    candidates on this machine found (``measure(choices)``, a :class:`LayerTimer` method);
-    the table's plan, with the reason why, where they could not be timed."""
+    candidates on this machine found (``measure(choices)``, a :class:`LayerTimer` method).
+    Where they could not be timed, the table's plan, scaled by ``check`` (what the layers
+    measured before found of the table) where it has evidence, with the reason why."""
     options = [(block, None) for block in dict.fromkeys(
         [tuple(info.block_shape), (1, 1), *_ROW_BLOCKS])]  # fmt: skip
-    if info.nm is not None and nm_kernel:  # a conv runs N:M weights as 1x1 blocks
+    if info.nm is not None and op == "matmul":  # a conv runs N:M weights as 1x1 blocks
         options.append((None, tuple(info.nm)))
     ranked = [r for r in _ranked(options, info, weight, m, calibration, 0.0, 1.0)
               if math.isfinite(r[0].sparse_s)]  # fmt: skip
     if not ranked:
         return plan
-    picked = {_choice_of(block, nm): (kernel, block, nm)
-              for _, kernel, block, nm in ranked[:_MEASURED_CANDIDATES]}  # fmt: skip
+    picked = {_choice_of(block, nm): (est, kernel, block, nm)
+              for est, kernel, block, nm in ranked[:_MEASURED_CANDIDATES]}  # fmt: skip
     timing = measure(list(picked))
+    density = f"density {info.density:.2f}"
+    kind = op if m > 1 else f"{op}, one row"
     if timing is None:
         why = "measuring budget spent" if timer.exhausted else "could not be timed"
-        return dataclasses.replace(plan, reason=f"{plan.reason}; {why} on {timer.runner.name}")
-    density = f"density {info.density:.2f}"
+        why = f"{why} on {timer.runner.name}"
+        return _scaled(plan, ranked, check, kind, density, why, min_speedup)
+    if check is not None:
+        for choice, (est, *_) in picked.items():
+            check.add(kind, choice, est.speedup, timing.ms["dense"] / timing.ms[choice])
     if timing.winner == "dense":
         return Plan("dense", "dense", f"{density}: no sparse kernel faster than dense by the "
                      f"margin, {timing.describe()}")  # fmt: skip
-    kernel, block, nm = picked[timing.winner]
+    _, kernel, block, nm = picked[timing.winner]
     return Plan(kernel, pattern_of(block, nm), f"{density}: fastest, {timing.describe()}",
                  block, nm, timing.ms["dense"] / timing.ms[timing.winner])  # fmt: skip
+
+
+def _scaled(plan, ranked, check, op, density, why, min_speedup) -> Plan:
+    """The table's ranking scaled by ``check``; ``plan`` (with ``why``) without evidence."""
+    scaled = []
+    for est, kernel, block, nm in ranked:
+        factor = check.factor(op, _choice_of(block, nm)) if check is not None else None
+        if factor is not None:
+            scaled.append((est.speedup * factor[0], est.speedup, factor[1], kernel, block, nm))
+    if not scaled:
+        return dataclasses.replace(plan, reason=f"{plan.reason}; {why}")
+    speedup, table, count, kernel, block, nm = max(scaled, key=lambda s: s[0])
+    pattern = pattern_of(block, nm)
+    evidence = (f"{why}: table est. {table:.2f}x for {pattern}, {speedup:.2f}x scaled by "
+                f"{count} candidate{'s' * (count != 1)} measured in this compile")  # fmt: skip
+    if speedup >= min_speedup:
+        return Plan(kernel, pattern, f"{density}: {evidence}", block, nm, speedup)
+    return Plan("dense", "dense", f"{density}: {evidence}, kept dense")
 
 
 def _conforms(weight: np.ndarray, nm: tuple[int, int]) -> bool:
