@@ -825,6 +825,28 @@ def test_rounding_is_decided_by_the_layer_timer(exact_ms, kept, evidence):
     assert evidence in _decisions(after)["lv"]["reason"]
 
 
+def test_channels_a_depthwise_conv_reads_are_rounded_to_whole_vectors():
+    # the 1x1 expansion alone times faster exact, but the depthwise conv after it needs whole
+    # channel vectors: its count is rounded by rule, whatever the expansion's timing says
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(8, 64, 1, bias=False), nn.ReLU6(),
+        nn.Conv2d(64, 64, 3, padding=1, groups=64, bias=False),
+        nn.ReLU6(), nn.Conv2d(64, 16, 1),
+    ).eval()  # fmt: skip
+    _zero(model[0].weight, slice(0, 42, 2))  # 21 zero rows: 43 kept
+    x = torch.randn(1, 8, 6, 6)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    after = ShrinkPrunedChannels(channel_multiple=16, layer_timer=_Timer(0.5))(
+        DetectSparsity()(_import(model, x))
+    )
+    assert {shape[0] for shape in _shapes_of(after, "relax.nn.conv2d")[:2]} == {48}
+    reasons = " ".join(d["reason"] for d in _decisions(after).values())
+    assert "has 48 channels, whole vectors of 16 (the SIMD width) as its schedule needs" in reasons
+    np.testing.assert_allclose(_run(after, x), ref, rtol=1e-4, atol=1e-5)
+
+
 def test_channel_multiple_must_be_positive():
     with pytest.raises(ValueError, match="channel_multiple"):
         ShrinkPrunedChannels(channel_multiple=0)

@@ -652,10 +652,12 @@ class ChannelGraph:
         self, removed: set[int], multiple: int, round_up: RoundUp
     ) -> dict[int, str]:
         """Removed classes to keep so that output channel counts are multiples of ``multiple``,
-        for the ops where ``round_up`` says so."""
+        for the ops where ``round_up`` says so, and always for depthwise convs: their schedule
+        runs whole vectors of channels, and a count that is not leaves them to a generic one
+        that does not vectorise."""
         extra: dict[int, str] = {}
         for op in self.weight_ops.values():
-            if op.kind not in ("conv2d", "matmul"):
+            if op.kind not in ("conv2d", "matmul", "depthwise"):
                 continue
             roots = self.uf.roots(self.chan[op.var].ids).ravel()
             gone = np.isin(roots, list(removed))
@@ -663,7 +665,12 @@ class ChannelGraph:
             wanted = -(-kept // multiple) * multiple
             if not gone.any() or kept == wanted or wanted > total:
                 continue
-            reason = round_up(op, kept, wanted, self._kept_inputs(op, removed))
+            if op.kind == "depthwise":
+                reason = (f"kept so that the depthwise {self._name(op.var)} has {wanted} "
+                          f"channels, whole vectors of {multiple} (the SIMD width) as its "
+                          "schedule needs")  # fmt: skip
+            else:
+                reason = round_up(op, kept, wanted, self._kept_inputs(op, removed))
             if reason is None:
                 continue
             for root in list(dict.fromkeys(roots[gone].tolist()))[: wanted - kept]:

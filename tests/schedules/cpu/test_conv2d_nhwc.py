@@ -75,6 +75,17 @@ def test_nhwc_conv_claimed_and_correct(cin, cout, k, stride, groups, residual, h
     assert all(lanes in (4, 8, 16) for lanes in _vector_lanes(func)), func.script()
 
 
+@pytest.mark.parametrize("channels,stride", [(70, 2), (145, 1)])
+def test_depthwise_conv_of_odd_channel_counts_keeps_its_schedule(channels, stride):
+    # channel counts a shrunk layer can leave: vectors of 2 lanes, or none; the register
+    # tiles still hold, where the generic reduction schedule would run it an order slower
+    model = ConvBlock(channels, channels, 3, stride, channels, False, relu6=True)
+    claimed, _ = run_and_compare(model, [torch.randn(1, channels, 9, 10)],
+                                 [Conv2dNHWC(), Fallback()], nhwc=True)  # fmt: skip
+    (conv,) = _conv_funcs(claimed)
+    assert claimed[conv] == "Conv2dNHWC", claimed
+
+
 def test_pointwise_conv_becomes_a_matmul():
     model = ConvBlock(32, 48, 1, 1, 1, False)
     claimed, _ = run_and_compare(model, [torch.randn(1, 32, 14, 14)], [Conv2dNHWC(), Matmul(),

@@ -397,7 +397,7 @@ class Conv2dNHWC(CPUScheduleRule):
         f = loops[-4]
         channels = loop_extent(sch, f)
         lanes = _lane_width(channels, knobs.vector_lanes)
-        if channels is None or lanes < 4:
+        if channels is None or (lanes < 4 and not conv.depthwise):
             raise NotApplicable("output channels are not whole vectors of 4 or more lanes")
         columns = loop_extent(sch, loops[-5])
         vectors = channels // lanes
