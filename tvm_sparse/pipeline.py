@@ -14,6 +14,7 @@ from tvm.target import Target
 
 from .passes.collect_report import CollectFusionGroups, CollectKernelReport, CollectOpReport
 from .passes.convert_to_nhwc import ConvertToNHWC
+from .passes.fold_constants_on_host import FoldConstantsOnHost
 from .passes.inject_prefetch import InjectPrefetch
 from .passes.pack_weights import PackWeights
 from .passes.pad_attention_tokens import PadAttentionTokens
@@ -35,6 +36,7 @@ def prepare_passes() -> list[tvm.transform.Pass]:
         # activation and residual add that follow (decomposed, it left them out of the conv)
         relax.transform.FoldBatchnormToConv2D(),
         relax.transform.DecomposeOpsForInference(),
+        FoldConstantsOnHost(),  # most of it, without building a kernel per op
         relax.transform.FoldConstant(),
         UniquifyBindingNames(),
     ]
@@ -109,6 +111,7 @@ def schedule_input_passes(
             ReorderReshapeAfterElementwise(),
             CollectOpReport(report),
             *([UseFastMath()] if fast_math else []),
+            FoldConstantsOnHost(),
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FoldConstant(),

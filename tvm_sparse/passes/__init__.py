@@ -6,6 +6,7 @@ Each pass works alone in any Relax pipeline; ``tvm_sparse.pipeline`` chains them
 from .collect_report import CollectFusionGroups, CollectKernelReport, CollectOpReport
 from .convert_to_nhwc import ConvertToNHWC
 from .detect_sparsity import DetectSparsity, WeightSparsity, analyze_weight
+from .fold_constants_on_host import FoldConstantsOnHost
 from .inject_prefetch import InjectPrefetch
 from .pack_weights import PackWeights
 from .pad_attention_tokens import PadAttentionTokens
@@ -22,6 +23,7 @@ __all__ = [
     "CollectOpReport",
     "ConvertToNHWC",
     "DetectSparsity",
+    "FoldConstantsOnHost",
     "InjectPrefetch",
     "PackWeights",
     "PadAttentionTokens",

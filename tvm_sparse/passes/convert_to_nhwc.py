@@ -9,6 +9,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from ..kernels.winograd_conv2d import winograd_applies
 from ..targets.facts import vector_lanes
 from ._bindings import op_name
+from .fold_constants_on_host import FoldConstantsOnHost
 from .shrink_pruned_channels import DECISIONS_ATTR
 
 __all__ = ["ConvertToNHWC"]
@@ -307,4 +308,5 @@ class ConvertToNHWC:
         pointwise = _PointwiseToMatmul(mod)
         mod["main"] = _moved_decisions(pointwise.visit_expr(mod["main"]), pointwise.converted)
         # transposed (and reshaped) weights become constants again
-        return relax.transform.DeadCodeElimination()(relax.transform.FoldConstant()(mod))
+        mod = relax.transform.FoldConstant()(FoldConstantsOnHost()(mod))
+        return relax.transform.DeadCodeElimination()(mod)
