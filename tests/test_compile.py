@@ -170,6 +170,23 @@ def test_report_rows():
     assert tvm_sparse.CompileReport.from_dict(data).to_dict() == data
 
 
+def test_profile_times_each_kernel_the_model_runs():
+    model, x = _pruned_ffn()
+    compiled = tvm_sparse.compile(
+        model, "x86", example_inputs=(x,), sparsity={"*": "bsr:16x1"}, verify_speed=False
+    )
+    rows = compiled.profile(x, calls=4)
+    kernels = [r for r in rows if r.name.startswith("bsr_matmul")]
+    # both layers run the forced kernel, once per call each
+    assert [k.count for k in kernels] == [1, 1], [str(r) for r in rows]
+    assert all(r.ms > 0 for r in rows)
+    assert rows == sorted(rows, key=lambda r: -r.ms)
+    # the profile leaves the model as it was
+    np.testing.assert_allclose(compiled(x.numpy()), model(x).detach().numpy(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="calls"):
+        compiled.profile(x, calls=0)
+
+
 def _pruned_mlp():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 64))

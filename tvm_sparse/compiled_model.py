@@ -179,6 +179,15 @@ class CompiledModel:
             "repeat": int(repeat),
         }
 
+    def profile(self, *args: Any, calls: int = 20) -> list[Any]:
+        """Milliseconds per call of each kernel, slowest first
+        (:func:`tvm_sparse.profiling.profile`: relative figures, each kernel timed from
+        Python)."""
+        from .profiling import profile
+
+        runtime_threads.configure(self.threads)
+        return profile(self, *args, calls=calls)
+
     def export_library(self, path: str | os.PathLike) -> str:
         """Write a shared library for the target (cross-compiled if needed) and its metadata.
 
