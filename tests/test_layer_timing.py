@@ -190,3 +190,16 @@ def test_layers_are_timed_on_the_device_behind_an_rpc_session(own_cache):
     assert any("calibration table for the rpc device" in n for n in compiled.report.notes)
     with torch.no_grad():
         np.testing.assert_allclose(compiled(x), model(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_small_matmul_weights_are_cycled_through_more_than_an_l2():
+    from tvm_sparse.layer_timing import _CYCLED_WEIGHT_BYTES, _copies, _Layer
+
+    def layer(op, shape):
+        return _Layer(op, (128, shape[-1]), np.zeros(shape, "float32"))
+
+    small = _copies(layer("matmul", (256, 256)))  # 256 KiB: fits an L2 alone
+    assert small * 256 * 256 * 4 >= min(_CYCLED_WEIGHT_BYTES, 16 * 256 * 256 * 4)
+    assert small > 1
+    assert _copies(layer("matmul", (3072, 768))) == 1  # 9 MiB: past any L2 already
+    assert _copies(layer("conv2d", (64, 64, 3, 3))) == 1
