@@ -27,6 +27,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from ._numpy_ops import BINARY, EXACT_UNARY
 from .detect_sparsity import constant_weight_of
 
 #: Elementwise unary ops that keep channels, with their numpy reference for constant folding.
@@ -40,23 +41,12 @@ _UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "relax.nn.silu": lambda v: v / (1.0 + np.exp(-v)),
     "relax.sigmoid": lambda v: 1.0 / (1.0 + np.exp(-v)),
     "relax.tanh": np.tanh,
-    "relax.negative": np.negative,
     "relax.exp": np.exp,
-    "relax.abs": np.abs,
-    "relax.sqrt": np.sqrt,
-    "relax.rsqrt": lambda v: 1.0 / np.sqrt(v),
-    "relax.square": np.square,
+    **EXACT_UNARY,
     "relax.astype": lambda v: v,
     "relax.nn.dropout": lambda v: v,
 }
-_BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    "relax.add": np.add,
-    "relax.subtract": np.subtract,
-    "relax.multiply": np.multiply,
-    "relax.divide": np.divide,
-    "relax.maximum": np.maximum,
-    "relax.minimum": np.minimum,
-}
+_BINARY = BINARY
 #: Ops whose channel atoms pass straight through with the same layout (NCHW axis 1 kept).
 _POOL = {"relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d"}
 _REDUCE = {"relax.mean", "relax.sum", "relax.max", "relax.min"}

@@ -29,19 +29,11 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from ._numpy_ops import BINARY, EXACT_UNARY
+
 __all__ = ["FoldConstantsOnHost"]
 
-_FLOAT_OPS: dict[str, Callable[..., np.ndarray]] = {
-    "relax.add": np.add,
-    "relax.subtract": np.subtract,
-    "relax.multiply": np.multiply,
-    "relax.divide": np.divide,
-    "relax.maximum": np.maximum,
-    "relax.minimum": np.minimum,
-    "relax.negative": np.negative,
-    "relax.sqrt": np.sqrt,
-    "relax.rsqrt": lambda a: np.reciprocal(np.sqrt(a)),
-}
+_FLOAT_OPS: dict[str, Callable[..., np.ndarray]] = {**BINARY, **EXACT_UNARY}
 #: Ops that keep the elements in row-major order and only change the shape.
 _RESHAPES = ("relax.reshape", "relax.expand_dims", "relax.squeeze", "relax.flatten")
 

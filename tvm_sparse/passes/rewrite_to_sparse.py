@@ -85,8 +85,8 @@ from ..kernels.sparse_conv2d import Conv2DGeometry, im2col
 from ._bindings import function_bindings, only_users, unique_binding_names
 from ._epilogue import matmul_epilogue
 from .detect_sparsity import WEIGHTS_ATTR, WeightSparsity, constant_weight_of
+from .gpu_sparse_rule import GPU_RULE, decide_cuda
 from .sparse_decisions import (
-    GPU_RULE,
     IM2COL_BYTES_PER_S,
     WINOGRAD_SPEEDUP,
     LayerChoice,
@@ -94,7 +94,6 @@ from .sparse_decisions import (
     SparsityConfig,
     TableCheck,
     decide,
-    decide_cuda,
     measured,
     runs_as_winograd,
 )

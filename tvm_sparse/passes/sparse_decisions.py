@@ -1,7 +1,7 @@
-"""Which kernel a pruned layer runs, and why: the sparsity config a user gives, the cost
-model's estimate, a measurement of the layer's candidates on this machine, and the fixed rule
-of GPU targets. :class:`~tvm_sparse.passes.RewriteToSparse` asks here for every layer and builds
-what the returned :class:`Plan` names.
+"""Which kernel a pruned CPU layer runs, and why: the sparsity config a user gives, the cost
+model's estimate, and a measurement of the layer's candidates on this machine (GPU targets:
+:mod:`.gpu_sparse_rule`). :class:`~tvm_sparse.passes.RewriteToSparse` asks here for every
+layer and builds what the returned :class:`Plan` names.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ __all__ = [
     "SparsityConfig",
     "TableCheck",
     "decide",
-    "decide_cuda",
     "measured",
 ]
 
@@ -238,7 +237,7 @@ def decide(
         if op != "matmul":
             if choice.kind == "nm":  # conv runs N:M weights through the 1x1 BSR kernel
                 options.append(((1, 1), None))
-        elif wanted is not None and (choice.nm is None or _conforms(weight, wanted)):
+        elif wanted is not None and (choice.nm is None or conforms_to_nm(weight, wanted)):
             options.append((None, tuple(wanted)))
         elif choice.kind == "nm":
             return Plan(
@@ -406,106 +405,9 @@ def _scaled(plan, ranked, check, op, density, why, min_speedup) -> Plan:
     return Plan("dense", "dense", f"{density}: {evidence}, kept dense")
 
 
-def _conforms(weight: np.ndarray, nm: tuple[int, int]) -> bool:
+def conforms_to_nm(weight: np.ndarray, nm: tuple[int, int]) -> bool:
     try:
         to_nm(weight, nm)
     except ValueError:
         return False
     return True
-
-
-# -- CUDA -------------------------------------------------------------------------------------
-# No GPU has calibrated the CUDA kernels yet, so the cost model is replaced by a fixed rule,
-# conservative on purpose: go sparse only where work and weight traffic shrink by far more than
-# the sparse kernels could plausibly lose against dlight's dense GPU schedules.
-
-GPU_RULE = "uncalibrated GPU rule"
-#: BSR only for blocks of at least this many rows (a thread reuses one activation load for each)
-_GPU_MIN_BLOCK_ROWS = 8
-#: ... holding at most this fraction of the blocks.
-_GPU_MAX_BLOCK_DENSITY = 0.3
-#: N:M patterns the compressed kernel takes in "auto" (halving or better, int8 offsets).
-_GPU_NM = ((2, 4), (4, 8))
-#: Blocks "auto" weighs besides the detected one (fits block patterns shifted off the grid).
-_GPU_ROW_BLOCKS = ((16, 1), (8, 1))
-
-
-def _block_density(weight: np.ndarray, block: tuple[int, int]) -> float:
-    """Fraction of the ``block`` grid (over the real ``N x K``) holding a nonzero."""
-    bsr = to_bsr(weight, block)
-    n, k = weight.shape
-    return bsr.nnzb / max(-(-n // block[0]) * -(-k // block[1]), 1)
-
-
-def decide_cuda(
-    name: str, info: WeightSparsity, weight: np.ndarray, op: str, config: SparsityConfig
-) -> Plan:
-    """The GPU rule: BSR for blocks of >= 8 rows at block density <= 0.3, else the N:M kernel
-    for a matmul weight that conforms to 2:4 or 4:8, else dense. Config choices are honoured."""
-    choice = config.choice_for(name)
-    if choice.kind == "dense":
-        return Plan("dense", "dense", f"{GPU_RULE}: dense requested by the sparsity config")
-    if choice.kind == "bsr":
-        block = choice.block or tuple(info.block_shape)
-        pattern = pattern_of(block, None)
-        return Plan(
-            bsr_matmul_kernel_name(block),
-            pattern,
-            f"{GPU_RULE}: {pattern} requested by the sparsity config (block density "
-            f"{_block_density(weight, block):.2f})",
-            block,
-        )
-    if choice.kind == "nm":
-        wanted = tuple(choice.nm or info.nm or ())
-        if op != "matmul":
-            return Plan(
-                bsr_matmul_kernel_name((1, 1)),
-                pattern_of((1, 1), None),
-                f"{GPU_RULE}: N:M requested by the sparsity config; a convolution runs it "
-                "through the 1x1 BSR kernel",
-                (1, 1),
-            )
-        if not wanted or not _conforms(weight, wanted):
-            return Plan(
-                "dense",
-                "dense",
-                f"{GPU_RULE}: N:M requested but the weight is not {wanted or 'N:M'} sparse",
-            )
-        return Plan(
-            nm_matmul_kernel_name(wanted),
-            pattern_of(None, wanted),
-            f"{GPU_RULE}: {wanted[0]}:{wanted[1]} requested by the sparsity config",
-            None,
-            wanted,
-        )
-    # "auto": the detected block if tall enough, and the row blocks patterns shifted off the
-    # grid still fit; the one storing fewest blocks wins.
-    blocks = {tuple(info.block_shape), *_GPU_ROW_BLOCKS}
-    tall = [b for b in blocks if b[0] >= _GPU_MIN_BLOCK_ROWS]
-    # ties go to the larger block: more FMAs per activation load, fewer indices
-    density, _, block = min((_block_density(weight, b), (-b[0], -b[1]), b) for b in tall)
-    where = f"block density {density:.2f} in {block[0]}x{block[1]} blocks"
-    if density <= _GPU_MAX_BLOCK_DENSITY:
-        return Plan(
-            bsr_matmul_kernel_name(block),
-            pattern_of(block, None),
-            f"{GPU_RULE}: {where} (>= {_GPU_MIN_BLOCK_ROWS} rows, <= "
-            f"{_GPU_MAX_BLOCK_DENSITY}): BSR kernel",
-            block,
-        )
-    nm = tuple(info.nm) if info.nm else None
-    if op == "matmul" and nm in _GPU_NM:
-        return Plan(
-            nm_matmul_kernel_name(nm),
-            pattern_of(None, nm),
-            f"{GPU_RULE}: {where} too dense for BSR; conforms to {nm[0]}:{nm[1]}: "
-            "compressed N:M kernel",
-            None,
-            nm,
-        )
-    why_not_nm = "not 2:4 or 4:8" if op == "matmul" else "N:M is for matmuls"
-    return Plan(
-        "dense",
-        "dense",
-        f"{GPU_RULE}: {where} (BSR needs <= {_GPU_MAX_BLOCK_DENSITY}), {why_not_nm}: dense",
-    )
