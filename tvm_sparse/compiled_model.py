@@ -79,15 +79,23 @@ class CompiledModel:
     @property
     def vm(self) -> relax.VirtualMachine:
         if self._vm is None:
-            if self._device is None and not is_host_target(self.target):
+            device = self._device
+            cuda = self.target.kind.name == "cuda"
+            if device is None and cuda:
+                device = tvm.cuda(0)
+                if not device.exist:
+                    raise RuntimeError(
+                        f"this model is compiled for {self.preset.name} (CUDA "
+                        f"{self.target.attrs.get('arch', '')}) and this machine has no CUDA GPU: "
+                        "export_library() it and run it on the device, or run it over TVM RPC"
+                    )
+            elif device is None and not is_host_target(self.target):
                 raise RuntimeError(
                     f"this model is compiled for {self.preset.name} ({self.target.kind.name}), "
                     "which is not this machine: export_library() it and run it on the device, "
                     "or run it over TVM RPC"
                 )
-            device = self._device
-            if device is None:
-                device = tvm.cuda(0) if self.target.kind.name == "cuda" else tvm.cpu(0)
+            device = device or tvm.cpu(0)
             use_all_cores(self.target)
             module = self.executable
             if device.dlpack_device_type() == tvm.cpu().dlpack_device_type():

@@ -16,7 +16,7 @@ import tvm
 from tvm import relax, tirx
 
 from ..report import CompileReport, OpRecord
-from ..schedules.apply_schedules import KERNEL_ATTR, UNSCHEDULED
+from ..schedules.apply_schedules import KERNEL_ATTR, PASSED_OVER_ATTR, UNSCHEDULED
 
 __all__ = ["CollectFusionGroups", "CollectKernelReport", "CollectOpReport"]
 
@@ -249,4 +249,7 @@ class CollectKernelReport:
             self.report.notes.append(
                 f"no schedule rule claimed {', '.join(unscheduled)}: these run as plain loops"
             )
+        for gvar, func in mod.functions_items():
+            if isinstance(func, tirx.PrimFunc) and func.attrs and PASSED_OVER_ATTR in func.attrs:
+                self.report.notes.append(f"{gvar.name_hint}: {func.attrs[PASSED_OVER_ATTR]}")
         return mod

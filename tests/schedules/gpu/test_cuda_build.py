@@ -167,3 +167,14 @@ def test_zoo_runs_on_this_gpu(name):
     with torch.no_grad():
         expected = model(x).numpy()
     np.testing.assert_allclose(compiled(x).numpy(), expected, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.skipif(tvm.cuda(0).exist, reason="this machine has a CUDA GPU")
+def test_a_cuda_build_without_a_gpu_says_so():
+    compiled = _build("mlp", "jetson-orin-nano")
+    _, (x,) = zoo.make("mlp")
+    with pytest.raises(
+        RuntimeError, match=r"jetson-orin-nano \(CUDA sm_87\) and this machine has no"
+    ):
+        compiled(x)
+
