@@ -37,6 +37,7 @@ from tvm import relax
 from tvm.target import Target
 
 from ._paths import cache_root
+from .passes._epilogue import activation_call
 from .runtime.runner import Runner
 from .targets.host import machine_key
 from .timing import TimingPolicy, compare
@@ -268,7 +269,7 @@ class LayerTimer:
                             if op == "bias":
                                 y = bb.emit(relax.op.add(y, relax.const(bias.copy())))
                             else:
-                                y = bb.emit(relax.Call(tvm.ir.Op.get(op), [y]))
+                                y = bb.emit(activation_call(op, y))
                         outs.append(y)
                     out = bb.emit_output(relax.Tuple(outs) if copies > 1 else outs[0])
                 bb.emit_func_output(out)

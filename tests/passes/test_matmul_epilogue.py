@@ -8,6 +8,7 @@ from tvm import relax
 
 import tvm_sparse
 from tvm_sparse.kernels._measure import block_mask, nm_mask
+from tvm_sparse.kernels.epilogue import RELU6
 from tvm_sparse.passes._epilogue import FUSED_ACTIVATIONS
 from tvm_sparse.passes.detect_sparsity import DetectSparsity
 from tvm_sparse.passes.rewrite_to_sparse import DECISIONS_ATTR, RewriteToSparse
@@ -24,6 +25,7 @@ ACTIVATIONS = {
     "relax.nn.relu": (relax.op.nn.relu, torch.relu),
     "relax.nn.silu": (relax.op.nn.silu, torch.nn.functional.silu),
     "relax.sigmoid": (relax.op.sigmoid, torch.sigmoid),
+    RELU6: (lambda y: relax.op.clip(y, 0, 6), lambda t: torch.clamp(t, 0, 6)),
 }
 
 
@@ -91,12 +93,13 @@ def test_bias_and_activation_are_applied_by_the_sparse_kernel(activation, patter
     ops = _ops(after)
     assert "relax.call_tir" in ops and "relax.add" not in ops, ops
     (decision,) = [dict(v) for v in after["main"].attrs[DECISIONS_ATTR].values()]
+    op = "relax.clip" if activation == RELU6 else activation
     if activation in FUSED_ACTIVATIONS:
-        assert activation not in ops, ops
+        assert op not in ops, ops
         short = activation.removeprefix("relax.").removeprefix("nn.")
         assert decision["reason"].endswith(f"bias, {short} in its stores"), decision
     else:  # its fused form would call libm: it stays a Relax op, for UseFastMath
-        assert activation in ops, ops
+        assert op in ops, ops
         assert decision["reason"].endswith("; bias in its stores"), decision
     x = rng.standard_normal(x_shape).astype("float32")
     np.testing.assert_allclose(
@@ -130,6 +133,40 @@ def test_a_bias_that_broadcasts_to_more_dims_stays_a_relax_op():
     x = rng.standard_normal((24, 64)).astype("float32")
     ref = torch.relu(torch.from_numpy(x @ weight.T + bias)).numpy().reshape(-1, 96)
     np.testing.assert_allclose(_run(after, x).reshape(-1, 96), ref, atol=1e-4, rtol=1e-4)
+
+
+def _conv(weight, bias, x_shape, activation, padding):
+    """``act(conv2d(x, W) + b)`` in NCHW, the bias ``(1, C, 1, 1)`` as a folded batch norm's."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(list(x_shape), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(weight), padding=padding))
+            y = bb.emit(relax.op.add(y, relax.const(bias.reshape(1, -1, 1, 1))))
+            out = bb.emit_output(ACTIVATIONS[activation][0](y))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("activation", ["relax.nn.relu", RELU6])
+@pytest.mark.parametrize("kernel, pattern", [(1, "bsr:16x1"), (3, "unstructured")])
+def test_a_sparse_conv_applies_its_bias_and_activation(activation, kernel, pattern):
+    rng = np.random.default_rng(3)
+    mask = block_mask(64, 32 * kernel * kernel, (16, 1), 0.2, rng).reshape(64, 32, kernel, kernel)
+    weight = (rng.standard_normal(mask.shape) * mask).astype("float32")
+    bias = rng.standard_normal(64).astype("float32")
+    after = _rewrite(_conv(weight, bias, (1, 32, 9, 9), activation, kernel // 2), {"*": pattern})
+    ops = _ops(after)
+    assert "relax.add" not in ops and "relax.clip" not in ops and "relax.nn.relu" not in ops, ops
+    (decision,) = [dict(v) for v in after["main"].attrs[DECISIONS_ATTR].values()]
+    short = activation.removeprefix("relax.").removeprefix("nn.")
+    assert decision["reason"].endswith(f"bias, {short} in its stores"), decision
+    x = rng.standard_normal((1, 32, 9, 9)).astype("float32")
+    pre = torch.nn.functional.conv2d(
+        torch.from_numpy(x), torch.from_numpy(weight), torch.from_numpy(bias), padding=kernel // 2
+    )
+    expected = ACTIVATIONS[activation][1](pre).numpy()
+    np.testing.assert_allclose(_run(after, x), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_compiled_transformer_block_matches_pytorch():

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from tvm import tirx
 
-__all__ = ["ACTIVATIONS", "EPILOGUE_ATTR", "PLAIN", "Epilogue"]
+__all__ = ["ACTIVATIONS", "EPILOGUE_ATTR", "PLAIN", "RELU6", "Epilogue"]
 
 #: The kernel attribute that records its epilogue (:attr:`Epilogue.attr`).
 EPILOGUE_ATTR = "tvm_sparse.epilogue"
@@ -35,8 +35,12 @@ def _gelu_tanh(v):
     return tirx.const(0.5, dtype) * v * (tirx.const(1.0, dtype) + tirx.tanh(inner))
 
 
+#: ReLU6 as PyTorch exports it: ``relax.clip`` between 0 and 6 (Relax has no relu6 op).
+RELU6 = "relax.clip[0..6]"
+
 #: Relax activation op -> its value at one output, as legalization computes it.
 ACTIVATIONS = {
+    RELU6: lambda v: tirx.max(tirx.min(v, tirx.const(6, v.ty.dtype)), tirx.const(0, v.ty.dtype)),
     "relax.nn.relu": lambda v: tirx.max(v, tirx.const(0, v.ty.dtype)),
     "relax.nn.gelu": _gelu,
     "relax.nn.gelu_tanh": _gelu_tanh,

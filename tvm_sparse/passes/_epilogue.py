@@ -1,9 +1,9 @@
 """What follows a matmul in a model: the bias add and the activation after it.
 
-A dense matmul gets both fused into its loop by ``FuseOps``. A sparse kernel is opaque to
-fusion, so ``RewriteToSparse`` builds the bias, and a ReLU, into the kernel's stores instead
-(:class:`tvm_sparse.kernels.epilogue.Epilogue`) and drops their Relax ops; the layer timer
-times every candidate of a matmul with all of what follows it.
+A dense matmul or conv gets both fused into its loop by ``FuseOps``. A sparse kernel is
+opaque to fusion, so ``RewriteToSparse`` builds the bias, and a ReLU or ReLU6, into the
+kernel's stores instead (:class:`tvm_sparse.kernels.epilogue.Epilogue`) and drops their Relax
+ops; the layer timer times every candidate of a matmul with all of what follows it.
 """
 
 from __future__ import annotations
@@ -16,16 +16,32 @@ import tvm
 import tvm_ffi
 from tvm import relax
 
-from ..kernels.epilogue import ACTIVATIONS, Epilogue
+from ..kernels.epilogue import ACTIVATIONS, RELU6, Epilogue
 from ._bindings import op_name
 
-__all__ = ["FUSED_ACTIVATIONS", "MatmulEpilogue", "matmul_epilogue"]
+__all__ = ["FUSED_ACTIVATIONS", "MatmulEpilogue", "activation_call", "matmul_epilogue"]
 
 #: Activations a sparse kernel applies in its stores. The kernels can apply GELU, SiLU and
 #: sigmoid too (:data:`~tvm_sparse.kernels.epilogue.ACTIVATIONS`), but their TIR forms call the
 #: C library's erf, exp and tanh, which LLVM does not vectorise; left as Relax ops after the
 #: kernel, ``UseFastMath`` gives them TOPI's vectorisable polynomials instead.
-FUSED_ACTIVATIONS = frozenset({"relax.nn.relu"})
+FUSED_ACTIVATIONS = frozenset({"relax.nn.relu", RELU6})
+
+
+def activation_call(name: str, x: relax.Expr) -> relax.Expr:
+    """The Relax call of activation ``name`` (a key of ``ACTIVATIONS``) on ``x``."""
+    if name == RELU6:
+        return relax.op.clip(x, 0, 6)
+    return relax.Call(tvm.ir.Op.get(name), [x])
+
+
+def _activation(value: relax.Expr) -> str | None:
+    """The ``ACTIVATIONS`` key of ``value``'s op, or None."""
+    name = op_name(value)
+    if name == "relax.clip":
+        bounds = [getattr(a, "value", None) for a in value.args[1:]]
+        return RELU6 if bounds == [0, 6] else None
+    return name if name in ACTIVATIONS else None
 
 
 @dataclass(frozen=True)
@@ -62,23 +78,25 @@ def matmul_epilogue(
     outputs: int,
     users: Mapping[relax.Var, relax.Var],
     values: Mapping[relax.Var, relax.Expr],
+    channel_axis: int = -1,
 ) -> MatmulEpilogue:
-    """The epilogue of the matmul bound to ``var`` with ``outputs`` columns: its only user adds
-    a constant of one value per output, keeping the shape, and the activation is that add's
-    only user (reshapes between skipped). ``users`` maps a var to its only user
-    (:func:`~tvm_sparse.passes._bindings.only_users`)."""
+    """The epilogue of the matmul (or NCHW conv, ``channel_axis=1``) bound to ``var`` with
+    ``outputs`` channels: its only user adds a constant of one value per channel, keeping the
+    shape, and the activation is that add's only user (reshapes between skipped). ``users``
+    maps a var to its only user (:func:`~tvm_sparse.passes._bindings.only_users`)."""
     add = users.get(var)
     if add is None or op_name(values[add]) != "relax.add":
         return MatmulEpilogue()
-    bias = next((a for a in values[add].args if _is_bias(a, outputs)), None)
+    ndim = len(var.ty.shape) if getattr(var.ty, "shape", None) is not None else 0
+    bias = next((a for a in values[add].args if _is_bias(a, outputs, ndim, channel_axis)), None)
     if bias is None or not _same_shape(add, var):
         return MatmulEpilogue()
     found = MatmulEpilogue(bias.value.numpy().reshape(outputs), None, {add: var})
     last = add
     while (user := users.get(last)) is not None:
-        name = op_name(values[user])
-        if name != "relax.reshape":
-            if name not in ACTIVATIONS:
+        if op_name(values[user]) != "relax.reshape":
+            name = _activation(values[user])
+            if name is None:
                 break
             absorbed = {add: var, user: last} if name in FUSED_ACTIVATIONS else {add: var}
             return MatmulEpilogue(found.bias, name, absorbed)
@@ -86,11 +104,15 @@ def matmul_epilogue(
     return found
 
 
-def _is_bias(arg: relax.Expr, outputs: int) -> bool:
-    if not isinstance(arg, tvm.ir.Constant):
+def _is_bias(arg: relax.Expr, outputs: int, ndim: int, channel_axis: int) -> bool:
+    """A constant that, broadcast to the output, holds one value per channel."""
+    if not isinstance(arg, tvm.ir.Constant) or not hasattr(arg.value, "shape"):
         return False
-    shape = arg.value.shape
-    return bool(shape) and shape[-1] == outputs and int(np.prod(shape)) == outputs
+    shape = tuple(arg.value.shape)
+    if not shape or len(shape) > max(ndim, 1) or int(np.prod(shape)) != outputs:
+        return False
+    padded = (1,) * (max(ndim, 1) - len(shape)) + shape
+    return padded[channel_axis] == outputs
 
 
 def _same_shape(a: relax.Var, b: relax.Var) -> bool:

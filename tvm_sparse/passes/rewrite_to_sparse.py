@@ -78,6 +78,7 @@ from tvm.target import Target
 
 from ..kernels.bsr_matmul import BSRMatmulKnobs, bsr_matmul, bsr_matmul_kernel_name
 from ..kernels.cost_model import Calibration, load_calibration
+from ..kernels.epilogue import Epilogue
 from ..kernels.formats import to_bsr, to_nm
 from ..kernels.gpu import CUDATileKnobs, cuda_bsr_matmul, cuda_nm_matmul, nm_group_offsets
 from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul
@@ -368,7 +369,15 @@ class _SparseRewriter(PyExprMutator):
         if plan.nm is not None:  # N:M conv weights run through the 1x1 BSR kernel
             plan = dataclasses.replace(plan, kernel=bsr_matmul_kernel_name((1, 1)), block=(1, 1),
                                        nm=None)  # fmt: skip
-        return self._conv2d(x, geom, out_shape, weight, plan), plan
+        epilogue = matmul_epilogue(
+            self._var, weight.shape[0], self._users, self._values, channel_axis=1
+        )
+        if epilogue.ops:
+            self._absorbed.update(epilogue.absorbed)
+            plan = dataclasses.replace(
+                plan, reason=f"{plan.reason}; {epilogue.kernel.label} in its stores"
+            )
+        return self._conv2d(x, geom, out_shape, weight, plan, epilogue.kernel, epilogue.bias), plan
 
     def _emit(self, expr: relax.Expr, suffix: str) -> relax.Var:
         return self.builder_.emit(expr, name_hint=f"{self._layer}_{suffix}")
@@ -404,7 +413,8 @@ class _SparseRewriter(PyExprMutator):
             return y
         return relax.op.reshape(self._emit(y, "sparse"), out_shape)
 
-    def _conv2d(self, x, geom: Conv2DGeometry, out_shape, weight, plan: Plan) -> relax.Expr:
+    def _conv2d(self, x, geom: Conv2DGeometry, out_shape, weight, plan: Plan, fused: Epilogue,
+                bias: np.ndarray | None) -> relax.Expr:  # fmt: skip
         n, k = weight.shape
         oh, ow = geom.out_hw
         hw = oh * ow
@@ -433,15 +443,15 @@ class _SparseRewriter(PyExprMutator):
             batch=geom.batch,
             x_layout="KM",
             y_layout="NM",
+            epilogue=fused,
         )
         func = func.with_attr(FLOPS_ATTR, 2 * geom.batch * hw * int(bsr.data.size))
         gv = self.builder_.add_func(func, _func_name(plan.kernel))
+        args = [cols, relax.const(bsr.data), relax.const(bsr.indices), relax.const(bsr.indptr)]
+        if fused.bias:  # one per output channel: a row of the NM output
+            args.append(relax.const(np.ascontiguousarray(bias, dtype="float32")))
         y = self._emit(
-            relax.call_tir(
-                gv,
-                [cols, relax.const(bsr.data), relax.const(bsr.indices), relax.const(bsr.indptr)],
-                out_ty=relax.TensorType((geom.batch, n, hw), "float32"),
-            ),
+            relax.call_tir(gv, args, out_ty=relax.TensorType((geom.batch, n, hw), "float32")),
             "sparse",
         )
         return relax.op.reshape(y, out_shape)
