@@ -432,19 +432,9 @@ class _SparseRewriter(PyExprMutator):
             plan.block, hw, n, batch=geom.batch, x_layout="KM", y_layout="NM"
         )
         bsr = to_bsr(weight, plan.block, row_multiple=knobs.group, nonempty=True)
-        func = bsr_matmul(
-            hw,
-            k,
-            n,
-            plan.block,
-            bsr.nnzb,
-            bsr.block_rows,
-            knobs=knobs,
-            batch=geom.batch,
-            x_layout="KM",
-            y_layout="NM",
-            epilogue=fused,
-        )
+        layouts = {"batch": geom.batch, "x_layout": "KM", "y_layout": "NM"}
+        func = bsr_matmul(hw, k, n, plan.block, bsr.nnzb, bsr.block_rows, knobs=knobs,
+                          epilogue=fused, **layouts)  # fmt: skip
         func = func.with_attr(FLOPS_ATTR, 2 * geom.batch * hw * int(bsr.data.size))
         gv = self.builder_.add_func(func, _func_name(plan.kernel))
         args = [cols, relax.const(bsr.data), relax.const(bsr.indices), relax.const(bsr.indptr)]
@@ -485,18 +475,9 @@ class _SparseRewriter(PyExprMutator):
         hw = height * width
         cols = self._emit(relax.op.reshape(x, (batch, k, hw)), "cols")
         bsr = to_bsr(weight, plan.block, row_multiple=1, nonempty=True)
-        func = cuda_bsr_matmul(
-            hw,
-            k,
-            n,
-            plan.block,
-            bsr.nnzb,
-            bsr.block_rows,
-            knobs=self.cuda_knobs,
-            batch=batch,
-            x_layout="KM",
-            y_layout="NM",
-        )
+        layouts = {"batch": batch, "x_layout": "KM", "y_layout": "NM"}
+        func = cuda_bsr_matmul(hw, k, n, plan.block, bsr.nnzb, bsr.block_rows,
+                               knobs=self.cuda_knobs, **layouts)  # fmt: skip
         func = func.with_attr(FLOPS_ATTR, 2 * batch * hw * int(bsr.data.size))
         gv = self.builder_.add_func(func, _func_name(plan.kernel))
         args = [cols, relax.const(bsr.data), relax.const(bsr.indices), relax.const(bsr.indptr)]
