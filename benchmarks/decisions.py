@@ -101,8 +101,9 @@ def measure(kind: str, a: str, b, target: str) -> dict:
         model, target, example_inputs=(x,), verify_speed=False, measure_layers=True
     )
     recompile_s = time.perf_counter() - start
-    if _kernels(again) != _kernels(chosen):
-        print(f"[decisions] {a} {b}: the cached compile chose {_kernels(again)}", flush=True)
+    kernels, kernels_again = _kernels(chosen), _kernels(again)
+    if kernels_again != kernels:
+        print(f"[decisions] {a} {b}: the cached compile chose {kernels_again}", flush=True)
     builds = {"compile": chosen, "dense": tvm_sparse.compile(
         model, target, example_inputs=(x,), sparsity="off", measure_layers=False)}  # fmt: skip
     for choice in forced:
@@ -123,10 +124,10 @@ def measure(kind: str, a: str, b, target: str) -> dict:
         "ms": result.ms,
         "speedup": result.speedup,
         "fastest": fastest,
-        "kernels": ", ".join(_kernels(chosen)) or "dense",
+        "kernels": ", ".join(kernels) or "dense",
         "compile_s": compile_s,
         "recompile_s": recompile_s,
-        "same_when_cached": _kernels(again) == _kernels(chosen),
+        "same_when_cached": kernels_again == kernels,
         "error": error,
         "rounds": result.rounds,
     }

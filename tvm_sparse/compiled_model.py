@@ -95,7 +95,8 @@ class CompiledModel:
                     "which is not this machine: export_library() it and run it on the device, "
                     "or run it over TVM RPC"
                 )
-            device = device or tvm.cpu(0)
+            if device is None:
+                device = tvm.cpu(0)
             use_all_cores(self.target)
             module = self.executable
             if device.dlpack_device_type() == tvm.cpu().dlpack_device_type():
@@ -193,7 +194,6 @@ class CompiledModel:
         Python)."""
         from .profiling import profile
 
-        runtime_threads.configure(self.threads)
         return profile(self, *args, calls=calls)
 
     def export_library(self, path: str | os.PathLike) -> str:

@@ -227,8 +227,8 @@ class LayerTimer:
                 if name == "dense":
                     self._dense[shape_key] = calls[name]
             result = compare(calls, reference="dense", policy=self.policy)
-            copies = _copies(layer)
-            result.ms = {name: ms / copies for name, ms in result.ms.items()}  # per layer
+            copies = _copies(layer)  # each call ran the layer this many times
+            result.ms = {name: ms / copies for name, ms in result.ms.items()}
         except Exception as err:  # noqa: BLE001 - a failed measurement falls back, it never stops a compile
             warnings.warn(
                 f"timing the candidates {names} of a {layer.op} of weight {layer.weight.shape} "
@@ -256,8 +256,8 @@ class LayerTimer:
             rows = int(choice.split(":")[1]) - weight.shape[0]
             extra = np.random.default_rng(0).standard_normal((rows, *weight.shape[1:]))
             weight, choice = np.concatenate([weight, extra.astype(weight.dtype)]), "dense"
-        copies = _copies(layer)  # by the layer's weight, not the rounded one
         if layer.op == "matmul":
+            copies = _copies(layer)  # by the layer's weight, not the rounded one
             x = relax.Var("x", relax.TensorType(list(layer.x_shape), "float32"))
             bias = np.random.default_rng(1).standard_normal(weight.shape[0]).astype("float32")
             with bb.function("main", [x]):
@@ -283,13 +283,10 @@ class LayerTimer:
             with bb.function("main", [x]):
                 with bb.dataflow():
                     nchw = bb.emit(relax.op.permute_dims(x, [0, 3, 1, 2]))
-                    outs = []
-                    for _ in range(copies):
-                        y = bb.emit(relax.op.nn.conv2d(
-                            nchw, relax.const(np.ascontiguousarray(weight)), strides=strides,
-                            padding=padding, dilation=dilation, out_dtype="float32"))  # fmt: skip
-                        outs.append(bb.emit(relax.op.permute_dims(y, [0, 2, 3, 1])))
-                    out = bb.emit_output(relax.Tuple(outs) if copies > 1 else outs[0])
+                    y = bb.emit(relax.op.nn.conv2d(
+                        nchw, relax.const(np.ascontiguousarray(weight)), strides=strides,
+                        padding=padding, dilation=dilation, out_dtype="float32"))  # fmt: skip
+                    out = bb.emit_output(relax.op.permute_dims(y, [0, 2, 3, 1]))
                 bb.emit_func_output(out)
             options = {"sparsity": {"*": choice}}
         elif layer.op == "winograd":

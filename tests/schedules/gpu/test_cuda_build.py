@@ -177,4 +177,3 @@ def test_a_cuda_build_without_a_gpu_says_so():
         RuntimeError, match=r"jetson-orin-nano \(CUDA sm_87\) and this machine has no"
     ):
         compiled(x)
-
