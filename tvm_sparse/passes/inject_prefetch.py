@@ -1,38 +1,9 @@
 """InjectPrefetch: software prefetch, one iteration ahead, of the buffer a marked loop streams.
 
-A kernel that walks a large weight once per call (the input-channel blocks of a ResNet-18
-``512 x 512`` conv: 9.4 MB) waits on memory wherever the hardware prefetchers fall behind: the
-conv runs 0.69 ms with its weights in cache and 0.9 ms without, the usual case in a network
-whose weights do not fit the caches. A schedule rule marks the loop whose iterations each read
-the next contiguous chunk of such a buffer::
-
-    sch.annotate(loop, PREFETCH_ATTR, buffer_name)
-
-and this pass gives every iteration of the loop prefetches of the chunk the next iteration
-reads, spread over the iterations of the loops just inside it, so that they leave a few at a
-time between the FMAs (issued all at once they stall the loads the FMAs wait for: the kernel
-got slower), and no deeper than needed (inside the loops whose accumulators stay in registers
-they cost 0.1 ms in cache). On that conv: 0.91 -> 0.75 ms from memory, unchanged from cache.
-
-Before::
-
-    for rc_0 in range(32):                         # T.annotate: tvm_sparse.prefetch = "w"
-        for yy_1, rc_1, ry, rx in T.grid(7, 16, 3, 3):
-            ... w[fo, rc_0 * 16 + rc_1, ry, rx, f] ...
-
-After::
-
-    for rc_0 in range(32):
-        for yy_1, rc_1 in T.grid(7, 16):           # 288 lines of the next block, 3 a turn
-            for t in T.unroll(3):
-                if (yy_1 * 16 + rc_1) * 3 + t < 288:
-                    T.prefetch(w_flat[(fo * 512 + min(rc_0 + 1, 31) * 16) * 288 + ...])
-            for ry, rx in T.grid(3, 3):
-                ...
-
-Goes after ``ApplySchedules`` and ``PackWeights`` (the buffer the rule named is then the packed
-weight parameter). The rule vouches that each chunk is contiguous; a marked loop whose buffer
-the pass cannot find, or whose chunks are not a constant distance apart, is left as it is.
+A kernel that walks a large weight once per call (the input-channel blocks of a deep conv) waits
+on memory wherever the hardware prefetchers fall behind, the usual case in a network whose
+weights do not fit the caches. A schedule rule marks the loop whose iterations each read the next
+contiguous chunk of such a buffer (``sch.annotate(loop, PREFETCH_ATTR, buffer_name)``).
 """
 
 from __future__ import annotations
@@ -56,7 +27,34 @@ _LINES_PER_TURN = 4
 @tvm.transform.module_pass(opt_level=0, name="InjectPrefetch")
 class InjectPrefetch:
     """Prefetch, one iteration ahead, the buffer chunks the loops marked with
-    :data:`PREFETCH_ATTR` walk."""
+    :data:`PREFETCH_ATTR` walk.
+
+    The prefetches are spread over the iterations of the loops just inside the marked one, a few
+    at a time between the FMAs: issued all at once they stall the loads the FMAs wait for. They
+    go no deeper than needed: inside the loops whose accumulators stay in registers they split
+    that nest, a cost paid even when the weights are in cache.
+
+    Before::
+
+        for rc_0 in range(32):                         # T.annotate: tvm_sparse.prefetch = "w"
+            for yy_1, rc_1, ry, rx in T.grid(7, 16, 3, 3):
+                ... w[fo, rc_0 * 16 + rc_1, ry, rx, f] ...
+
+    After::
+
+        for rc_0 in range(32):
+            for yy_1, rc_1 in T.grid(7, 16):           # 288 lines of the next block, 3 a turn
+                for t in T.unroll(3):
+                    if (yy_1 * 16 + rc_1) * 3 + t < 288:
+                        T.prefetch(w_flat[(fo * 512 + min(rc_0 + 1, 31) * 16) * 288 + ...])
+                for ry, rx in T.grid(3, 3):
+                    ...
+
+    Goes after ``ApplySchedules`` and ``PackWeights`` (the buffer the rule named is then the
+    packed weight parameter). The rule vouches that each chunk is contiguous; a marked loop whose
+    buffer the pass cannot find, or whose chunks are not a constant distance apart, is left as
+    it is.
+    """
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         updates = {}
