@@ -20,7 +20,6 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from tvm_sparse.benchmarking import write_results
 from tvm_sparse.kernels._measure import block_mask, nm_mask
 from tvm_sparse.pipeline import pipeline
 from tvm_sparse.runtime.runner import Runner
@@ -28,6 +27,11 @@ from tvm_sparse.static_throughput import assembly, core_of, find_llvm_mca, kerne
 from tvm_sparse.targets import get_preset
 from tvm_sparse.targets.facts import num_cores
 from tvm_sparse.timing import median_ms
+
+try:  # run as a script (python benchmarks/arm_static.py) or imported as benchmarks.arm_static
+    from harness import write_results
+except ImportError:  # pragma: no cover
+    from benchmarks.harness import write_results
 
 PRESETS = ("arm-cortex-a72", "arm-cortex-a76", "arm-neoverse-n1")
 M, K, N = 128, 768, 3072  # BERT-base FFN rows

@@ -39,9 +39,15 @@ import numpy as np
 import torch
 
 import tvm_sparse
-from tvm_sparse.architectures import MobileNetV2, ResNet18, randomize_batch_norm
-from tvm_sparse.benchmarking import in_fresh_process, onnxruntime_runner, write_results
+from tvm_sparse.baselines import onnxruntime_runner
 from tvm_sparse.kernels._measure import block_mask
+
+try:  # run as a script (python benchmarks/contention.py) or imported as benchmarks.contention
+    from architectures import MobileNetV2, ResNet18, randomize_batch_norm
+    from harness import in_fresh_process, write_results
+except ImportError:  # pragma: no cover
+    from benchmarks.architectures import MobileNetV2, ResNet18, randomize_batch_norm
+    from benchmarks.harness import in_fresh_process, write_results
 
 SETTINGS = (
     "quiet",

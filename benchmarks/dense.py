@@ -5,8 +5,7 @@ Writes ``benchmarks/results/dense.json`` and ``dense.md``::
     python benchmarks/dense.py [--repeat 20] [--rounds 5] [--out benchmarks/results]
 
 The runtimes are timed in turns; each latency is the fastest turn's median
-(``tvm_sparse.benchmarking.interleave``), each model in a process of its own
-(``in_fresh_process``).
+(``harness.interleave``), each model in a process of its own (``in_fresh_process``).
 """
 
 from __future__ import annotations
@@ -19,23 +18,30 @@ import numpy as np
 import torch
 
 import tvm_sparse
-from tvm_sparse.architectures import (
-    BertEncoder,
-    BertLayer,
-    ConvNeXt,
-    MobileNetV2,
-    ResNet18,
-    ViT,
-    randomize_batch_norm,
-)
-from tvm_sparse.benchmarking import (
-    in_fresh_process,
-    interleave,
-    onnxruntime_runner,
-    time_callable,
-    time_torch,
-    write_results,
-)
+from tvm_sparse.baselines import onnxruntime_runner, time_callable, time_torch
+
+try:  # run as a script (python benchmarks/dense.py) or imported as benchmarks.dense
+    from architectures import (
+        BertEncoder,
+        BertLayer,
+        ConvNeXt,
+        MobileNetV2,
+        ResNet18,
+        ViT,
+        randomize_batch_norm,
+    )
+    from harness import in_fresh_process, interleave, write_results
+except ImportError:  # pragma: no cover
+    from benchmarks.architectures import (
+        BertEncoder,
+        BertLayer,
+        ConvNeXt,
+        MobileNetV2,
+        ResNet18,
+        ViT,
+        randomize_batch_norm,
+    )
+    from benchmarks.harness import in_fresh_process, interleave, write_results
 
 MODELS = {
     "resnet18 1x3x224x224": (lambda: randomize_batch_norm(ResNet18()), (1, 3, 224, 224)),

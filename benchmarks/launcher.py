@@ -26,13 +26,15 @@ import numpy as np
 import torch
 
 import tvm_sparse
-from tvm_sparse.architectures import BertLayer
-from tvm_sparse.benchmarking import in_fresh_process, write_results
 
 try:  # run as a script (python benchmarks/launcher.py) or imported as benchmarks.launcher
     import contention
+    from architectures import BertLayer
+    from harness import in_fresh_process, write_results
 except ImportError:  # pragma: no cover
     from benchmarks import contention
+    from benchmarks.architectures import BertLayer
+    from benchmarks.harness import in_fresh_process, write_results
 
 LIMIT = 1.05
 

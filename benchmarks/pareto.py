@@ -24,8 +24,13 @@ import torch
 from torch import nn
 
 import tvm_sparse
-from tvm_sparse.benchmarking import interleave, time_torch
+from tvm_sparse.baselines import time_torch
 from tvm_sparse.prune import Pruner
+
+try:  # run as a script (python benchmarks/pareto.py) or imported as benchmarks.pareto
+    from harness import interleave
+except ImportError:  # pragma: no cover
+    from benchmarks.harness import interleave
 
 logger = logging.getLogger("tvm_sparse.benchmarks.pareto")
 

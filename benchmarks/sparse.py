@@ -23,22 +23,18 @@ import onnx
 import torch
 
 import tvm_sparse
-from tvm_sparse.architectures import ResNet18, randomize_batch_norm
-from tvm_sparse.benchmarking import (
-    in_fresh_process,
-    interleave,
-    onnxruntime_runner,
-    time_callable,
-    time_torch,
-    write_results,
-)
+from tvm_sparse.baselines import onnxruntime_runner, time_callable, time_torch
 from tvm_sparse.compiled_model import use_all_cores
 from tvm_sparse.kernels._measure import block_mask
 from tvm_sparse.targets import get_preset
 
 try:  # run as a script (python benchmarks/sparse.py) or imported as benchmarks.sparse
+    from architectures import ResNet18, randomize_batch_norm
+    from harness import in_fresh_process, interleave, write_results
     from roofline import roofline
 except ImportError:  # pragma: no cover
+    from benchmarks.architectures import ResNet18, randomize_batch_norm
+    from benchmarks.harness import in_fresh_process, interleave, write_results
     from benchmarks.roofline import roofline
 
 N, K = 3072, 768  # BERT-base FFN: 768 -> 3072

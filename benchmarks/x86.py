@@ -1,8 +1,8 @@
 """Dense x86 kernels and models: tvm_sparse against ONNX Runtime and PyTorch, beside the roofline.
 
 Every row is measured in one process with the runtimes taking turns (``--rounds`` turns of
-``--repeat`` calls each; the fastest turn's median, ``tvm_sparse.benchmarking.interleave``), each
-case in a process of its own, so the ratios hold on a shared host even when absolute times do not.
+``--repeat`` calls each; the fastest turn's median, ``harness.interleave``), each case in a
+process of its own, so the ratios hold on a shared host even when absolute times do not.
 Each row also gives the GFLOP/s reached and the machine's limit for it: the measured peak FLOP/s
 (``benchmarks/roofline.py``), or the bandwidth bound for memory-bound kernels (GEMV)::
 
@@ -22,14 +22,17 @@ import numpy as np
 import torch
 
 import tvm_sparse
-from tvm_sparse.architectures import BertLayer, MobileNetV2, ResNet18, randomize_batch_norm
-from tvm_sparse.benchmarking import in_fresh_process, interleave, time_callable, write_results
+from tvm_sparse.baselines import time_callable
 from tvm_sparse.compiled_model import use_all_cores
 from tvm_sparse.targets import get_preset
 
 try:  # run as a script (python benchmarks/x86.py) or imported as benchmarks.x86
+    from architectures import BertLayer, MobileNetV2, ResNet18, randomize_batch_norm
+    from harness import in_fresh_process, interleave, write_results
     from roofline import roofline
 except ImportError:  # pragma: no cover
+    from benchmarks.architectures import BertLayer, MobileNetV2, ResNet18, randomize_batch_norm
+    from benchmarks.harness import in_fresh_process, interleave, write_results
     from benchmarks.roofline import roofline
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import tvm_sparse
-from tvm_sparse.architectures import BertLayer, MobileNetV2, ResNet18, ViT, randomize_batch_norm
+from benchmarks.architectures import BertLayer, MobileNetV2, ResNet18, ViT, randomize_batch_norm
 
 CASES = {
     "resnet18": (lambda: randomize_batch_norm(ResNet18(num_classes=10)), (1, 3, 64, 64)),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tvm_sparse.architectures import BasicBlock, randomize_batch_norm
+from benchmarks.architectures import BasicBlock, randomize_batch_norm
 
 
 class MLP(nn.Module):

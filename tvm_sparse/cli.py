@@ -110,7 +110,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     stats = model.benchmark(*inputs, repeat=args.repeat)
     rows = [("tvm_sparse", stats)]
     if args.model.endswith(".onnx"):
-        from .benchmarking import time_onnxruntime
+        from .baselines import time_onnxruntime
 
         _progress("measuring ONNX Runtime")
         rows.append(("onnxruntime", time_onnxruntime(args.model, inputs, repeat=args.repeat)))

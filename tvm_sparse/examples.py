@@ -1,7 +1,7 @@
 """The built-in example: prune two models, compile them dense and sparse, compare with PyTorch.
 
-``tvm-sparse example`` runs it. The models are defined here with random weights, so it needs
-no download: a BERT-base feed-forward block pruned to 90% in 16x1 blocks, and a ResNet-18
+``tvm-sparse example`` runs it. Its models have random weights (``_example_models``), so it
+needs no download: a BERT-base feed-forward block pruned to 90% in 16x1 blocks, and a ResNet-18
 with half of its channels pruned.
 """
 
@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .architectures import BertFFN, ResNet18, randomize_batch_norm
+from ._example_models import BertFFN, ResNet18, randomize_batch_norm
+from .baselines import time_torch
 
 __all__ = ["run_example"]
 
@@ -34,7 +35,6 @@ def run_example(
         maximum absolute difference from PyTorch.
     """
     import tvm_sparse
-    from tvm_sparse.benchmarking import time_torch
 
     torch.manual_seed(0)
     cases = [

@@ -11,7 +11,7 @@ from torch import nn
 from tvm import relax
 
 import tvm_sparse
-from tvm_sparse.architectures import BertLayer
+from benchmarks.architectures import BertLayer
 from tvm_sparse.frontend import import_model
 from tvm_sparse.passes import PadAttentionTokens
 from tvm_sparse.pipeline import prepare_passes

@@ -15,7 +15,7 @@ import pytest
 import tvm
 from tvm.script import tirx as T
 
-from tvm_sparse.benchmarking import time_callable
+from tvm_sparse.baselines import time_callable
 from tvm_sparse.runtime import ThreadConfig, install, pool_stats
 from tvm_sparse.runtime.threading import configure
 

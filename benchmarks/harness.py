@@ -1,7 +1,8 @@
-"""Latency measurement shared by the CLI, the example and ``benchmarks/``.
+"""The benchmarks' harness: runtimes measured in turns, each case in a process of its own,
+results written as JSON and a Markdown table with the machine they were measured on.
 
-Every figure is a median over repeated runs in the calling process, so ratios between
-runtimes measured in one run are comparable.
+Ratios between runtimes measured in one run are comparable; the timers themselves are the
+package's (``tvm_sparse.baselines``), which the CLI and the built-in example use too.
 """
 
 from __future__ import annotations
@@ -17,19 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from .targets.host import available_cores
+from tvm_sparse.targets.host import available_cores
 
 __all__ = [
     "in_fresh_process",
     "interleave",
     "machine_info",
     "max_relative_error",
-    "onnxruntime_runner",
     "settle",
-    "summarize",
-    "time_callable",
-    "time_onnxruntime",
-    "time_torch",
     "write_results",
 ]
 
@@ -42,8 +38,8 @@ def settle() -> None:
     """Wait until the worker threads of the last runtime measured have gone idle.
 
     Each runtime's pool spins for a while after a call; on a 2-core host a spinning pool takes
-    the second core from the next runtime measured in the same process, which then looks up to
-    2x slower. Call this between measurements of different runtimes.
+    the second core from the next runtime measured in the same process, which then looks slower
+    than it is. Call this between measurements of different runtimes.
     """
     time.sleep(SETTLE_S)
 
@@ -56,7 +52,7 @@ def interleave(
 ) -> dict[str, float]:
     """Best median latency (ms) of each measurement, taken in turns: A, B, C, B, C, A, ...
 
-    Each measure returns a summary with ``median_ms`` (:func:`time_callable`,
+    Each measure returns a summary with ``median_ms`` (``tvm_sparse.baselines.time_callable``,
     ``CompiledModel.benchmark``). The order rotates every round, and before each turn the
     previous runtime's threads are let go idle (:func:`settle`). On a shared host a burst of
     other work only ever adds time, and it lands in some rounds, not all: the fastest round's
@@ -76,74 +72,14 @@ def interleave(
 def in_fresh_process(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)`` in a newly started Python process; its result.
 
-    A benchmark case measured after others in one process can run slower: in one run the
-    half-channel ResNet-18 measured 7.8 ms (best of five turns) after the FFN cases, and
-    5.1 ms in a process of its own, its dense build 24.9 ms against 18.0. Measuring each
-    case in its own process keeps what earlier cases left behind (memory, thread pools) out
-    of the figures. ``fn`` and its arguments must pickle; ``fn`` must be importable.
+    A benchmark case measured after others in one process can run slower than in a process of
+    its own (the half-channel ResNet-18 after the FFN cases did). Measuring each case in its own
+    process keeps what earlier cases left behind (memory, thread pools) out of the figures.
+    ``fn`` and its arguments must pickle; ``fn`` must be importable.
     """
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         return pool.submit(fn, *args, **kwargs).result()
-
-
-def summarize(samples_s: Sequence[float]) -> dict[str, float]:
-    """Median, min, p90 and mean in milliseconds."""
-    ms = np.asarray(samples_s, dtype=np.float64) * 1e3
-    return {
-        "median_ms": float(np.median(ms)),
-        "min_ms": float(ms.min()),
-        "p90_ms": float(np.percentile(ms, 90)),
-        "mean_ms": float(ms.mean()),
-        "repeat": len(ms),
-    }
-
-
-def time_callable(fn: Callable[[], Any], *, warmup: int = 3, repeat: int = 30) -> dict[str, float]:
-    """Time ``fn()`` ``repeat`` times after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return summarize(samples)
-
-
-def time_torch(model: Any, inputs: Sequence[Any], **kwargs: Any) -> dict[str, float]:
-    """Latency of a PyTorch model in inference mode on the CPU."""
-    import torch
-
-    tensors = [torch.as_tensor(x) for x in inputs]
-    model = model.eval()
-    with torch.inference_mode():
-        return time_callable(lambda: model(*tensors), **kwargs)
-
-
-def onnxruntime_runner(
-    model: Any, inputs: Sequence[np.ndarray], *, spinning: bool = True
-) -> Callable[[], Any]:
-    """A call of an ONNX model (path, bytes or ``ModelProto``) in ONNX Runtime on ``inputs``,
-    all graph optimisations on, one intra-op thread per core; ``spinning=False`` sets
-    ``session.intra_op.allow_spinning`` to 0 (its workers sleep as soon as a call ends)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = available_cores()
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if hasattr(model, "SerializeToString"):
-        model = model.SerializeToString()
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    feed = {i.name: np.asarray(x) for i, x in zip(session.get_inputs(), inputs, strict=True)}
-    return lambda: session.run(None, feed)
-
-
-def time_onnxruntime(model: Any, inputs: Sequence[np.ndarray], **kwargs: Any) -> dict[str, float]:
-    """Latency of an ONNX model in ONNX Runtime (see :func:`onnxruntime_runner`)."""
-    return time_callable(onnxruntime_runner(model, inputs), **kwargs)
 
 
 def max_relative_error(builds: Sequence[Callable[[Any], Any]], x: Any, expected: Any) -> float:

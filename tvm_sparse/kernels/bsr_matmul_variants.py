@@ -1,0 +1,290 @@
+"""The TVMScript bodies of the BSR matmul's register tilings (:func:`.bsr_matmul.bsr_matmul`
+resolves the knobs, picks one and marks the result scheduled)."""
+
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.script import tirx as T
+
+__all__ = ["gemv_kernel", "m_kernel", "rows_kernel"]
+
+
+def _entry(body, x_shape, data_shape, y_shape, n, nnzb, block_rows, dtype, bias):
+    """The PrimFunc around ``body``: ``(x, data, indices, indptr, y)``, with ``bias`` before
+    ``y`` when the epilogue adds one."""
+    if bias:
+
+        @T.prim_func(private=True)
+        def with_bias(
+            x: T.Buffer(x_shape, dtype),
+            data: T.Buffer(data_shape, dtype),
+            indices: T.Buffer((nnzb,), "int32"),
+            indptr: T.Buffer((block_rows + 1,), "int32"),
+            bias: T.Buffer((n,), dtype),
+            y: T.Buffer(y_shape, dtype),
+        ):
+            T.func_attr({"tirx.noalias": True})
+            body(x, data, indices, indptr, bias, y)
+
+        return with_bias
+
+    @T.prim_func(private=True)
+    def kernel(
+        x: T.Buffer(x_shape, dtype),
+        data: T.Buffer(data_shape, dtype),
+        indices: T.Buffer((nnzb,), "int32"),
+        indptr: T.Buffer((block_rows + 1,), "int32"),
+        y: T.Buffer(y_shape, dtype),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        body(x, data, indices, indptr, None, y)
+
+    return kernel
+
+
+def rows_kernel(m, k, n, block, nnzb, block_rows, m_tile, row_block, dtype, epilogue):
+    """Vectorise over the ``r`` outputs of a block (``r`` a multiple of the vector lanes).
+
+    Each block is one vector load per input column, reused by ``m_tile`` rows of ``X`` whose
+    elements are broadcast straight from memory into the FMA. Reads ``X`` as ``(M, K)`` and
+    writes ``Y`` as ``(M, N)``: no layout change. A task takes ``row_block`` block rows and walks
+    them once per ``m_tile`` rows of ``X``, so those rows stay in L1 across the block rows
+    instead of streaming from L2 for every one. ``data`` is ``(nnzb, c, r)``.
+    """
+    r, c = block
+    mt, rb = m_tile, row_block
+    m_full, m_tail = m // mt, m % mt
+    row_tasks = -(-n // r)
+    tasks = -(-row_tasks // rb)
+    full_rows = n // r  # block rows whose r outputs are all real
+    n_tail = n - full_rows * r
+    k_exact = k % c == 0
+    zero = tirx.const(0, dtype)
+
+    @T.macro
+    def tile(x, data, indices, indptr, bias, y, i, m0, w):
+        acc = T.alloc_buffer((w, r), dtype)
+        for mi in T.unroll(w):
+            for rr in T.vectorized(r):
+                acc[mi, rr] = zero
+        for j in range(indptr[i], indptr[i + 1]):
+            for cc in T.unroll(c):
+                for mi in T.unroll(w):
+                    for rr in T.vectorized(r):
+                        if k_exact:
+                            acc[mi, rr] = (
+                                acc[mi, rr] + x[m0 + mi, indices[j] * c + cc] * data[j, cc, rr]
+                            )
+                        else:
+                            acc[mi, rr] = (
+                                acc[mi, rr]
+                                + T.if_then_else(
+                                    indices[j] * c + cc < k,
+                                    x[m0 + mi, T.min(indices[j] * c + cc, k - 1)],
+                                    zero,
+                                )
+                                * data[j, cc, rr]
+                            )
+        if i < full_rows:
+            for mi in T.unroll(w):
+                for rr in T.vectorized(r):
+                    y[m0 + mi, i * r + rr] = epilogue.apply(acc[mi, rr], bias, i * r + rr)
+        else:
+            for mi, rr in T.grid(w, n_tail):
+                y[m0 + mi, i * r + rr] = epilogue.apply(acc[mi, rr], bias, i * r + rr)
+
+    @T.macro
+    def task_rows(x, data, indices, indptr, bias, y, t, m0, w):
+        # the task's block rows, one after another, on the same rows of X (in L1 by then)
+        for ii in range(rb):
+            if t * rb + ii < row_tasks:
+                tile(x, data, indices, indptr, bias, y, t * rb + ii, m0, w)
+
+    @T.macro
+    def body(x, data, indices, indptr, bias, y):
+        for t in T.parallel(tasks):
+            for mo in range(m_full):
+                task_rows(x, data, indices, indptr, bias, y, t, mo * mt, mt)
+            if m_tail > 0:
+                task_rows(x, data, indices, indptr, bias, y, t, m_full * mt, m_tail)
+
+    return _entry(body, (m, k), (nnzb, c, r), (m, n), n, nnzb, block_rows, dtype, epilogue.bias)
+
+
+def gemv_kernel(k, n, block, nnzb, block_rows, lanes, dtype, epilogue):
+    """One row of activations gives no reuse to vectorise over: vectorise over the flattened
+    (block, column) nonzeros of an output row instead, gathering the matching activations.
+    Independent lanes also break the FMA latency chain that one scalar accumulator would form.
+    """
+    r, c = block
+    row_tasks = -(-n // r)
+    zero = tirx.const(0, dtype)
+
+    @T.macro
+    def body(x, data, indices, indptr, bias, y):
+        for i in T.parallel(row_tasks):
+            for rr in range(r):
+                if i * r + rr < n:
+                    acc = T.alloc_buffer((lanes,), dtype)
+                    total = T.alloc_buffer((1,), dtype)
+                    for v in T.vectorized(lanes):
+                        acc[v] = zero
+                    total[0] = zero
+                    for jo in range((indptr[i + 1] - indptr[i]) * c // lanes):
+                        for v in T.vectorized(lanes):
+                            acc[v] = (
+                                acc[v]
+                                + data[
+                                    (indptr[i] * c + jo * lanes + v) // c,
+                                    rr,
+                                    (indptr[i] * c + jo * lanes + v) % c,
+                                ]
+                                * x[
+                                    0,
+                                    T.min(
+                                        indices[(indptr[i] * c + jo * lanes + v) // c] * c
+                                        + (indptr[i] * c + jo * lanes + v) % c,
+                                        k - 1,
+                                    ),
+                                ]
+                            )
+                    for e in range(
+                        indptr[i] * c + (indptr[i + 1] - indptr[i]) * c // lanes * lanes,
+                        indptr[i + 1] * c,
+                    ):
+                        total[0] = (
+                            total[0]
+                            + data[e // c, rr, e % c]
+                            * x[0, T.min(indices[e // c] * c + e % c, k - 1)]
+                        )
+                    for v in range(lanes):
+                        total[0] = total[0] + acc[v]
+                    y[0, i * r + rr] = epilogue.apply(total[0], bias, i * r + rr)
+
+    return _entry(body, (1, k), (nnzb, r, c), (1, n), n, nnzb, block_rows, dtype, epilogue.bias)
+
+
+def m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout, dtype, epilogue):
+    """Vectorise over ``M`` (every block, 1x1 included).
+
+    Activations are read transposed, ``X.T`` ``(K, M)``, so one vector load of ``X.T`` feeds the
+    ``r`` outputs of a block; the transpose happens inside the kernel (``x_layout="MK"``) or is
+    the input's natural layout (``"KM"``: a 1x1 convolution's ``(C, H*W)`` or an im2col matrix).
+    Output is ``(N, M)`` directly, or ``(M, N)`` by collecting ``group`` block rows into a tile
+    stored as full vectors (writing single columns of ``(M, N)`` thrashes cache lines and TLB).
+    """
+    r, c = block
+    mt, group = knobs.m_tile, knobs.group
+    k_pad = -(-k // c) * c
+    mn = y_layout == "MN"
+    transpose_x = x_layout == "MK"
+    # rows of X.T padded to whole vectors: a ragged tail (ViT's 197 rows) would leave a partial
+    # vector in every accumulator, which LLVM splits into narrower instructions; the padded
+    # rows are zero and never stored
+    guard_m = transpose_x and mn and m % knobs.lanes != 0
+    m_run = -(-m // knobs.lanes) * knobs.lanes if guard_m else m
+    m_full, m_tail = m_run // mt, m_run % mt
+    width = group * r  # outputs per task: one store tile of (M, N), or r rows of (N, M)
+    per_batch = -(-n // width)  # tasks per batch item
+    full_tasks = n // width
+    n_tail = n - full_tasks * width
+    guard_k = not transpose_x and k_pad != k
+    x_shape = (batch, m, k) if transpose_x else (batch, k, m)
+    y_shape = (batch, m, n) if mn else (batch, n, m)
+    zero = tirx.const(0, dtype)
+    tk = 16  # transpose tile along K
+    k_tiles = -(-k_pad // tk)
+    xt_shape = (batch, k_pad, m_run) if transpose_x else (1, 1, 1)
+
+    @T.macro
+    def accumulate(x, xt, data, indices, indptr, b, acc, m0, w, row):
+        for rr in T.unroll(r):
+            for mi in T.vectorized(w):
+                acc[rr, mi] = zero
+        for j in range(indptr[row], indptr[row + 1]):
+            for cc in T.unroll(c):
+                for rr in T.unroll(r):
+                    for mi in T.vectorized(w):
+                        if transpose_x:
+                            acc[rr, mi] = (
+                                acc[rr, mi] + data[j, rr, cc] * xt[b, indices[j] * c + cc, m0 + mi]
+                            )
+                        elif guard_k:
+                            acc[rr, mi] = acc[rr, mi] + data[j, rr, cc] * T.if_then_else(
+                                indices[j] * c + cc < k,
+                                x[b, T.min(indices[j] * c + cc, k - 1), m0 + mi],
+                                zero,
+                            )
+                        else:
+                            acc[rr, mi] = (
+                                acc[rr, mi] + data[j, rr, cc] * x[b, indices[j] * c + cc, m0 + mi]
+                            )
+
+    @T.macro
+    def tile_mn(x, xt, data, indices, indptr, bias, y, b, t, m0, w):
+        out = T.alloc_buffer((w, width), dtype)
+        for g in range(group):
+            acc = T.alloc_buffer((r, w), dtype)
+            accumulate(x, xt, data, indices, indptr, b, acc, m0, w, t * group + g)
+            for rr in T.unroll(r):
+                for mi in T.unroll(w):
+                    out[mi, g * r + rr] = acc[rr, mi]
+        if t < full_tasks:
+            for mi in range(w):
+                if m0 + mi < m:  # the rows padded to whole vectors are not stored
+                    for ww in T.vectorized(width):
+                        y[b, m0 + mi, t * width + ww] = epilogue.apply(
+                            out[mi, ww], bias, t * width + ww
+                        )
+        else:
+            for mi, ww in T.grid(w, n_tail):
+                if m0 + mi < m:  # the rows padded to whole vectors are not stored
+                    y[b, m0 + mi, t * width + ww] = epilogue.apply(
+                        out[mi, ww], bias, t * width + ww
+                    )
+
+    @T.macro
+    def tile_nm(x, xt, data, indices, indptr, bias, y, b, t, m0, w):
+        acc = T.alloc_buffer((r, w), dtype)
+        accumulate(x, xt, data, indices, indptr, b, acc, m0, w, t)
+        if t < full_tasks:
+            for rr in T.unroll(r):
+                for mi in T.vectorized(w):
+                    y[b, t * r + rr, m0 + mi] = epilogue.apply(acc[rr, mi], bias, t * r + rr)
+        else:
+            for rr in range(n_tail):
+                for mi in T.vectorized(w):
+                    y[b, t * r + rr, m0 + mi] = epilogue.apply(acc[rr, mi], bias, t * r + rr)
+
+    @T.macro
+    def body(x, data, indices, indptr, bias, y):
+        # X.T zero-padded to whole blocks along K, for an (M, K) input.
+        xt = T.alloc_buffer(xt_shape, dtype)
+        if transpose_x:
+            for bko in T.parallel(batch * k_tiles):
+                for mm in range(m_run):
+                    for kk in T.unroll(tk):
+                        if (bko % k_tiles) * tk + kk < k_pad:
+                            xt[bko // k_tiles, (bko % k_tiles) * tk + kk, mm] = T.if_then_else(
+                                (bko % k_tiles) * tk + kk < k and mm < m,
+                                x[
+                                    bko // k_tiles,
+                                    T.min(mm, m - 1),
+                                    T.min((bko % k_tiles) * tk + kk, k - 1),
+                                ],
+                                zero,
+                            )
+        for b in range(batch):
+            for t in T.parallel(per_batch):
+                for mo in range(m_full):
+                    if mn:
+                        tile_mn(x, xt, data, indices, indptr, bias, y, b, t, mo * mt, mt)
+                    else:
+                        tile_nm(x, xt, data, indices, indptr, bias, y, b, t, mo * mt, mt)
+                if m_tail > 0:
+                    if mn:
+                        tile_mn(x, xt, data, indices, indptr, bias, y, b, t, m_full * mt, m_tail)
+                    else:
+                        tile_nm(x, xt, data, indices, indptr, bias, y, b, t, m_full * mt, m_tail)
+
+    return _entry(body, x_shape, (nnzb, r, c), y_shape, n, nnzb, block_rows, dtype, epilogue.bias)
