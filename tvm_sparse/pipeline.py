@@ -13,18 +13,16 @@ from tvm import relax
 from tvm.target import Target
 
 from .passes.collect_report import CollectFusionGroups, CollectKernelReport, CollectOpReport
-from .passes.convert_to_nhwc import ConvertToNHWC
 from .passes.fold_constants_on_host import FoldConstantsOnHost
 from .passes.inject_prefetch import InjectPrefetch
 from .passes.pack_weights import PackWeights
-from .passes.pad_attention_tokens import PadAttentionTokens
 from .passes.reorder_reshape_after_elementwise import ReorderReshapeAfterElementwise
-from .passes.rewrite_to_winograd import RewriteToWinograd
 from .passes.uniquify_binding_names import UniquifyBindingNames
 from .passes.use_fast_math import UseFastMath
 from .report import CompileReport
 from .schedules import ApplySchedules, schedule_rules
 from .targets import TargetPreset, resolve_target
+from .targets.backend import backend_of
 
 __all__ = ["pipeline", "prepare_passes", "schedule_input_passes", "sparsity_passes"]
 
@@ -50,10 +48,8 @@ def sparsity_passes(
     if sparsity == "off":
         return []
     from .passes import DetectSparsity, RewriteToSparse, ShrinkPrunedChannels
-    from .targets.facts import vector_lanes
 
-    # CPU schedules vectorise over output channels: weigh counts a multiple of the SIMD width
-    multiple = vector_lanes(target) if target.kind.name == "llvm" else 1
+    multiple = backend_of(target).channel_multiple(target)
     return [
         DetectSparsity(),
         ShrinkPrunedChannels(channel_multiple=multiple, layer_timer=layer_timer),
@@ -78,14 +74,6 @@ def _tuning_passes(
     return [apply, apply.mark_report(fusion)]
 
 
-def _lowering_passes(target: Target) -> list[tvm.transform.Pass]:
-    if target.kind.name == "cuda":
-        from tvm.relax.backend.cuda import pipeline as backend
-    else:
-        from tvm.relax.backend.cpu_generic import pipeline as backend
-    return backend.dataflow_lower_passes(target) + backend.finalize_passes(target)
-
-
 def schedule_input_passes(
     target: Target,
     sparsity: Any,
@@ -98,15 +86,10 @@ def schedule_input_passes(
 ) -> list[tvm.transform.Pass]:
     """Everything before scheduling: the PrimFuncs these leave are what schedules (and the
     autotuner) see."""
-    from .targets.facts import vector_lanes
-
-    cpu = [PadAttentionTokens(vector_lanes(target)), ConvertToNHWC()]
-    if winograd:
-        cpu.append(RewriteToWinograd(target, layer_timer=layer_timer))
     return (
         prepare_passes()
         + sparsity_passes(target, sparsity, layer_timer)
-        + (cpu if target.kind.name == "llvm" else [])
+        + backend_of(target).passes(target, layer_timer=layer_timer, winograd=winograd)
         + [
             ReorderReshapeAfterElementwise(),
             CollectOpReport(report),
@@ -185,7 +168,7 @@ def pipeline(
         + [ApplySchedules(schedule_rules(tvm_target)), CollectKernelReport(report, fusion)]
         + tuned[1:]
         + [PackWeights(), InjectPrefetch()]  # after the reports: splitting renames the kernels
-        + _lowering_passes(tvm_target)
+        + backend_of(tvm_target).lowering(tvm_target)
     )
 
     @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.pipeline")

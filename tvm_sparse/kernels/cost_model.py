@@ -39,6 +39,7 @@ from tvm.target import Target
 
 from .. import __version__
 from .._paths import cache_root
+from ..targets.backend import CPU, backend_of
 from ..targets.facts import vector_bits
 from ..targets.host import is_host_target, machine_key
 
@@ -227,7 +228,7 @@ def _interp_m(by_m: dict[int, Any], m: int, value) -> float:
 def host_class(target: Target) -> str:
     """The calibration host class of ``target``: ``x86_avx512``, ``x86_avx2``, ``arm_neon``,
     ``cpu_generic``."""
-    if target.kind.name != "llvm":
+    if backend_of(target, allow_none=True) is not CPU:
         return "cpu_generic"
     if str(target.attrs.get("mtriple", "") or "").startswith("aarch64"):
         return "arm_neon"
@@ -290,7 +291,8 @@ def load_calibration(
         # No table of this host class ships: the AVX-512 one stands in, and says so.
         shipped = _PACKAGE_TABLES / "x86_avx512.json"
     table = Calibration.from_json(json.loads(shipped.read_text()))
-    if table.host == wanted and target.kind.name == "llvm":
+    cpu = backend_of(target, allow_none=True) is CPU
+    if table.host == wanted and cpu:
         table.evidence = (
             f"calibrated for the host class (shipped {table.host} table, {table.source}; "
             "tvm_sparse.kernels.calibrate(target) measures this machine)"
@@ -298,7 +300,7 @@ def load_calibration(
     else:
         if is_host_target(target):
             how = "tvm_sparse.kernels.calibrate(target) measures one on this machine"
-        elif target.kind.name == "llvm":
+        elif cpu:
             how = "tvm_sparse.kernels.calibrate(target, rpc='HOST:PORT') measures the device"
         else:
             how = f"{target.kind.name} targets are not calibrated"

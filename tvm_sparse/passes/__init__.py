@@ -14,6 +14,7 @@ from .reorder_reshape_after_elementwise import ReorderReshapeAfterElementwise
 from .rewrite_to_sparse import RewriteToSparse
 from .rewrite_to_winograd import RewriteToWinograd
 from .shrink_pruned_channels import ShrinkPrunedChannels
+from .sparsity_config import SparsityConfig
 from .uniquify_binding_names import UniquifyBindingNames
 from .use_fast_math import UseFastMath
 
@@ -31,6 +32,7 @@ __all__ = [
     "RewriteToSparse",
     "RewriteToWinograd",
     "ShrinkPrunedChannels",
+    "SparsityConfig",
     "UniquifyBindingNames",
     "UseFastMath",
     "WeightSparsity",

@@ -7,6 +7,7 @@ from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels.winograd_conv2d import winograd_applies
+from ..targets.backend import backend_of
 from ..targets.facts import vector_lanes
 from ._bindings import op_name
 from .fold_constants_on_host import FoldConstantsOnHost
@@ -202,7 +203,8 @@ def _runs_as_winograd(call: relax.Call) -> bool:
     target = tvm.target.Target.current(allow_none=True)
     attrs = call.attrs
     x_shape, w_shape = _static(call.args[0].ty.shape), _static(call.args[1].ty.shape)
-    if target is None or target.kind.name != "llvm" or x_shape is None or w_shape is None:
+    backend = backend_of(target, allow_none=True)
+    if backend is None or not backend.winograd or x_shape is None or w_shape is None:
         return False
     (n, c, h, w), (f, wc, kh, kw) = x_shape, w_shape
     why = winograd_applies(

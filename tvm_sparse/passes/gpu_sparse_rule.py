@@ -1,7 +1,7 @@
 """The rule that decides pruned layers for CUDA targets, until a GPU calibrates them.
 
-:class:`~tvm_sparse.passes.RewriteToSparse` asks here instead of the CPU's measured decisions
-(:mod:`.sparse_decisions`) when the target is a GPU.
+:class:`~tvm_sparse.passes.RewriteToSparse` asks :class:`GPURule` instead of the CPU's measured
+decisions (:mod:`.sparse_decisions`) when the target is a GPU.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import numpy as np
 from ..kernels.bsr_matmul import bsr_matmul_kernel_name
 from ..kernels.formats import to_bsr
 from ..kernels.nm_matmul import nm_matmul_kernel_name
+from ..kernels.sparse_conv2d import Conv2DGeometry
 from .detect_sparsity import WeightSparsity
-from .sparse_decisions import Plan, SparsityConfig, conforms_to_nm, pattern_of
+from .sparse_decisions import Plan, conforms_to_nm, pattern_of
+from .sparsity_config import SparsityConfig
 
-__all__ = ["GPU_RULE", "decide_cuda"]
+__all__ = ["GPU_RULE", "GPURule", "decide_cuda"]
 
 # No GPU has calibrated the CUDA kernels yet, so the cost model is replaced by a fixed rule,
 # conservative on purpose: go sparse only where work and weight traffic shrink by far more than
@@ -110,3 +112,28 @@ def decide_cuda(
         "dense",
         f"{GPU_RULE}: {where} (BSR needs <= {_GPU_MAX_BLOCK_DENSITY}), {why_not_nm}: dense",
     )
+
+
+class GPURule:
+    """The CUDA chooser of :class:`~tvm_sparse.passes.RewriteToSparse`: :func:`decide_cuda`
+    for matmuls and for the convs the GPU kernels run (1x1, stride 1, unpadded)."""
+
+    def __init__(self, config: SparsityConfig) -> None:
+        self.config = config
+
+    def matmul(
+        self, name: str, info: WeightSparsity, weight: np.ndarray, m: int, epilogue_ops=()
+    ) -> Plan:
+        return decide_cuda(name, info, weight, "matmul", self.config)
+
+    def conv2d(
+        self, name: str, info: WeightSparsity, weight: np.ndarray, geom: Conv2DGeometry
+    ) -> Plan:
+        if not geom.is_pointwise:
+            return Plan(
+                "dense",
+                "dense",
+                f"{GPU_RULE}: only 1x1, stride-1, unpadded conv2d maps onto the GPU kernels "
+                "(no GPU im2col kernel yet): dense",
+            )
+        return decide_cuda(name, info, weight, "conv2d", self.config)

@@ -1,66 +1,27 @@
 """Rewrite matmuls and conv2ds with pruned constant weights into sparse kernels, where faster.
 
-``RewriteToSparse`` reads the records ``DetectSparsity`` left under ``"tvm_sparse.weights"``,
-asks :mod:`~tvm_sparse.passes.sparse_decisions` per layer (sparse format or dense: the layer's
-candidates timed on this machine where a ``LayerTimer`` is given, else the measured cost model
-of :mod:`tvm_sparse.kernels.cost_model`), compresses the chosen weights to BSR or N:M constants
-and replaces the op by a ``call_tir`` of a kernel that is already scheduled
-(``tirx.is_scheduled``, ``"tvm_sparse.kernel"``), which ``ApplySchedules`` then skips. Every
-candidate gets a row in ``"tvm_sparse.decisions"``: the kernel, the pattern and why.
+``RewriteToSparse`` reads the records ``DetectSparsity`` left under ``"tvm_sparse.weights"`` and
+asks the target's backend (:func:`~tvm_sparse.targets.backend.backend_of`) which kernel each
+layer runs: on CPUs the layer's candidates timed here, else the calibration table
+(:mod:`.sparse_decisions`); on CUDA GPUs a fixed rule (:mod:`.gpu_sparse_rule`). Chosen weights
+become BSR or N:M constants and the op a ``call_tir`` of an already scheduled kernel
+(:mod:`.sparse_kernels`), with the bias add and activation after it where the kernel applies
+them. Each candidate gets a row in ``"tvm_sparse.decisions"``: the kernel, the pattern and why;
+one the pass cannot handle (symbolic shapes, non-fp32, grouped or non-NCHW conv) stays dense.
 
 Before::
 
-    @R.function
-    def main(x: R.Tensor((128, 768), "float32")):
-        with R.dataflow():
-            lv = R.matmul(x, metadata["ir.GenericConst"][0])  # (768, 3072), 90% zero 16x1 blocks
-            R.output(lv)
-        return lv
+    lv = R.matmul(x, metadata["ir.GenericConst"][0])  # (768, 3072), 90% zero 16x1 blocks
 
 After::
 
-    @R.function
-    def main(x: R.Tensor((128, 768), "float32")):
-        R.func_attr({"tvm_sparse.decisions": {"lv": {"kernel": "bsr_matmul[16x1]",
-            "pattern": "block 16x1", "reason": "density 0.10 in 16x1 blocks: est. 6.2x ..."}}})
-        with R.dataflow():
-            lv = R.call_tir(cls.bsr_matmul_16x1, (x, data, indices, indptr),
-                            out_ty=R.Tensor((128, 3072), "float32"))
-            R.output(lv)
-        return lv
+    R.func_attr({"tvm_sparse.decisions": {"lv": {"kernel": "bsr_matmul[16x1]",
+        "pattern": "block 16x1", "reason": "density 0.10 in 16x1 blocks: est. ...x faster"}}})
+    lv = R.call_tir(cls.bsr_matmul_16x1, (x, data, indices, indptr),
+                    out_ty=R.Tensor((128, 3072), "float32"))
 
-Leading batch dims of a matmul are folded into the rows (``reshape``, a view). Conv2d
-(``NCHW``/``OIHW``, ``groups=1``) runs 1x1 stride-1 convolutions directly on the activations
-and larger ones through ``im2col``. A matmul's bias add and activation (:mod:`._epilogue`) are
-applied by the sparse kernel as it stores its outputs, and their Relax ops go. Anything the
-pass cannot handle (symbolic shapes, non-fp32, grouped convolution, other layouts) keeps its
-dense op and its decision row says why.
-
-CUDA targets use the kernels of :mod:`tvm_sparse.kernels.gpu` and, with no GPU to calibrate
-on, a fixed rule in place of the cost model (every reason starts "uncalibrated GPU rule"):
-BSR when a block of at least 8 rows (the detected one, 16x1 or 8x1) covers the weight at block
-density <= 0.3, else the compressed N:M kernel for a matmul weight that conforms to 2:4 or 4:8,
-else dense. Activations are reshaped to ``(1, M, K)`` for the kernels. Only 1x1, stride-1,
-unpadded ``NCHW`` convolutions go sparse (their activations are the kernel's ``KM`` input);
-others stay dense, there being no GPU im2col yet. Config choices are honoured as on CPUs. Other
-non-llvm targets keep every layer dense.
-
-Pipeline: after ``DetectSparsity`` (and ``ShrinkPrunedChannels`` with a second
-``DetectSparsity``), before ``LegalizeOps``.
-
-Configuration (``sparsity=``)
------------------------------
-``"auto"``
-    Per layer, the fastest of the detected block shape, 1x1 (unstructured) and N:M, if the
-    cost model estimates it at least ``min_speedup`` (1.1) times faster than dense.
-``"off"``
-    Everything stays dense (decisions still recorded).
-``dict``
-    ``{binding_name: choice, ..., "*": default_choice}``; choices are ``"auto"``, ``"dense"``,
-    ``"bsr"`` (detected block), ``"bsr:RxC"`` (a given block), ``"unstructured"`` (1x1 BSR),
-    ``"nm"`` (detected N:M) and ``"nm:N:M"``. A named choice is honoured even where the model
-    says it is slower (the reason says so). Unknown choices and names that are not candidates
-    raise ``ValueError`` listing the valid ones. A :class:`SparsityConfig` is accepted too.
+``sparsity=`` is described in :mod:`.sparsity_config`. Pipeline: after ``DetectSparsity`` (and
+``ShrinkPrunedChannels`` with a second ``DetectSparsity``), before ``LegalizeOps``.
 """
 
 from __future__ import annotations
@@ -76,28 +37,16 @@ from tvm.ir import IRModule
 from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.target import Target
 
-from ..kernels.bsr_matmul import BSRMatmulKnobs, bsr_matmul, bsr_matmul_kernel_name
+from ..kernels.bsr_matmul import bsr_matmul_kernel_name
 from ..kernels.cost_model import Calibration, load_calibration
-from ..kernels.epilogue import Epilogue
-from ..kernels.formats import to_bsr, to_nm
-from ..kernels.gpu import CUDATileKnobs, cuda_bsr_matmul, cuda_nm_matmul, nm_group_offsets
-from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul
 from ..kernels.sparse_conv2d import Conv2DGeometry, im2col
+from ..targets.backend import backend_of
 from ._bindings import function_bindings, only_users, unique_binding_names
-from ._epilogue import matmul_epilogue
+from ._epilogue import MatmulEpilogue, matmul_epilogue
 from .detect_sparsity import WEIGHTS_ATTR, WeightSparsity, constant_weight_of
-from .gpu_sparse_rule import GPU_RULE, decide_cuda
-from .sparse_decisions import (
-    IM2COL_BYTES_PER_S,
-    WINOGRAD_SPEEDUP,
-    LayerChoice,
-    Plan,
-    SparsityConfig,
-    TableCheck,
-    decide,
-    measured,
-    runs_as_winograd,
-)
+from .sparse_decisions import Plan
+from .sparse_kernels import SparseKernel
+from .sparsity_config import LayerChoice, SparsityConfig
 
 __all__ = ["DECISIONS_ATTR", "LayerChoice", "RewriteToSparse", "SparsityConfig"]
 
@@ -117,7 +66,7 @@ class RewriteToSparse:
     target : tvm.target.Target | str | dict, optional
         Decides vector width and the calibration table; the current target if omitted.
     sparsity : "auto" | "off" | dict | SparsityConfig
-        See the module docstring.
+        Per-layer choices; see :mod:`~tvm_sparse.passes.sparsity_config`.
     calibration : Calibration, optional
         Cost-model table; :func:`~tvm_sparse.kernels.load_calibration` of the target if omitted.
     layer_timer : tvm_sparse.layer_timing.LayerTimer, optional
@@ -153,9 +102,11 @@ class RewriteToSparse:
                 f"sparsity: {unknown} are not sparsity candidates of this model; "
                 f"candidates are {sorted(candidates)}"
             )
-        if self.target.kind.name not in ("llvm", "cuda"):
+        backend = backend_of(self.target, allow_none=True)
+        if backend is None:
             return _record_dense(mod, f"no sparse kernel for {self.target.kind.name} yet: dense")
-        rewriter = _SparseRewriter(mod, self.target, self.config, calibration, self.layer_timer)
+        chooser = backend.sparse_chooser(self.target, self.config, calibration, self.layer_timer)
+        rewriter = _SparseRewriter(mod, chooser, backend.sparse_kernels(self.target))
         for gv, func in list(mod.functions_items()):
             if isinstance(func, relax.Function) and func.attrs and WEIGHTS_ATTR in func.attrs:
                 rewriter.rewrite_function(gv, func)
@@ -200,24 +151,16 @@ def _static_shape(expr: relax.Expr) -> tuple[list[int], str] | None:
 
 @mutator
 class _SparseRewriter(PyExprMutator):
-    def __init__(
-        self,
-        mod: IRModule,
-        target: Target,
-        config: SparsityConfig,
-        calibration: Calibration,
-        layer_timer: Any = None,
-    ) -> None:
+    """Rewrites the pruned layers of a module's functions, one function at a time.
+
+    ``chooser`` decides each layer (``matmul``/``conv2d`` return a :class:`Plan`); ``kernels``
+    builds the chosen kernel (:mod:`.sparse_kernels`). Both come from the target's backend.
+    """
+
+    def __init__(self, mod: IRModule, chooser: Any, kernels: Any) -> None:
         super().__init__(mod)
-        self.layer_timer = layer_timer
-        self.target = target
-        self.config = config
-        self.calibration = calibration
-        self.knobs = BSRMatmulKnobs.for_target(target)
-        self.nm_knobs = NMMatmulKnobs.for_target(target)
-        self.cuda_knobs = CUDATileKnobs()
-        self.cuda = target.kind.name == "cuda"
-        self.check = TableCheck()  # the table against the layers measured in this compile
+        self.chooser = chooser
+        self.kernels = kernels
         self._names: dict[relax.Var, str] = {}
         self._values: dict[relax.Var, relax.Expr] = {}
         self._records: Mapping[str, Any] = {}
@@ -289,30 +232,27 @@ class _SparseRewriter(PyExprMutator):
         if dtype != "float32" or out_dtype != "float32" or weight.dtype != np.float32:
             return None, Plan("dense", "dense", f"dtype {dtype}: sparse kernels are fp32 only")
         if call.op.name == "relax.matmul":
-            if len(x_shape) < 1:
-                return None, Plan("dense", "dense", "scalar activations")
-            m = int(np.prod(x_shape[:-1])) if len(x_shape) > 1 else 1
-            if self.cuda:
-                plan = decide_cuda(name, info, weight, "matmul", self.config)
-                if plan.kernel == "dense":
-                    return None, plan
-                return self._cuda_matmul(x, out_shape, weight, m, plan), plan
-            plan = decide(name, info, weight, "matmul", m, self.config, self.calibration)
-            epilogue = matmul_epilogue(self._var, weight.shape[0], self._users, self._values)
-            timer = self.layer_timer
-            if timer is not None and self.config.choice_for(name).kind == "auto":
-                # leading batch dims fold into the rows, as the rewrite does
-                measure = lambda c: timer.matmul((m, weight.shape[1]), weight, c, epilogue.ops)  # noqa: E731
-                plan = measured(plan, info, weight, m, self.calibration, timer, measure,
-                                check=self.check, min_speedup=self.config.min_speedup)  # fmt: skip
-            if plan.kernel == "dense":
-                return None, plan
-            if epilogue.ops:
-                self._absorbed.update(epilogue.absorbed)
-                label = epilogue.kernel.label
-                plan = dataclasses.replace(plan, reason=f"{plan.reason}; {label} in its stores")
-            return self._matmul(x, x_shape, out_shape, weight, m, plan, epilogue), plan
-        attrs = call.attrs
+            return self._matmul(name, info, weight, x, x_shape, out_shape)
+        return self._conv2d(
+            name, info, weight, op_info["kernel"], call.attrs, x, x_shape, out_shape
+        )
+
+    def _matmul(self, name, info, weight, x, x_shape, out_shape) -> tuple[relax.Expr | None, Plan]:
+        if len(x_shape) < 1:
+            return None, Plan("dense", "dense", "scalar activations")
+        m = int(np.prod(x_shape[:-1])) if len(x_shape) > 1 else 1
+        epilogue = self._epilogue(weight.shape[0])
+        plan = self.chooser.matmul(name, info, weight, m, epilogue.ops)
+        if plan.kernel == "dense":
+            return None, plan
+        plan = self._absorb(plan, epilogue)
+        kernel = self.kernels.matmul(weight, m, plan, epilogue.kernel)
+        for view in kernel.x_views:  # leading batch dims fold into the rows
+            if self.kernels.views_always or list(view) != list(x_shape):
+                x, x_shape = self._emit(relax.op.reshape(x, view), f"x{len(view)}d"), view
+        return self._call(kernel, x, out_shape, plan, epilogue), plan
+
+    def _conv2d(self, name, info, weight, kernel_hw, attrs, x, x_shape, out_shape):
         if attrs.data_layout != "NCHW" or attrs.out_layout != "NCHW" or int(attrs.groups) != 1:
             return None, Plan(
                 "dense",
@@ -325,166 +265,59 @@ class _SparseRewriter(PyExprMutator):
             channels=channels,
             height=height,
             width=width,
-            kernel=tuple(int(v) for v in op_info["kernel"]),
+            kernel=tuple(int(v) for v in kernel_hw),
             strides=tuple(int(v) for v in attrs.strides),
             padding=tuple(int(v) for v in attrs.padding),
             dilation=tuple(int(v) for v in attrs.dilation),
         )
-        if self.cuda:
-            if not geom.is_pointwise:
-                return None, Plan(
-                    "dense",
-                    "dense",
-                    f"{GPU_RULE}: only 1x1, stride-1, unpadded conv2d maps onto the GPU kernels "
-                    "(no GPU im2col kernel yet): dense",
-                )
-            plan = decide_cuda(name, info, weight, "conv2d", self.config)
-            if plan.kernel == "dense":
-                return None, plan
-            return self._cuda_pointwise_conv2d(x, x_shape, out_shape, weight, plan), plan
-        oh, ow = geom.out_hw
-        # im2col writes and the kernel reads a (K, OH*OW) copy of each image; the calibration
-        # (matmuls) does not include that traffic.
-        # The kernel runs image by image, so its rate is the one for M = OH*OW rows.
-        copy_bytes = 0 if geom.is_pointwise else 8 * weight.shape[1] * oh * ow
-        winograd = runs_as_winograd(geom, weight.shape[0], self.target)
-        plan = decide(
-            name, info, weight, "conv2d", oh * ow, self.config, self.calibration,
-            overhead_s=copy_bytes / IM2COL_BYTES_PER_S,
-            dense_speedup=WINOGRAD_SPEEDUP if winograd else 1.0,
-        )  # fmt: skip
-        timer = self.layer_timer
-        if timer is not None and self.config.choice_for(name).kind == "auto":
-            oihw = weight.reshape(weight.shape[0], geom.channels, *geom.kernel)
-            measure = lambda c: timer.conv2d(  # noqa: E731
-                tuple(x_shape), oihw, strides=geom.strides, padding=geom.padding,
-                dilation=geom.dilation, candidates=c,
-            )  # fmt: skip
-            plan = measured(
-                plan, info, weight, oh * ow, self.calibration, timer, measure, op="conv2d",
-                check=self.check, min_speedup=self.config.min_speedup,
-            )  # fmt: skip
+        plan = self.chooser.conv2d(name, info, weight, geom)
         if plan.kernel == "dense":
             return None, plan
         if plan.nm is not None:  # N:M conv weights run through the 1x1 BSR kernel
             plan = dataclasses.replace(plan, kernel=bsr_matmul_kernel_name((1, 1)), block=(1, 1),
                                        nm=None)  # fmt: skip
-        epilogue = matmul_epilogue(
-            self._var, weight.shape[0], self._users, self._values, channel_axis=1
+        epilogue = self._epilogue(weight.shape[0], channel_axis=1)
+        plan = self._absorb(plan, epilogue)
+        oh, ow = geom.out_hw
+        cols_shape = (batch, weight.shape[1], oh * ow)  # the kernel's (batch, K, OH*OW) input
+        if geom.is_pointwise:
+            cols = relax.op.reshape(x, cols_shape)
+        else:
+            gv_col = self.builder_.add_func(im2col(geom), "im2col")
+            cols = relax.call_tir(gv_col, [x], out_ty=relax.TensorType(cols_shape, "float32"))
+        kernel = self.kernels.conv2d(weight, batch, oh * ow, plan, epilogue.kernel)
+        return self._call(kernel, self._emit(cols, "cols"), out_shape, plan, epilogue), plan
+
+    def _epilogue(self, channels: int, channel_axis: int = -1) -> MatmulEpilogue:
+        """The bias add and activation after the layer that the kernels can apply."""
+        if not self.kernels.fuses_epilogue:
+            return MatmulEpilogue()
+        return matmul_epilogue(self._var, channels, self._users, self._values, channel_axis)
+
+    def _absorb(self, plan: Plan, epilogue: MatmulEpilogue) -> Plan:
+        """Drop the epilogue's Relax ops, which the kernel applies now."""
+        if not epilogue.ops:
+            return plan
+        self._absorbed.update(epilogue.absorbed)
+        return dataclasses.replace(
+            plan, reason=f"{plan.reason}; {epilogue.kernel.label} in its stores"
         )
-        if epilogue.ops:
-            self._absorbed.update(epilogue.absorbed)
-            plan = dataclasses.replace(
-                plan, reason=f"{plan.reason}; {epilogue.kernel.label} in its stores"
-            )
-        return self._conv2d(x, geom, out_shape, weight, plan, epilogue.kernel, epilogue.bias), plan
 
     def _emit(self, expr: relax.Expr, suffix: str) -> relax.Var:
         return self.builder_.emit(expr, name_hint=f"{self._layer}_{suffix}")
 
-    def _matmul(self, x, x_shape, out_shape, weight, m, plan: Plan, epilogue) -> relax.Expr:
-        n, k = weight.shape
-        fused = epilogue.kernel
-        x2 = x if len(x_shape) == 2 else self._emit(relax.op.reshape(x, (m, k)), "x2d")
-        if plan.nm is not None:
-            knobs = self.nm_knobs.resolve(m, n, plan.nm)
-            mat = to_nm(weight, plan.nm, row_multiple=knobs.group)
-            func = nm_matmul(m, k, n, plan.nm, mat.values.shape[0], knobs=knobs, epilogue=fused)
-            func = func.with_attr(FLOPS_ATTR, 2 * m * int(mat.values.size))
-            gv = self.builder_.add_func(func, _func_name(plan.kernel))
-            args = [x2, relax.const(mat.values), relax.const(mat.columns)]
-        else:
-            knobs = self.knobs.resolve(plan.block, m, n)
-            bsr = to_bsr(weight, plan.block, row_multiple=knobs.group, nonempty=True)
-            func = bsr_matmul(
-                m, k, n, plan.block, bsr.nnzb, bsr.block_rows, knobs=knobs, epilogue=fused
-            )
-            func = func.with_attr(FLOPS_ATTR, 2 * m * int(bsr.data.size))
-            gv = self.builder_.add_func(func, _func_name(plan.kernel))
-            data = bsr.data_cr() if knobs.variant == "rows" else bsr.data
-            if knobs.variant == "m":
-                x2 = self._emit(relax.op.reshape(x2, (1, m, k)), "x3d")
-            args = [x2, relax.const(data), relax.const(bsr.indices), relax.const(bsr.indptr)]
-        if fused.bias:
+    def _call(self, kernel: SparseKernel, x: relax.Expr, out_shape, plan: Plan,
+              epilogue: MatmulEpilogue) -> relax.Expr:  # fmt: skip
+        """Add ``kernel`` to the module and call it on ``x``, viewed back as the op's output."""
+        func = kernel.func.with_attr(FLOPS_ATTR, kernel.flops)
+        gv = self.builder_.add_func(func, _func_name(plan.kernel))
+        args = [x, *(relax.const(w) for w in kernel.weights)]
+        if epilogue.kernel.bias:  # one per output channel
             args.append(relax.const(np.ascontiguousarray(epilogue.bias, dtype="float32")))
-        y_shape = (1, m, n) if plan.nm is None and knobs.variant == "m" else (m, n)
-        y = relax.call_tir(gv, args, out_ty=relax.TensorType(y_shape, "float32"))
-        if list(y_shape) == list(out_shape):
+        y = relax.call_tir(gv, args, out_ty=relax.TensorType(kernel.y_shape, "float32"))
+        if not self.kernels.views_always and list(kernel.y_shape) == list(out_shape):
             return y
         return relax.op.reshape(self._emit(y, "sparse"), out_shape)
-
-    def _conv2d(self, x, geom: Conv2DGeometry, out_shape, weight, plan: Plan, fused: Epilogue,
-                bias: np.ndarray | None) -> relax.Expr:  # fmt: skip
-        n, k = weight.shape
-        oh, ow = geom.out_hw
-        hw = oh * ow
-        if geom.is_pointwise:
-            cols = self._emit(relax.op.reshape(x, (geom.batch, k, hw)), "cols")
-        else:
-            gv_col = self.builder_.add_func(im2col(geom), "im2col")
-            cols = self._emit(
-                relax.call_tir(
-                    gv_col, [x], out_ty=relax.TensorType((geom.batch, k, hw), "float32")
-                ),
-                "cols",
-            )
-        knobs = self.knobs.resolve(
-            plan.block, hw, n, batch=geom.batch, x_layout="KM", y_layout="NM"
-        )
-        bsr = to_bsr(weight, plan.block, row_multiple=knobs.group, nonempty=True)
-        layouts = {"batch": geom.batch, "x_layout": "KM", "y_layout": "NM"}
-        func = bsr_matmul(hw, k, n, plan.block, bsr.nnzb, bsr.block_rows, knobs=knobs,
-                          epilogue=fused, **layouts)  # fmt: skip
-        func = func.with_attr(FLOPS_ATTR, 2 * geom.batch * hw * int(bsr.data.size))
-        gv = self.builder_.add_func(func, _func_name(plan.kernel))
-        args = [cols, relax.const(bsr.data), relax.const(bsr.indices), relax.const(bsr.indptr)]
-        if fused.bias:  # one per output channel: a row of the NM output
-            args.append(relax.const(np.ascontiguousarray(bias, dtype="float32")))
-        y = self._emit(
-            relax.call_tir(gv, args, out_ty=relax.TensorType((geom.batch, n, hw), "float32")),
-            "sparse",
-        )
-        return relax.op.reshape(y, out_shape)
-
-    def _cuda_matmul(self, x, out_shape, weight: np.ndarray, m: int, plan: Plan) -> relax.Expr:
-        n, k = weight.shape
-        x3 = self._emit(relax.op.reshape(x, (1, m, k)), "x3d")
-        if plan.nm is not None:
-            mat = to_nm(weight, plan.nm)
-            func = cuda_nm_matmul(m, k, n, plan.nm, mat.values.shape[0], knobs=self.cuda_knobs)
-            stored = int(mat.values.size)
-            args = [x3, relax.const(mat.values), relax.const(nm_group_offsets(mat))]
-        else:
-            bsr = to_bsr(weight, plan.block, row_multiple=1, nonempty=True)
-            func = cuda_bsr_matmul(
-                m, k, n, plan.block, bsr.nnzb, bsr.block_rows, knobs=self.cuda_knobs
-            )
-            stored = int(bsr.data.size)
-            args = [x3, relax.const(bsr.data), relax.const(bsr.indices), relax.const(bsr.indptr)]
-        gv = self.builder_.add_func(
-            func.with_attr(FLOPS_ATTR, 2 * m * stored), _func_name(plan.kernel)
-        )
-        y = self._emit(
-            relax.call_tir(gv, args, out_ty=relax.TensorType((1, m, n), "float32")), "sparse"
-        )
-        return relax.op.reshape(y, out_shape)
-
-    def _cuda_pointwise_conv2d(self, x, x_shape, out_shape, weight: np.ndarray, plan: Plan):
-        n, k = weight.shape
-        batch, _, height, width = x_shape
-        hw = height * width
-        cols = self._emit(relax.op.reshape(x, (batch, k, hw)), "cols")
-        bsr = to_bsr(weight, plan.block, row_multiple=1, nonempty=True)
-        layouts = {"batch": batch, "x_layout": "KM", "y_layout": "NM"}
-        func = cuda_bsr_matmul(hw, k, n, plan.block, bsr.nnzb, bsr.block_rows,
-                               knobs=self.cuda_knobs, **layouts)  # fmt: skip
-        func = func.with_attr(FLOPS_ATTR, 2 * batch * hw * int(bsr.data.size))
-        gv = self.builder_.add_func(func, _func_name(plan.kernel))
-        args = [cols, relax.const(bsr.data), relax.const(bsr.indices), relax.const(bsr.indptr)]
-        y = self._emit(
-            relax.call_tir(gv, args, out_ty=relax.TensorType((batch, n, hw), "float32")), "sparse"
-        )
-        return relax.op.reshape(y, out_shape)
 
 
 def _func_name(kernel: str) -> str:

@@ -17,6 +17,7 @@ from ..kernels.winograd_conv2d import (
     winograd_conv2d,
     winograd_weight,
 )
+from ..targets.backend import backend_of
 from ..targets.facts import num_cores
 from ._bindings import function_bindings
 from .collect_report import DECISIONS_ATTR
@@ -234,7 +235,8 @@ class RewriteToWinograd:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         target = self.target or Target.current(allow_none=True)
-        if target is None or target.kind.name != "llvm":
+        backend = backend_of(target, allow_none=True)
+        if backend is None or not backend.winograd:
             return mod
         knobs = self.knobs or WinogradKnobs.for_target(target)
         rewriter = _WinogradRewriter(mod, target, knobs, self.layer_timer)

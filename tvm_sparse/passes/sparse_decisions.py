@@ -1,14 +1,13 @@
 """Which kernel a pruned CPU layer runs, and why: the sparsity config a user gives, the cost
 model's estimate, and a measurement of the layer's candidates on this machine (GPU targets:
-:mod:`.gpu_sparse_rule`). :class:`~tvm_sparse.passes.RewriteToSparse` asks here for every
-layer and builds what the returned :class:`Plan` names.
+:mod:`.gpu_sparse_rule`). :class:`~tvm_sparse.passes.RewriteToSparse` asks
+:class:`CPUDecisions` for every layer and builds what the returned :class:`Plan` names.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,18 +20,12 @@ from ..kernels.formats import to_bsr, to_nm
 from ..kernels.nm_matmul import nm_matmul_kernel_name
 from ..kernels.sparse_conv2d import Conv2DGeometry
 from ..kernels.winograd_conv2d import winograd_applies
+from ..targets.backend import backend_of
 from ..targets.facts import vector_lanes
 from .detect_sparsity import WeightSparsity
+from .sparsity_config import SparsityConfig
 
-__all__ = [
-    "CHOICES",
-    "LayerChoice",
-    "Plan",
-    "SparsityConfig",
-    "TableCheck",
-    "decide",
-    "measured",
-]
+__all__ = ["CPUDecisions", "Plan", "TableCheck", "decide", "measured"]
 
 
 #: Effective bandwidth of im2col's copy for the cost model: half the memory bandwidth that
@@ -46,98 +39,6 @@ WINOGRAD_SPEEDUP = 2.2
 
 #: Block shapes ``"auto"`` always weighs besides the detected one: the vector-friendly rows.
 _ROW_BLOCKS = ((16, 1), (8, 1))
-
-CHOICES = ("auto", "dense", "bsr", "bsr:RxC", "unstructured", "nm", "nm:N:M")
-
-
-@dataclass(frozen=True)
-class LayerChoice:
-    """What to do with one layer: ``kind`` in auto/dense/bsr/nm, optionally a fixed shape."""
-
-    kind: str = "auto"
-    block: tuple[int, int] | None = None
-    nm: tuple[int, int] | None = None
-
-    @classmethod
-    def parse(cls, value: str | LayerChoice, *, key: str = "sparsity") -> LayerChoice:
-        if isinstance(value, LayerChoice):
-            return value
-        text = str(value).strip().lower()
-        try:
-            if text in ("auto", "dense", "bsr", "nm"):
-                return cls(kind=text)
-            if text in ("unstructured", "csr"):
-                return cls(kind="bsr", block=(1, 1))
-            if text.startswith("bsr:"):
-                r, c = text[4:].split("x")
-                block = (int(r), int(c))
-                if min(block) < 1:
-                    raise ValueError
-                return cls(kind="bsr", block=block)
-            if text.startswith("nm:"):
-                n, m = text[3:].split(":")
-                pair = (int(n), int(m))
-                if not 0 < pair[0] <= pair[1]:
-                    raise ValueError
-                return cls(kind="nm", nm=pair)
-        except ValueError:
-            pass
-        raise ValueError(
-            f"{key}: unknown sparsity choice {value!r}; choose one of {', '.join(CHOICES)}"
-        )
-
-
-@dataclass(frozen=True)
-class SparsityConfig:
-    """Validated per-layer sparsity configuration of :class:`RewriteToSparse`.
-
-    Parameters
-    ----------
-    default : LayerChoice
-        Choice for layers not named in ``layers``.
-    layers : Mapping[str, LayerChoice]
-        Binding name (as in ``"tvm_sparse.weights"``) -> choice.
-    min_speedup : float
-        ``"auto"`` goes sparse only when the model estimates at least this speedup.
-    """
-
-    default: LayerChoice = field(default_factory=LayerChoice)
-    layers: Mapping[str, LayerChoice] = field(default_factory=dict)
-    min_speedup: float = 1.1
-
-    @classmethod
-    def from_arg(cls, sparsity: Any) -> SparsityConfig:
-        """Build from ``"auto"``, ``"off"``, a ``{name: choice}`` dict or a config."""
-        if isinstance(sparsity, SparsityConfig):
-            return sparsity
-        if sparsity is None or sparsity == "auto":
-            return cls()
-        if sparsity == "off":
-            return cls(default=LayerChoice("dense"))
-        if isinstance(sparsity, str):
-            return cls(default=LayerChoice.parse(sparsity))
-        if isinstance(sparsity, Mapping):
-            layers = {}
-            default = LayerChoice()
-            for key, value in sparsity.items():
-                if not isinstance(key, str):
-                    raise ValueError(f"sparsity: layer names must be strings, got {key!r}")
-                choice = LayerChoice.parse(value, key=f"sparsity[{key!r}]")
-                if key == "*":
-                    default = choice
-                else:
-                    layers[key] = choice
-            return cls(default=default, layers=layers)
-        raise ValueError(
-            f"sparsity must be 'auto', 'off', a dict of layer choices or a SparsityConfig, "
-            f"got {sparsity!r}"
-        )
-
-    def choice_for(self, name: str) -> LayerChoice:
-        return self.layers.get(name, self.default)
-
-
-# -- decisions --------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -191,7 +92,8 @@ def _kernel_key(calibration: Calibration, block: tuple[int, int]) -> str:
 
 def runs_as_winograd(geom: Conv2DGeometry, out_channels: int, target: Target) -> bool:
     """Whether the dense form of this conv would be a ``winograd_conv2d`` on ``target``."""
-    if target.kind.name != "llvm":
+    backend = backend_of(target, allow_none=True)
+    if backend is None or not backend.winograd:
         return False
     in_shape = (geom.batch, geom.height, geom.width, geom.channels)
     weight_shape = (*geom.kernel, geom.channels, out_channels)
@@ -411,3 +313,63 @@ def conforms_to_nm(weight: np.ndarray, nm: tuple[int, int]) -> bool:
     except ValueError:
         return False
     return True
+
+
+class CPUDecisions:
+    """The CPU chooser of :class:`~tvm_sparse.passes.RewriteToSparse`: per layer, the table's
+    plan (:func:`decide`), replaced by timing the candidates where a ``layer_timer`` is given
+    and the layer is ``"auto"`` (:func:`measured`)."""
+
+    def __init__(
+        self, target: Target, config: SparsityConfig, calibration: Calibration, layer_timer: Any
+    ) -> None:
+        self.target = target
+        self.config = config
+        self.calibration = calibration
+        self.layer_timer = layer_timer
+        self.check = TableCheck()  # the table against the layers measured in this compile
+
+    def _measures(self, name: str) -> bool:
+        return self.layer_timer is not None and self.config.choice_for(name).kind == "auto"
+
+    def matmul(
+        self, name: str, info: WeightSparsity, weight: np.ndarray, m: int, epilogue_ops=()
+    ) -> Plan:
+        """The plan of a matmul of ``m`` rows (leading batch dims folded in), timed with the
+        bias add and activation ``epilogue_ops`` that follow it."""
+        plan = decide(name, info, weight, "matmul", m, self.config, self.calibration)
+        if self._measures(name):
+            timer = self.layer_timer
+            measure = lambda c: timer.matmul((m, weight.shape[1]), weight, c, epilogue_ops)  # noqa: E731
+            plan = measured(plan, info, weight, m, self.calibration, timer, measure,
+                            check=self.check, min_speedup=self.config.min_speedup)  # fmt: skip
+        return plan
+
+    def conv2d(
+        self, name: str, info: WeightSparsity, weight: np.ndarray, geom: Conv2DGeometry
+    ) -> Plan:
+        """The plan of an NCHW conv, its weight flattened to ``(O, I*KH*KW)``."""
+        oh, ow = geom.out_hw
+        # im2col writes and the kernel reads a (K, OH*OW) copy of each image; the calibration
+        # (matmuls) does not include that traffic.
+        # The kernel runs image by image, so its rate is the one for M = OH*OW rows.
+        copy_bytes = 0 if geom.is_pointwise else 8 * weight.shape[1] * oh * ow
+        winograd = runs_as_winograd(geom, weight.shape[0], self.target)
+        plan = decide(
+            name, info, weight, "conv2d", oh * ow, self.config, self.calibration,
+            overhead_s=copy_bytes / IM2COL_BYTES_PER_S,
+            dense_speedup=WINOGRAD_SPEEDUP if winograd else 1.0,
+        )  # fmt: skip
+        if self._measures(name):
+            timer = self.layer_timer
+            x_shape = (geom.batch, geom.channels, geom.height, geom.width)
+            oihw = weight.reshape(weight.shape[0], geom.channels, *geom.kernel)
+            measure = lambda c: timer.conv2d(  # noqa: E731
+                x_shape, oihw, strides=geom.strides, padding=geom.padding,
+                dilation=geom.dilation, candidates=c,
+            )  # fmt: skip
+            plan = measured(
+                plan, info, weight, oh * ow, self.calibration, timer, measure, op="conv2d",
+                check=self.check, min_speedup=self.config.min_speedup,
+            )  # fmt: skip
+        return plan

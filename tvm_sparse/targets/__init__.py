@@ -1,5 +1,7 @@
-"""Targets as data: presets per device, resolved into TVM targets."""
+"""Targets as data: presets per device, resolved into TVM targets, and the backend of each
+target family."""
 
+from .backend import Backend, backend_of
 from .host import (
     available_cores,
     host_cpu_features,
@@ -17,7 +19,9 @@ from .presets import (
 )
 
 __all__ = [
+    "Backend",
     "available_cores",
+    "backend_of",
     "PruningDefaults",
     "TargetPreset",
     "get_preset",

@@ -16,6 +16,8 @@ from functools import cache
 
 from tvm.target import Target, codegen
 
+from .backend import CPU, backend_of
+
 __all__ = [
     "host_clock_ghz",
     "host_cpu_features",
@@ -126,7 +128,7 @@ def host_cpu_features() -> frozenset[str]:
 
 
 def _compute_missing(target: Target) -> tuple[str, ...]:
-    if target.kind.name != "llvm":
+    if backend_of(target, allow_none=True) is not CPU:
         # Not CPU code at all (cuda...): the kind is what this host lacks.
         return (target.kind.name,)
     arch = target_arch(target)

@@ -6,12 +6,14 @@ reuses it; the rest are registered here, in one place.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 from dataclasses import dataclass, field
 from typing import Any
 
 from tvm.target import Target, codegen
 
+from .backend import backend_of
 from .host import (
     available_cores,
     is_host_target,  # noqa: F401  (its home before host.py; kept importable)
@@ -67,6 +69,8 @@ class TargetPreset:
         The C++ compiler that links an exported library for the device; ``None`` for the host.
     pruning : PruningDefaults
         The pattern that suits the hardware.
+    extra : dict
+        Anything else a caller keeps with the preset.
     """
 
     name: str
@@ -74,7 +78,6 @@ class TargetPreset:
     target: dict[str, Any] | str | Target | None
     cross_compiler: str | None
     pruning: PruningDefaults
-    family: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def tvm_target(self) -> Target:
@@ -174,7 +177,6 @@ for _preset in [
         "nvidia/jetson-orin-nano",
         _AARCH64_CXX,
         _AMPERE_PRUNING,
-        family="gpu",
     ),
     TargetPreset(
         "jetson-agx-orin",
@@ -182,7 +184,6 @@ for _preset in [
         "nvidia/jetson-agx-orin-64gb",
         _AARCH64_CXX,
         _AMPERE_PRUNING,
-        family="gpu",
     ),
     TargetPreset(
         "jetson-xavier-nx",
@@ -198,7 +199,6 @@ for _preset in [
         },
         _AARCH64_CXX,
         _EDGE_PRUNING,
-        family="gpu",
     ),
 ]:
     register_preset(_preset)
@@ -224,9 +224,7 @@ def get_preset(name: str) -> TargetPreset:
         )
     preset = _PRESETS[name]
     if preset.target is None:
-        preset = TargetPreset(
-            preset.name, preset.description, _host_x86(), None, preset.pruning, preset.family
-        )
+        preset = dataclasses.replace(preset, target=_host_x86())
     return preset
 
 
@@ -253,8 +251,11 @@ def resolve_target(target: str | dict | Target | TargetPreset) -> TargetPreset:
             f"target must be a preset name, a tvm.target.Target or a dict, not "
             f"{type(target).__name__}; presets: {', '.join(list_presets())}"
         )
-    kind = tvm_target.kind.name
-    if kind == "llvm":
+    try:
+        backend = backend_of(tvm_target)
+    except ValueError as err:
+        raise ValueError(f"{err}; presets: {', '.join(list_presets())}") from None
+    if backend.family == "cpu":
         triple = str(tvm_target.attrs.get("mtriple", "") or "")
         is_arm = triple.startswith("aarch64") or (not triple and platform.machine() == "aarch64")
         cross = (
@@ -263,18 +264,11 @@ def resolve_target(target: str | dict | Target | TargetPreset) -> TargetPreset:
             else None
         )
         pruning = _ARM_PRUNING if is_arm else _CPU_PRUNING
-        family = "cpu"
-    elif kind == "cuda":
+    else:  # cuda
         arch = str(tvm_target.attrs.get("arch", ""))
         ampere = arch.startswith("sm_") and int(arch[3:]) >= 80
         pruning = _AMPERE_PRUNING if ampere else _EDGE_PRUNING
         host = tvm_target.host
         host_triple = str(host.attrs.get("mtriple", "")) if host is not None else ""
         cross = _AARCH64_CXX if host_triple.startswith("aarch64") else None
-        family = "gpu"
-    else:
-        raise ValueError(
-            f"unsupported target kind {kind!r}: tvm_sparse compiles for 'llvm' (x86, Arm) and "
-            f"'cuda' (Jetson); presets: {', '.join(list_presets())}"
-        )
-    return TargetPreset("custom", str(tvm_target), tvm_target, cross, pruning, family)
+    return TargetPreset("custom", str(tvm_target), tvm_target, cross, pruning)

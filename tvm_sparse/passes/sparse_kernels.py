@@ -1,0 +1,141 @@
+"""The sparse kernels :class:`~tvm_sparse.passes.RewriteToSparse` emits, per target family.
+
+Given a layer's weight and the :class:`~.sparse_decisions.Plan` chosen for it, an emitter
+compresses the weight (BSR or N:M) and builds a kernel already scheduled; the rewrite adds it
+to the module and calls it, the same way for every family. CPU kernels apply the layer's bias
+and activation as they store (:class:`~tvm_sparse.kernels.epilogue.Epilogue`); the CUDA kernels
+of :mod:`tvm_sparse.kernels.gpu` take none and work on ``(1, M, K)`` activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import tirx
+from tvm.target import Target
+
+from ..kernels.bsr_matmul import BSRMatmulKnobs, bsr_matmul
+from ..kernels.epilogue import Epilogue
+from ..kernels.formats import BSRMatrix, to_bsr, to_nm
+from ..kernels.gpu import CUDATileKnobs, cuda_bsr_matmul, cuda_nm_matmul, nm_group_offsets
+from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul
+from .sparse_decisions import Plan
+
+__all__ = ["CPUSparseKernels", "CUDASparseKernels", "SparseKernel"]
+
+#: The layouts of a conv's kernel: activations ``(batch, K, OH*OW)``, outputs ``(batch, N,
+#: OH*OW)``, which are NCHW's without a copy.
+_CONV_LAYOUTS = {"x_layout": "KM", "y_layout": "NM"}
+
+
+@dataclass(frozen=True)
+class SparseKernel:
+    """A layer's kernel and what its ``call_tir`` needs.
+
+    Parameters
+    ----------
+    func : tirx.PrimFunc
+        The scheduled kernel.
+    weights : tuple[np.ndarray, ...]
+        The compressed weight arrays it takes after the activations (a bias goes last).
+    x_views : tuple[tuple[int, ...], ...]
+        Shapes a matmul's activations are reshaped through before the call, in order.
+    y_shape : tuple[int, ...]
+        The shape of its output.
+    flops : int
+        Floating-point operations it performs (stored weight values only).
+    """
+
+    func: tirx.PrimFunc
+    weights: tuple[np.ndarray, ...]
+    x_views: tuple[tuple[int, ...], ...]
+    y_shape: tuple[int, ...]
+    flops: int
+
+
+def _bsr_arrays(bsr: BSRMatrix, data: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    return (bsr.data if data is None else data, bsr.indices, bsr.indptr)
+
+
+class CPUSparseKernels:
+    """The CPU kernels (:mod:`tvm_sparse.kernels`), their knobs sized for ``target``."""
+
+    #: The kernels apply the layer's bias and activation in their stores.
+    fuses_epilogue = True
+    #: Views that keep the shape are left out.
+    views_always = False
+
+    def __init__(self, target: Target) -> None:
+        self.bsr_knobs = BSRMatmulKnobs.for_target(target)
+        self.nm_knobs = NMMatmulKnobs.for_target(target)
+
+    def matmul(self, weight: np.ndarray, m: int, plan: Plan, epilogue: Epilogue) -> SparseKernel:
+        """``x (m, k) @ weight.T``; leading batch dims of ``x`` are folded into ``m``."""
+        n, k = weight.shape
+        if plan.nm is not None:
+            knobs = self.nm_knobs.resolve(m, n, plan.nm)
+            mat = to_nm(weight, plan.nm, row_multiple=knobs.group)
+            func = nm_matmul(m, k, n, plan.nm, mat.values.shape[0], knobs=knobs, epilogue=epilogue)
+            flops = 2 * m * int(mat.values.size)
+            return SparseKernel(func, (mat.values, mat.columns), ((m, k),), (m, n), flops)
+        knobs = self.bsr_knobs.resolve(plan.block, m, n)
+        bsr = to_bsr(weight, plan.block, row_multiple=knobs.group, nonempty=True)
+        func = bsr_matmul(
+            m, k, n, plan.block, bsr.nnzb, bsr.block_rows, knobs=knobs, epilogue=epilogue
+        )
+        weights = _bsr_arrays(bsr, bsr.data_cr() if knobs.variant == "rows" else None)
+        if knobs.variant == "m":  # takes a batch of activation matrices: a batch of one
+            views, y_shape = ((m, k), (1, m, k)), (1, m, n)
+        else:
+            views, y_shape = ((m, k),), (m, n)
+        return SparseKernel(func, weights, views, y_shape, 2 * m * int(bsr.data.size))
+
+    def conv2d(
+        self, weight: np.ndarray, batch: int, hw: int, plan: Plan, epilogue: Epilogue
+    ) -> SparseKernel:
+        """The BSR kernel of an NCHW conv, its weight flattened to ``(O, I*KH*KW)``, on the
+        ``(batch, I*KH*KW, OH*OW)`` columns of its activations."""
+        n, k = weight.shape
+        knobs = self.bsr_knobs.resolve(plan.block, hw, n, batch=batch, **_CONV_LAYOUTS)
+        bsr = to_bsr(weight, plan.block, row_multiple=knobs.group, nonempty=True)
+        func = bsr_matmul(hw, k, n, plan.block, bsr.nnzb, bsr.block_rows, knobs=knobs,
+                          epilogue=epilogue, batch=batch, **_CONV_LAYOUTS)  # fmt: skip
+        flops = 2 * batch * hw * int(bsr.data.size)
+        return SparseKernel(func, _bsr_arrays(bsr), (), (batch, n, hw), flops)
+
+
+class CUDASparseKernels:
+    """The CUDA kernels (:mod:`tvm_sparse.kernels.gpu`) with their default tiles."""
+
+    #: The kernels take no bias or activation: those stay Relax ops that ``FuseOps`` fuses.
+    fuses_epilogue = False
+    #: Activations always go through a ``(1, M, K)`` view and the output through one back.
+    views_always = True
+
+    def __init__(self, target: Target) -> None:
+        self.knobs = CUDATileKnobs()
+
+    def matmul(self, weight: np.ndarray, m: int, plan: Plan, epilogue: Epilogue) -> SparseKernel:
+        """``x (1, m, k) @ weight.T``; ``epilogue`` is always plain (no fused epilogue)."""
+        n, k = weight.shape
+        if plan.nm is not None:
+            mat = to_nm(weight, plan.nm)
+            func = cuda_nm_matmul(m, k, n, plan.nm, mat.values.shape[0], knobs=self.knobs)
+            weights, stored = (mat.values, nm_group_offsets(mat)), int(mat.values.size)
+        else:
+            bsr = to_bsr(weight, plan.block, row_multiple=1, nonempty=True)
+            func = cuda_bsr_matmul(m, k, n, plan.block, bsr.nnzb, bsr.block_rows, knobs=self.knobs)
+            weights, stored = _bsr_arrays(bsr), int(bsr.data.size)
+        return SparseKernel(func, weights, ((1, m, k),), (1, m, n), 2 * m * stored)
+
+    def conv2d(
+        self, weight: np.ndarray, batch: int, hw: int, plan: Plan, epilogue: Epilogue
+    ) -> SparseKernel:
+        """The BSR kernel of a 1x1, stride-1, unpadded NCHW conv."""
+        n, k = weight.shape
+        bsr = to_bsr(weight, plan.block, row_multiple=1, nonempty=True)
+        func = cuda_bsr_matmul(hw, k, n, plan.block, bsr.nnzb, bsr.block_rows,
+                               knobs=self.knobs, batch=batch, **_CONV_LAYOUTS)  # fmt: skip
+        flops = 2 * batch * hw * int(bsr.data.size)
+        return SparseKernel(func, _bsr_arrays(bsr), (), (batch, n, hw), flops)
