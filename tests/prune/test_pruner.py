@@ -381,3 +381,13 @@ def test_physical_needs_channel_pattern():
     model, x = zoo.make("mlp")
     with pytest.raises(ValueError, match="physical=True"):
         prune(model, x, pattern="unstructured", physical=True)
+
+
+def test_prune_names_an_unknown_option():
+    model, x = zoo.make("mlp")
+    with pytest.raises(TypeError, match="'spasity'.*valid options are.*physical.*sparsity"):
+        prune(model, x, pattern="channel", spasity=0.5)
+    with pytest.raises(TypeError, match="takes no 'schedule': use a Pruner"):
+        prune(model, x, pattern="channel", schedule="cubic")
+    with pytest.raises(TypeError, match="'spasity'"):
+        Pruner(model, x, pattern="channel", spasity=0.5)

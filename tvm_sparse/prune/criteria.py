@@ -1,13 +1,27 @@
-"""Importance criteria: a score per weight, from which schemes and groups rank what to prune."""
+"""Importance criteria: a score per weight, from which schemes and groups rank what to prune.
+
+The Taylor criterion reads the gradients of calibration batches (:func:`calibration_gradients`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
-__all__ = ["CRITERIA", "Criterion", "MagnitudeCriterion", "TaylorCriterion", "make_criterion"]
+from tvm_sparse.prune.config import as_inputs
+
+__all__ = [
+    "CRITERIA",
+    "Criterion",
+    "MagnitudeCriterion",
+    "TaylorCriterion",
+    "calibration_gradients",
+    "make_criterion",
+]
 
 
 @dataclass(frozen=True)
@@ -79,3 +93,48 @@ def make_criterion(criterion: str | Criterion) -> Criterion:
     if isinstance(criterion, str) and criterion.lower() in CRITERIA:
         return CRITERIA[criterion.lower()]
     raise ValueError(f"unknown criterion {criterion!r}: choose one of {', '.join(CRITERIA)}")
+
+
+def calibration_gradients(
+    model: nn.Module,
+    tensors: dict[str, torch.Tensor],
+    data: Iterable,
+    loss_fn: Callable[[torch.Tensor, Any], torch.Tensor],
+    report: Callable[[int], None],
+) -> dict[str, torch.Tensor]:
+    """The gradients of ``loss_fn`` summed over the ``(inputs, targets)`` batches of ``data``.
+
+    Parameters
+    ----------
+    tensors : dict[str, torch.Tensor]
+        The trainable tensors whose gradients are returned, by name.
+    report : Callable[[int], None]
+        Called with the number of batches done.
+
+    Raises
+    ------
+    ValueError
+        If ``data`` yields no batch, or something else than ``(inputs, targets)`` pairs.
+    """
+    # Leave the user's gradients as they were: an optimizer step may be pending.
+    saved = [(p, p.grad) for p in model.parameters()]
+    for p, _ in saved:
+        p.grad = None
+    batches = 0
+    for batch in data:
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ValueError("data must yield (inputs, targets) pairs for the Taylor criterion")
+        inputs, targets = batch
+        outputs = model(*as_inputs(inputs))
+        loss_fn(outputs, targets).backward()
+        batches += 1
+        report(batches)
+    if batches == 0:
+        raise ValueError("data yielded no batches for the Taylor criterion")
+    grads = {
+        fqn: torch.zeros_like(t) if t.grad is None else t.grad.detach().clone()
+        for fqn, t in tensors.items()
+    }
+    for p, grad in saved:
+        p.grad = grad
+    return grads

@@ -1,24 +1,15 @@
 """Coupled channel groups, found once with Torch-Pruning's DepGraph and kept as plain data.
 
-Torch-Pruning traces the model and, for a channel of one layer, returns the group of every layer
-coupled to it (through batch norm, residual adds, concatenation, depthwise and grouped
-convolutions). This module turns each group into :class:`ChannelGroup`: for every parameter the
-group touches, a *channel map* tensor with the parameter's shape that names, for each element,
-the group channel it belongs to (or ``-1``). Masks and scores then are two gathers:
+Each group Torch-Pruning returns becomes a :class:`ChannelGroup`: for every parameter it touches,
+a *channel map* of the parameter's shape naming each element's group channel (or ``-1``), so a
+mask is ``keep[channel_map]`` and a channel's score a ``scatter_add`` over it. Channel maps also
+cover what zeroing needs and physical removal does not: a grouped convolution's input columns and
+attention heads (:func:`find_attention_groups`; Torch-Pruning handles the heads of
+``nn.MultiheadAttention`` only, and only when removing them).
 
-* ``mask = keep[channel_map]`` zeroes every element of a pruned channel across the group;
-* ``scores.scatter_add(channel_map, weight_scores)`` sums a criterion per channel.
-
-A channel map expresses what Torch-Pruning's index mappings do, plus what zeroing needs and
-physical removal does not: a grouped convolution's input columns (channel ``c`` of a ``g``-group
-conv lives in column ``c % (C/g)`` of the rows of group ``c // (C/g)``) and attention heads
-(:func:`find_attention_groups`), which are added here because Torch-Pruning only handles heads of
-``nn.MultiheadAttention`` when removing them physically.
-
-Groups that zeroing cannot prune exactly are kept out, with the reason recorded: channels that
-reach the model's output or mix with a tensor the graph does not own (a model input added to a
-residual), and channels normalised by LayerNorm or GroupNorm (zeroing them would still change
-the statistics of the other channels).
+Groups that zeroing cannot prune exactly are kept out, with the reason: channels that reach the
+model's output or mix with a tensor the graph does not own (a model input added to a residual),
+and channels normalised by LayerNorm or GroupNorm (zeroing them still changes the statistics).
 """
 
 from __future__ import annotations

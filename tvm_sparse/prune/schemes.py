@@ -36,6 +36,16 @@ def check_sparsity(sparsity: Any, *, name: str = "sparsity") -> float:
     return float(sparsity)
 
 
+def _check_options(cls: type[SparsityScheme], options: dict[str, Any]) -> None:
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"option {unknown[0]!r} does not apply to the {cls.name!r} pattern: "
+            f"valid options are {fields or 'none'}"
+        )
+
+
 def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -58,13 +68,7 @@ class SparsityScheme:
         ValueError
             If an option is not a field of this scheme; the message lists the fields.
         """
-        fields = [f.name for f in dataclasses.fields(self)]
-        unknown = sorted(set(options) - set(fields))
-        if unknown:
-            raise ValueError(
-                f"option {unknown[0]!r} does not apply to the {self.name!r} pattern: "
-                f"valid options are {fields or 'none'}"
-            )
+        _check_options(type(self), options)
         return dataclasses.replace(self, **options)
 
     def options(self) -> dict[str, Any]:
@@ -259,11 +263,5 @@ def make_scheme(pattern: str | SparsityScheme, **options: Any) -> SparsityScheme
         options.setdefault("n", n_m[0])
         options.setdefault("m", n_m[1])
     cls = SPARSITY_SCHEMES[name]
-    fields = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(options) - set(fields))
-    if unknown:
-        raise ValueError(
-            f"option {unknown[0]!r} does not apply to the {name!r} pattern: "
-            f"valid options are {fields or 'none'}"
-        )
+    _check_options(cls, options)
     return cls(**options)
