@@ -20,7 +20,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from tvm_sparse.kernels._measure import block_mask, nm_mask
+from tvm_sparse.measure import block_mask, nm_mask
 from tvm_sparse.pipeline import pipeline
 from tvm_sparse.runtime.runner import Runner
 from tvm_sparse.static_throughput import assembly, core_of, find_llvm_mca, kernel_throughput

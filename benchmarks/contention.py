@@ -40,7 +40,7 @@ import torch
 
 import tvm_sparse
 from tvm_sparse.baselines import onnxruntime_runner
-from tvm_sparse.kernels._measure import block_mask
+from tvm_sparse.measure import block_mask
 
 try:  # run as a script (python benchmarks/contention.py) or imported as benchmarks.contention
     from architectures import MobileNetV2, ResNet18, randomize_batch_norm

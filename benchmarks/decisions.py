@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 import tvm_sparse
-from tvm_sparse.kernels._measure import block_mask, nm_mask
+from tvm_sparse.measure import block_mask, nm_mask
 from tvm_sparse.timing import TimingPolicy, compare
 
 try:  # run as a script (python benchmarks/decisions.py) or imported as benchmarks.decisions

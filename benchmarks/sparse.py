@@ -25,7 +25,7 @@ import torch
 import tvm_sparse
 from tvm_sparse.baselines import onnxruntime_runner, time_callable, time_torch
 from tvm_sparse.compiled_model import use_all_cores
-from tvm_sparse.kernels._measure import block_mask
+from tvm_sparse.measure import block_mask
 from tvm_sparse.targets import get_preset
 
 try:  # run as a script (python benchmarks/sparse.py) or imported as benchmarks.sparse

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import tvm_sparse
-from tvm_sparse.kernels._measure import block_mask
+from tvm_sparse.measure import block_mask
 
 try:  # run as a script (python benchmarks/tuning.py) or imported as benchmarks.tuning
     from architectures import BasicBlock, InvertedResidual, randomize_batch_norm

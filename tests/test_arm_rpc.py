@@ -139,7 +139,8 @@ def test_winograd_convs_run_on_arm_over_rpc(arm_session):
 @pytest.mark.arm
 def test_a_table_calibrated_over_rpc_decides_arm_compiles(arm_session, tmp_path, monkeypatch):
     # The emulated device proves the path (build here, run there, store, decide), not the rates.
-    from tvm_sparse.kernels import calibrate, default_cache_path, load_calibration
+    from tvm_sparse.kernels import default_cache_path, load_calibration
+    from tvm_sparse.measure import calibrate
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     lines = []
@@ -166,7 +167,7 @@ def test_a_table_calibrated_over_rpc_decides_arm_compiles(arm_session, tmp_path,
 
 @pytest.mark.arm
 def test_a_compile_times_its_layers_on_the_board(arm_session, tmp_path, monkeypatch):
-    from tvm_sparse.kernels import calibrate_host
+    from tvm_sparse.measure import calibrate_host
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(calibrate_host, "QUICK_GRID", {"ms": (8,), "blocks": ((16, 1),),

@@ -83,7 +83,8 @@ def test_targets_lists_presets(capsys):
 
 
 def test_calibrate_measures_this_machine(tmp_path, monkeypatch, capsys):
-    from tvm_sparse.kernels import calibrate_host, load_calibration
+    from tvm_sparse.kernels import load_calibration
+    from tvm_sparse.measure import calibrate_host
     from tvm_sparse.targets import resolve_target
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

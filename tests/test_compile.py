@@ -12,7 +12,7 @@ import tvm
 import zoo
 
 import tvm_sparse
-from tvm_sparse.kernels._measure import block_mask
+from tvm_sparse.measure import block_mask
 
 RTOL, ATOL = 1e-4, 1e-4
 

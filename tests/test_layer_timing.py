@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import tvm_sparse
-from tvm_sparse.kernels import calibrate_host, default_cache_path
-from tvm_sparse.kernels._measure import block_mask
+from tvm_sparse.kernels import default_cache_path
 from tvm_sparse.layer_timing import LayerTimer
+from tvm_sparse.measure import block_mask, calibrate_host
 from tvm_sparse.targets import get_preset
 from tvm_sparse.timing import TimingPolicy
 
@@ -49,7 +49,7 @@ def test_times_are_cached_per_weight_pattern(timer, tmp_path):
 
 
 def test_n_m_layers_of_one_shape_share_a_measurement(timer):
-    from tvm_sparse.kernels._measure import nm_mask
+    from tvm_sparse.measure import nm_mask
 
     rng = np.random.default_rng(1)
     masks = [nm_mask(64, 128, (2, 4), rng) for _ in range(2)]

@@ -10,7 +10,7 @@ import tvm
 from tvm import relax
 
 import tvm_sparse
-from tvm_sparse.kernels._measure import block_mask
+from tvm_sparse.measure import block_mask
 from tvm_sparse.pipeline import pipeline
 from tvm_sparse.static_throughput import (
     _functions,

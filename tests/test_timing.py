@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import tvm_sparse
-from tvm_sparse.kernels._measure import block_mask
+from tvm_sparse.measure import block_mask
 from tvm_sparse.timing import TimingPolicy, compare
 
 
@@ -62,7 +62,7 @@ def test_between_candidates_within_the_margin_the_first_named_wins():
 def test_busy_core_compile_makes_the_same_decisions(tmp_path, monkeypatch):
     """The compile's per-layer choices (each layer's candidates timed on this machine) and its
     speed check come out the same while another process keeps a core busy."""
-    from tvm_sparse.kernels import calibrate_host
+    from tvm_sparse.measure import calibrate_host
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     grid = {"ms": (64,), "blocks": ((16, 1), (1, 4)), "densities": (0.2, 0.5), "nm": ()}

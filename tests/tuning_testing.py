@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tvm_sparse.kernels._measure import block_mask
+from tvm_sparse.measure import block_mask
 
 
 class SparseDense(nn.Module):

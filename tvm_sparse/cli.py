@@ -140,8 +140,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .kernels import calibrate, default_cache_path
-    from .kernels.calibrate_host import QUICK_GRID
+    from .kernels import default_cache_path
+    from .measure import calibrate
+    from .measure.calibrate_host import QUICK_GRID
     from .targets import resolve_target
 
     target = resolve_target(args.target).tvm_target()

@@ -11,8 +11,8 @@ import tvm
 
 from .compiled_model import CompiledModel, use_all_cores
 from .frontend import import_model
-from .kernels.calibrate_host import calibrate_on_first_use
 from .layer_timing import LayerTimer
+from .measure import calibrate_on_first_use
 from .pipeline import pipeline
 from .report import CompileReport
 from .runtime import ThreadConfig
@@ -89,7 +89,7 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
         kernels alone and timing them on this machine (:mod:`tvm_sparse.layer_timing`; cached,
         so a second compile reads the times back), before the calibration table; where this
         machine has no calibration table yet, measure a quick one first
-        (:func:`tvm_sparse.kernels.calibrate_on_first_use`, with progress on stderr). By
+        (:func:`tvm_sparse.measure.calibrate_on_first_use`, with progress on stderr). By
         default on where the target runs here or ``rpc`` is given
         (``TVM_SPARSE_MEASURE_LAYERS=0`` turns the default off).
     rpc : tvm.rpc.RPCSession | str, optional
@@ -171,7 +171,7 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
         if calibrated is not None:
             report.notes.append(
                 f"measured a calibration table for {timer.runner.name} in {calibrated_s:.0f} s "
-                "(first use; cached, tvm_sparse.kernels.calibrate measures the full grid)"
+                "(first use; cached, tvm_sparse.measure.calibrate measures the full grid)"
             )
         if timer is not None and timer.measured:
             report.notes.append(

@@ -8,13 +8,14 @@ import os
 import warnings
 from typing import Any
 
-import numpy as np
 import tvm
 from tvm import relax
 
+from ._version import __version__
 from .frontend import InputSpec
 from .report import CompileReport
 from .runtime import threading as runtime_threads
+from .runtime.model_io import check_inputs, convert_outputs, time_vm_main, to_tvm_tensors
 from .runtime.threading import ThreadConfig
 from .targets import TargetPreset, is_host_target, missing_host_features, resolve_target
 
@@ -70,7 +71,6 @@ class CompiledModel:
         self._device = device
         self._vm: relax.VirtualMachine | None = None
         self._main: Any = None
-        self._treespec: Any = None
 
     @property
     def target(self) -> tvm.target.Target:
@@ -125,26 +125,8 @@ class CompiledModel:
         return module
 
     def _convert_inputs(self, args: tuple) -> tuple[list[tvm.runtime.Tensor], bool]:
-        if len(args) != len(self.inputs):
-            expected = ", ".join(s.describe() for s in self.inputs)
-            raise TypeError(
-                f"the model takes {len(self.inputs)} inputs ({expected}), got {len(args)}"
-            )
-        as_torch = False
-        converted = []
-        symbols: dict[str, int] = {}
-        for arg, spec in zip(args, self.inputs, strict=True):
-            if type(arg).__module__.startswith("torch"):
-                as_torch = True
-                arg = arg.detach().cpu().numpy()
-            if not isinstance(arg, np.ndarray):
-                raise TypeError(
-                    f"input {spec.name!r} must be a numpy array or torch tensor, "
-                    f"not {type(arg).__name__}"
-                )
-            _check_input(arg, spec, symbols)
-            converted.append(_to_tvm(np.ascontiguousarray(arg), self.vm_device))
-        return converted, as_torch
+        arrays, as_torch = check_inputs(args, self.inputs)
+        return to_tvm_tensors(arrays, self.vm_device), as_torch
 
     @property
     def vm_device(self) -> tvm.runtime.Device:
@@ -156,16 +138,7 @@ class CompiledModel:
         runtime_threads.configure(self.threads)
         if self._main is None:  # looked up once: a lookup per call costs a small model's time
             self._main = self.vm["main"]
-        result = self._main(*tensors)
-        convert = _to_torch if as_torch else _to_numpy
-        if self.output_spec is not None:
-            from torch.utils import _pytree as pytree
-
-            if self._treespec is None:
-                self._treespec = pytree.treespec_loads(self.output_spec)
-            outputs = [convert(out) for out in _flatten(result)]
-            return pytree.tree_unflatten(outputs, self._treespec)
-        return _map_structure(result, convert)
+        return convert_outputs(self._main(*tensors), self.output_spec, as_torch=as_torch)
 
     def benchmark(
         self, *args: Any, warmup: int = 3, repeat: int = 30, min_repeat_ms: float = 0
@@ -173,20 +146,9 @@ class CompiledModel:
         """Latency of one call, without Python conversion: median, min, p90 and mean in ms."""
         tensors, _ = self._convert_inputs(args)
         runtime_threads.configure(self.threads)
-        self.vm.set_input("main", *tensors)
-        for _ in range(warmup):
-            self.vm.invoke_stateful("main")
-        timer = self.vm.time_evaluator(
-            "invoke_stateful", self.vm_device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms
+        return time_vm_main(
+            self.vm, self.vm_device, tensors, warmup=warmup, repeat=repeat, min_ms=min_repeat_ms
         )
-        samples = np.array(timer("main").results) * 1e3
-        return {
-            "median_ms": float(np.median(samples)),
-            "min_ms": float(samples.min()),
-            "p90_ms": float(np.percentile(samples, 90)),
-            "mean_ms": float(samples.mean()),
-            "repeat": int(repeat),
-        }
 
     def profile(self, *args: Any, calls: int = 20) -> list[Any]:
         """Milliseconds per call of each kernel, slowest first
@@ -210,7 +172,7 @@ class CompiledModel:
             kwargs["fcompile"] = cc.cross_compiler(self.preset.cross_compiler)
         self.executable.export_library(path, **kwargs)
         meta = {
-            "tvm_sparse_version": _version(),
+            "tvm_sparse_version": __version__,
             "preset": self.preset.name,
             "target": str(self.target),
             "inputs": [[s.name, list(s.shape), s.dtype] for s in self.inputs],
@@ -249,78 +211,6 @@ def use_all_cores(target: tvm.target.Target) -> None:
     host = target.host or target
     cores = host.attrs.get("num-cores") if host.kind.name == "llvm" else None
     os.environ["TVM_NUM_THREADS"] = str(int(cores) if cores else runtime_threads.available_cores())
-
-
-def _check_input(arg: np.ndarray, spec: InputSpec, symbols: dict[str, int]) -> None:
-    if arg.dtype != spec.dtype:  # a dtype compares with its name without making a string
-        raise TypeError(
-            f"input {spec.name!r} has dtype {arg.dtype}, expected {spec.dtype}; "
-            f"convert it with .astype({spec.dtype!r})"
-        )
-    if arg.ndim != len(spec.shape):
-        raise ValueError(
-            f"input {spec.name!r} has shape {list(arg.shape)}, expected rank {len(spec.shape)} "
-            f"({spec.describe()})"
-        )
-    for axis, (got, want) in enumerate(zip(arg.shape, spec.shape, strict=True)):
-        if isinstance(want, int):
-            ok = got == want
-        else:
-            ok = symbols.setdefault(want, got) == got
-        if not ok:
-            raise ValueError(
-                f"input {spec.name!r} has shape {list(arg.shape)}: dimension {axis} is {got}, "
-                f"expected {want} ({spec.describe()}); compile with dynamic_batch=True or "
-                "dynamic_shapes for a varying size"
-            )
-
-
-#: TVM takes host memory without a copy only at this alignment.
-_ZERO_COPY_ALIGNMENT = 64
-
-
-def _to_tvm(array: np.ndarray, device: tvm.runtime.Device) -> tvm.runtime.Tensor:
-    """A contiguous array as a TVM tensor: shared with numpy where the memory allows it."""
-    if device.dlpack_device_type() == tvm.cpu().dlpack_device_type() and (
-        array.ctypes.data % _ZERO_COPY_ALIGNMENT == 0 and array.size
-    ):
-        return tvm.runtime.from_dlpack(array)
-    return tvm.runtime.tensor(array, device)
-
-
-def _to_numpy(tensor: tvm.runtime.Tensor) -> np.ndarray:
-    """The result as numpy: host tensors are shared (the array keeps them alive), not copied."""
-    if tensor.device.dlpack_device_type() == tvm.cpu().dlpack_device_type():
-        return np.from_dlpack(tensor)
-    return tensor.numpy()
-
-
-def _to_torch(tensor: tvm.runtime.Tensor) -> Any:
-    import torch
-
-    return torch.from_numpy(_to_numpy(tensor))
-
-
-def _map_structure(result: Any, convert: Any) -> Any:
-    """The VM's result with tensors converted: a tensor, or nested tuples of them."""
-    if isinstance(result, tvm.runtime.Tensor):
-        return convert(result)
-    return tuple(_map_structure(item, convert) for item in result)
-
-
-def _flatten(result: Any) -> list[Any]:
-    if isinstance(result, tvm.runtime.Tensor):
-        return [result]
-    flat = []
-    for item in result:
-        flat.extend(_flatten(item))
-    return flat
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def load(

@@ -3,7 +3,7 @@ import pytest
 import tvm
 
 from tvm_sparse.kernels import BSRMatmulKnobs, NMMatmulKnobs, bsr_matmul, nm_matmul, to_bsr, to_nm
-from tvm_sparse.kernels._measure import block_mask, nm_mask
+from tvm_sparse.measure import block_mask, nm_mask
 from tvm_sparse.targets import get_preset
 
 TARGET = get_preset("x86").tvm_target()  # the host CPU: tests run the code they build

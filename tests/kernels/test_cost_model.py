@@ -93,7 +93,7 @@ def test_decisions_name_their_evidence():
     import torch
 
     import tvm_sparse
-    from tvm_sparse.kernels._measure import block_mask
+    from tvm_sparse.measure import block_mask
 
     linear = torch.nn.Linear(256, 512, bias=False)
     mask = block_mask(512, 256, (16, 1), 0.1, np.random.default_rng(0))

@@ -14,7 +14,7 @@ from tvm_sparse.kernels import (
     to_bsr,
     to_nm,
 )
-from tvm_sparse.kernels._measure import block_mask, nm_mask
+from tvm_sparse.measure import block_mask, nm_mask
 from tvm_sparse.targets import get_preset
 
 TARGET = get_preset("x86").tvm_target()  # the host CPU: tests run the code they build

@@ -7,8 +7,8 @@ import tvm
 from tvm import relax
 
 import tvm_sparse
-from tvm_sparse.kernels._measure import block_mask, nm_mask
 from tvm_sparse.kernels.epilogue import RELU6
+from tvm_sparse.measure import block_mask, nm_mask
 from tvm_sparse.passes._epilogue import FUSED_ACTIVATIONS
 from tvm_sparse.passes.detect_sparsity import DetectSparsity
 from tvm_sparse.passes.rewrite_to_sparse import DECISIONS_ATTR, RewriteToSparse

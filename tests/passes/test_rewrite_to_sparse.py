@@ -10,7 +10,7 @@ from tvm.script import tirx as T
 
 import tvm_sparse
 from tvm_sparse.kernels import BSRMatmulKnobs, Calibration, bsr_matmul, to_bsr
-from tvm_sparse.kernels._measure import block_mask, nm_mask
+from tvm_sparse.measure import block_mask, nm_mask
 from tvm_sparse.passes.detect_sparsity import DetectSparsity
 from tvm_sparse.passes.rewrite_to_sparse import (
     DECISIONS_ATTR,

@@ -15,8 +15,8 @@ from tvm.script import tirx as T
 
 import tvm_sparse
 from tvm_sparse.kernels import to_bsr
-from tvm_sparse.kernels._measure import block_mask, nm_mask
 from tvm_sparse.kernels.gpu import CUDATileKnobs, cuda_bsr_matmul
+from tvm_sparse.measure import block_mask, nm_mask
 from tvm_sparse.passes.detect_sparsity import DetectSparsity
 from tvm_sparse.passes.rewrite_to_sparse import DECISIONS_ATTR, RewriteToSparse
 from tvm_sparse.pipeline import prepare_passes, sparsity_passes

@@ -180,7 +180,7 @@ def test_a_layer_timer_decides_each_conv_and_the_report_says_how():
 
 
 def test_a_compile_that_times_layers_matches_pytorch_either_way(tmp_path, monkeypatch):
-    from tvm_sparse.kernels import calibrate_host
+    from tvm_sparse.measure import calibrate_host
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(calibrate_host, "QUICK_GRID", {"ms": (16,), "blocks": ((16, 1),),

@@ -203,7 +203,7 @@ def test_sparse_model_holds_latency_with_a_busy_core(rows):
     import torch
 
     import tvm_sparse
-    from tvm_sparse.kernels._measure import block_mask
+    from tvm_sparse.measure import block_mask
 
     linear = torch.nn.Linear(512, 1024, bias=False)
     mask = block_mask(1024, 512, (16, 1), 0.1, np.random.default_rng(0))

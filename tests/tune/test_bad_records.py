@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import tvm_sparse
-from tvm_sparse.kernels._measure import nm_mask
+from tvm_sparse.measure import nm_mask
 from tvm_sparse.targets import resolve_target
 from tvm_sparse.tune import TuningCache, TuningCacheWarning
 from tvm_sparse.tune.autotune import _schedule_input

@@ -5,13 +5,12 @@ ones on CPUs.
 matmul kernels with their knobs, applying an ``epilogue`` (bias add, activation) as they store
 their outputs; ``sparse_conv2d`` lowers convolutions onto them;
 ``cost_model`` decides per layer whether sparse beats dense on a target, from a table that
-``calibrate_host`` measures. ``gpu`` holds the CUDA
+:mod:`tvm_sparse.measure` measures. ``gpu`` holds the CUDA
 kernels for the same formats. ``winograd_conv2d`` is the dense Winograd F(2x2, 3x3) conv that
 ``RewriteToWinograd`` puts 3x3 stride-1 convs on.
 """
 
 from .bsr_matmul import BSRMatmulKnobs, bsr_matmul, bsr_matmul_kernel_name
-from .calibrate_host import calibrate, calibrate_on_first_use
 from .cost_model import (
     Calibration,
     CalibrationWarning,
@@ -38,8 +37,6 @@ __all__ = [
     "WinogradKnobs",
     "bsr_matmul",
     "bsr_matmul_kernel_name",
-    "calibrate",
-    "calibrate_on_first_use",
     "default_cache_path",
     "im2col",
     "load_calibration",

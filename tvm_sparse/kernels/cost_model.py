@@ -14,7 +14,7 @@ A layer's time is ``flops / rate``, interpolated linearly in density and in ``lo
 ``dense_time / sparse_time >= min_speedup`` (default 1.1, a margin for the model's error).
 
 The table of one AVX-512 host ships as ``calibration/x86_avx512.json``;
-:func:`~tvm_sparse.kernels.calibrate` measures a table on this machine and stores it as a
+:func:`~tvm_sparse.measure.calibrate` measures a table on this machine and stores it as a
 cache file, one per machine (CPU model and cores), TVM and tvm_sparse version, that
 :func:`load_calibration` prefers (``compile`` measures a quick one on its first use of a
 machine). A cache file that cannot be read, is of another format version, was measured on
@@ -37,9 +37,9 @@ from typing import Any
 import tvm
 from tvm.target import Target
 
-from .. import __version__
 from .._paths import cache_root
 from ..targets.backend import CPU, backend_of
+from .._version import __version__
 from ..targets.facts import vector_bits
 from ..targets.host import is_host_target, machine_key
 
@@ -282,7 +282,7 @@ def load_calibration(
     except Exception as err:  # noqa: BLE001 - a bad cache file must not stop a compile
         warnings.warn(
             f"calibration table {path} ignored ({type(err).__name__}: {err}); using the shipped "
-            f"table instead (run tvm_sparse.kernels.calibrate again to replace the file)",
+            f"table instead (run tvm_sparse.measure.calibrate again to replace the file)",
             CalibrationWarning,
             stacklevel=2,
         )
@@ -295,13 +295,13 @@ def load_calibration(
     if table.host == wanted and cpu:
         table.evidence = (
             f"calibrated for the host class (shipped {table.host} table, {table.source}; "
-            "tvm_sparse.kernels.calibrate(target) measures this machine)"
+            "tvm_sparse.measure.calibrate(target) measures this machine)"
         )
     else:
         if is_host_target(target):
-            how = "tvm_sparse.kernels.calibrate(target) measures one on this machine"
+            how = "tvm_sparse.measure.calibrate(target) measures one on this machine"
         elif cpu:
-            how = "tvm_sparse.kernels.calibrate(target, rpc='HOST:PORT') measures the device"
+            how = "tvm_sparse.measure.calibrate(target, rpc='HOST:PORT') measures the device"
         else:
             how = f"{target.kind.name} targets are not calibrated"
         table.evidence = f"uncalibrated: no {wanted} table, the {table.host} table stands in; {how}"

@@ -1,6 +1,6 @@
 """Where a measurement runs: this machine, or a device behind a TVM RPC session.
 
-Calibration tables (:func:`tvm_sparse.kernels.calibrate`) and per-layer timings
+Calibration tables (:func:`tvm_sparse.measure.calibrate`) and per-layer timings
 (:class:`tvm_sparse.layer_timing.LayerTimer`) build here and time through a :class:`Runner`,
 so the same code measures this machine or a board.
 """

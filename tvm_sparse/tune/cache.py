@@ -41,6 +41,7 @@ import tvm
 from tvm.target import Target
 
 from .._paths import cache_root
+from .._version import __version__
 from ..timing import TimingPolicy
 
 __all__ = [
@@ -74,8 +75,6 @@ def default_cache_dir() -> Path:
 
 
 def _versions() -> dict[str, str]:
-    from .. import __version__
-
     return {"tvm": str(tvm.__version__), "tvm_sparse": __version__}
 
 

@@ -20,9 +20,9 @@ from cuda_testing import (
 )
 
 from tvm_sparse.kernels import to_bsr
-from tvm_sparse.kernels._measure import block_mask
 from tvm_sparse.kernels.gpu import CUDATileKnobs, cuda_bsr_matmul
 from tvm_sparse.kernels.gpu.tiling import MAX_SHARED_BYTES
+from tvm_sparse.measure import block_mask
 
 #: Every block shape the CPU path uses.
 BLOCKS = [(16, 1), (8, 1), (32, 1), (4, 4), (16, 16), (1, 1), (1, 4), (4, 1)]

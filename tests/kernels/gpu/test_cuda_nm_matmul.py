@@ -18,9 +18,9 @@ from cuda_testing import (
 )
 
 from tvm_sparse.kernels import to_nm
-from tvm_sparse.kernels._measure import nm_mask
 from tvm_sparse.kernels.gpu import CUDATileKnobs, cuda_nm_matmul, nm_group_offsets
 from tvm_sparse.kernels.gpu.tiling import MAX_SHARED_BYTES
+from tvm_sparse.measure import nm_mask
 
 NM = [(2, 4), (4, 8)]
 TOL = {"atol": 1e-4, "rtol": 1e-4}

@@ -1,5 +1,6 @@
-"""Timing helpers shared by calibration and the benchmarks (random pruned weights), on this
-machine or on an RPC device (:class:`~tvm_sparse.runtime.runner.Runner`)."""
+"""Rates of the matmul kernels a calibration table holds: the dense matmul as the pipeline builds
+it, and the sparse kernels on random pruned weights, timed by the project's timing policy on
+this machine or on an RPC device (:class:`~tvm_sparse.runtime.runner.Runner`)."""
 
 from __future__ import annotations
 
@@ -8,41 +9,24 @@ import tvm
 from tvm import relax
 from tvm.target import Target
 
+from ..kernels.bsr_matmul import BSRMatmulKnobs, bsr_matmul
+from ..kernels.formats import to_bsr, to_nm
+from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul
+from ..pipeline import pipeline
 from ..runtime.runner import Runner
 from ..timing import median_ms
-from .bsr_matmul import BSRMatmulKnobs, bsr_matmul
-from .formats import to_bsr, to_nm
-from .nm_matmul import NMMatmulKnobs, nm_matmul
+from .random_masks import block_mask, nm_mask
 
 __all__ = [
-    "block_mask",
     "measure_bsr",
     "measure_dense",
     "measure_nm",
-    "nm_mask",
+    "time_dense_relax",
     "time_prim_func",
 ]
 
 
 _HOST = Runner()
-
-
-def block_mask(
-    n: int, k: int, block: tuple[int, int], density: float, rng: np.random.Generator
-) -> np.ndarray:
-    """A ``(n, k)`` 0/1 mask keeping a random ``density`` of ``block``-shaped blocks."""
-    r, c = block
-    grid = rng.random((-(-n // r), -(-k // c))) < density
-    return np.kron(grid, np.ones((r, c), dtype=bool))[:n, :k]
-
-
-def nm_mask(n: int, k: int, nm: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """A ``(n, k)`` mask keeping ``nm[0]`` random entries of every ``nm[1]`` consecutive ones."""
-    keep, group = nm
-    k_pad = -(-k // group) * group
-    scores = rng.random((n, k_pad // group, group))
-    ranks = scores.argsort(axis=2).argsort(axis=2)
-    return (ranks < keep).reshape(n, k_pad)[:, :k]
 
 
 def time_prim_func(
@@ -60,8 +44,7 @@ def measure_dense(target: Target, m: int, n: int, k: int, runner: Runner = _HOST
 
 
 def time_dense_relax(target: Target, m: int, n: int, k: int, runner: Runner = _HOST) -> float:
-    from ..pipeline import pipeline
-
+    """Seconds of one call of the dense ``(m, k) @ (k, n)`` matmul as ``pipeline`` builds it."""
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((k, n)).astype("float32")
     bb = relax.BlockBuilder()

@@ -7,16 +7,8 @@ import json
 
 import pytest
 
-from tvm_sparse.kernels import (
-    CalibrationWarning,
-    _measure,
-    calibrate,
-    calibrate_host,
-    calibrate_on_first_use,
-    cost_model,
-    default_cache_path,
-    load_calibration,
-)
+from tvm_sparse.kernels import CalibrationWarning, cost_model, default_cache_path, load_calibration
+from tvm_sparse.measure import calibrate, calibrate_host, calibrate_on_first_use, kernel_timing
 from tvm_sparse.targets import get_preset, machine_key
 
 TARGET = get_preset("x86").tvm_target()
@@ -39,7 +31,7 @@ def test_a_table_is_measured_stored_and_read_back_as_this_machines(tmp_path):
 
 
 def test_a_killed_calibration_resumes_where_it_stopped(tmp_path, monkeypatch):
-    measure_bsr = _measure.measure_bsr
+    measure_bsr = kernel_timing.measure_bsr
     calls = []
 
     def dies_at_the_second(*args, **kwargs):
@@ -48,14 +40,16 @@ def test_a_killed_calibration_resumes_where_it_stopped(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return measure_bsr(*args, **kwargs)
 
-    monkeypatch.setattr(_measure, "measure_bsr", dies_at_the_second)
+    monkeypatch.setattr(kernel_timing, "measure_bsr", dies_at_the_second)
     with pytest.raises(KeyboardInterrupt):
         calibrate(TARGET, cache_path=tmp_path / "t.json", progress=False, **GRID)
     record = json.loads((tmp_path / "t.json.partial.json").read_text())
     assert len(record["rates"]) == 2  # dense and the first density
     calls.clear()
-    monkeypatch.setattr(_measure, "measure_dense", lambda *a, **kw: pytest.fail("measured again"))
-    monkeypatch.setattr(_measure, "measure_bsr", lambda *a, **kw: calls.append(a) or 1.0)
+    monkeypatch.setattr(
+        kernel_timing, "measure_dense", lambda *a, **kw: pytest.fail("measured again")
+    )
+    monkeypatch.setattr(kernel_timing, "measure_bsr", lambda *a, **kw: calls.append(a) or 1.0)
     table = calibrate(TARGET, cache_path=tmp_path / "t.json", progress=False, **GRID)
     assert [a[-1] for a in calls] == [0.4]  # only the point the killed run had not measured
     assert table.sparse["bsr_matmul[4x1]"][8][0.4] == 1.0
