@@ -93,9 +93,10 @@ def _predicts(model, asked: bool) -> bool:
     where llvm-mca is installed."""
     from .static_throughput import find_llvm_mca
     from .targets import is_host_target
+    from .targets.backend import CPU, backend_of
 
     target = model.preset.tvm_target()
-    if target.kind.name != "llvm" or not (asked or not is_host_target(target)):
+    if backend_of(target) is not CPU or not (asked or not is_host_target(target)):
         return False
     if find_llvm_mca() is None:
         _progress("llvm-mca not found: no predicted kernel times (install Debian's llvm package)")

@@ -18,6 +18,7 @@ from .runtime import threading as runtime_threads
 from .runtime.model_io import check_inputs, convert_outputs, time_vm_main, to_tvm_tensors
 from .runtime.threading import ThreadConfig
 from .targets import TargetPreset, is_host_target, missing_host_features, resolve_target
+from .targets.backend import CPU, CUDA, backend_of
 
 __all__ = ["CompiledModel", "load", "use_all_cores"]
 
@@ -80,8 +81,8 @@ class CompiledModel:
     def vm(self) -> relax.VirtualMachine:
         if self._vm is None:
             device = self._device
-            cuda = self.target.kind.name == "cuda"
-            if device is None and cuda:
+            backend = backend_of(self.target)
+            if device is None and backend is CUDA:
                 device = tvm.cuda(0)
                 if not device.exist:
                     raise RuntimeError(
@@ -96,7 +97,7 @@ class CompiledModel:
                     "or run it over TVM RPC"
                 )
             if device is None:
-                device = tvm.cpu(0)
+                device = tvm.device(backend.device, 0)
             use_all_cores(self.target)
             module = self.executable
             if device.dlpack_device_type() == tvm.cpu().dlpack_device_type():
@@ -209,7 +210,7 @@ def use_all_cores(target: tvm.target.Target) -> None:
     if "TVM_NUM_THREADS" in os.environ:
         return
     host = target.host or target
-    cores = host.attrs.get("num-cores") if host.kind.name == "llvm" else None
+    cores = host.attrs.get("num-cores") if backend_of(host, allow_none=True) is CPU else None
     os.environ["TVM_NUM_THREADS"] = str(int(cores) if cores else runtime_threads.available_cores())
 
 

@@ -10,19 +10,25 @@ from typing import Any
 
 import tvm
 from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu_generic_pipeline
+from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 from tvm.target import Target
 
 from .passes.collect_report import CollectFusionGroups, CollectKernelReport, CollectOpReport
+from .passes.convert_to_nhwc import ConvertToNHWC
 from .passes.fold_constants_on_host import FoldConstantsOnHost
 from .passes.inject_prefetch import InjectPrefetch
 from .passes.pack_weights import PackWeights
+from .passes.pad_attention_tokens import PadAttentionTokens
 from .passes.reorder_reshape_after_elementwise import ReorderReshapeAfterElementwise
+from .passes.rewrite_to_winograd import RewriteToWinograd
 from .passes.uniquify_binding_names import UniquifyBindingNames
 from .passes.use_fast_math import UseFastMath
 from .report import CompileReport
 from .schedules import ApplySchedules, schedule_rules
 from .targets import TargetPreset, resolve_target
 from .targets.backend import backend_of
+from .targets.facts import vector_lanes
 
 __all__ = ["pipeline", "prepare_passes", "schedule_input_passes", "sparsity_passes"]
 
@@ -74,6 +80,22 @@ def _tuning_passes(
     return [apply, apply.mark_report(fusion)]
 
 
+def _cpu_passes(target: Target, layer_timer: Any, winograd: bool) -> list[tvm.transform.Pass]:
+    passes = [PadAttentionTokens(vector_lanes(target)), ConvertToNHWC()]
+    if winograd:
+        passes.append(RewriteToWinograd(target, layer_timer=layer_timer))
+    return passes
+
+
+def _lowering(backend: Any) -> Any:
+    return lambda target: backend.dataflow_lower_passes(target) + backend.finalize_passes(target)
+
+
+#: Each target family's passes after the sparsity passes, and TVM's lowering for it.
+_FAMILY_PASSES = {"cpu": _cpu_passes, "cuda": lambda _target, _timer, _winograd: []}
+_LOWERING = {"cpu": _lowering(cpu_generic_pipeline), "cuda": _lowering(cuda_pipeline)}
+
+
 def schedule_input_passes(
     target: Target,
     sparsity: Any,
@@ -89,7 +111,7 @@ def schedule_input_passes(
     return (
         prepare_passes()
         + sparsity_passes(target, sparsity, layer_timer)
-        + backend_of(target).passes(target, layer_timer=layer_timer, winograd=winograd)
+        + _FAMILY_PASSES[backend_of(target).family](target, layer_timer, winograd)
         + [
             ReorderReshapeAfterElementwise(),
             CollectOpReport(report),
@@ -168,7 +190,7 @@ def pipeline(
         + [ApplySchedules(schedule_rules(tvm_target)), CollectKernelReport(report, fusion)]
         + tuned[1:]
         + [PackWeights(), InjectPrefetch()]  # after the reports: splitting renames the kernels
-        + backend_of(tvm_target).lowering(tvm_target)
+        + _LOWERING[backend_of(tvm_target).family](tvm_target)
     )
 
     @tvm.transform.module_pass(opt_level=0, name="tvm_sparse.pipeline")

@@ -21,6 +21,7 @@ import tvm
 from tvm import relax, rpc
 
 from .runtime.model_io import check_inputs, convert_outputs, time_vm_main, to_tvm_tensors
+from .targets.backend import backend_of
 
 __all__ = ["RemoteModel", "to_remote"]
 
@@ -67,7 +68,7 @@ class RemoteModel:
         self.report = compiled.report
         self.executable = compiled.executable
         if device is None:
-            device = session.cuda(0) if self.target.kind.name == "cuda" else session.cpu(0)
+            device = session.device(backend_of(self.target).device, 0)
         self.remote_path = f"tvm_sparse_{uuid.uuid4().hex[:12]}.so"
         with tempfile.TemporaryDirectory(prefix="tvm_sparse_rpc_") as tmp:
             local_path = compiled.export_library(os.path.join(tmp, self.remote_path))

@@ -7,6 +7,9 @@ import dataclasses
 import pytest
 import tvm
 
+from tvm_sparse import schedules
+from tvm_sparse.passes import rewrite_to_sparse
+from tvm_sparse.pipeline import _FAMILY_PASSES, _LOWERING
 from tvm_sparse.targets import backend_of, get_preset, presets
 from tvm_sparse.targets.backend import CPU, CUDA
 
@@ -31,11 +34,26 @@ def test_families_differ_where_the_compiler_does():
     cpu = get_preset("x86-avx512").tvm_target()
     assert CPU.winograd and not CUDA.winograd
     assert CPU.channel_multiple(cpu) == 16 and CUDA.channel_multiple(cpu) == 1
-    assert CUDA.passes(cpu, layer_timer=None, winograd=True) == []
-    assert [type(p).__name__ for p in CPU.passes(cpu, winograd=False)] == [
+    assert _FAMILY_PASSES["cuda"](cpu, None, True) == []
+    assert [type(p).__name__ for p in _FAMILY_PASSES["cpu"](cpu, None, False)] == [
         "PadAttentionTokens",
         "ConvertToNHWC",
     ]
+
+
+def test_every_layer_has_every_family():
+    """Each layer's table of family pieces covers every backend: a new family cannot be half
+    wired."""
+    families = {CPU.family, CUDA.family}
+    tables = [
+        schedules._RULES,
+        _FAMILY_PASSES,
+        _LOWERING,
+        rewrite_to_sparse._CHOOSERS,
+        rewrite_to_sparse._KERNELS,
+    ]
+    for table in tables:
+        assert set(table) == families
 
 
 def test_get_preset_keeps_extra(monkeypatch):

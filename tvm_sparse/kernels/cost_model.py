@@ -38,8 +38,8 @@ import tvm
 from tvm.target import Target
 
 from .._paths import cache_root
-from ..targets.backend import CPU, backend_of
 from .._version import __version__
+from ..targets.backend import CPU, backend_of
 from ..targets.facts import vector_bits
 from ..targets.host import is_host_target, machine_key
 

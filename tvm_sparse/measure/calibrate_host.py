@@ -25,6 +25,7 @@ from .._progress import progress_fn
 from ..kernels.cost_model import Calibration, default_cache_path, host_class
 from ..runtime.runner import Runner
 from ..targets import TargetPreset, resolve_target
+from ..targets.backend import CPU, backend_of
 from ..targets.host import is_host_target, machine_key
 
 __all__ = ["QUICK_GRID", "calibrate", "calibrate_on_first_use"]
@@ -86,7 +87,7 @@ def calibrate(
 
     preset = resolve_target(target)
     target = preset.tvm_target()
-    if target.kind.name != "llvm":
+    if backend_of(target) is not CPU:
         raise ValueError(
             f"calibrate measures CPU kernels; {target.kind.name} targets are not calibrated "
             "(their reports say so)"

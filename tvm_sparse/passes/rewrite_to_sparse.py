@@ -44,9 +44,17 @@ from ..targets.backend import backend_of
 from ._bindings import function_bindings, only_users, unique_binding_names
 from ._epilogue import MatmulEpilogue, matmul_epilogue
 from .detect_sparsity import WEIGHTS_ATTR, WeightSparsity, constant_weight_of
-from .sparse_decisions import Plan
-from .sparse_kernels import SparseKernel
+from .gpu_sparse_rule import GPURule
+from .sparse_decisions import CPUDecisions, Plan
+from .sparse_kernels import CPUSparseKernels, CUDASparseKernels, SparseKernel
 from .sparsity_config import LayerChoice, SparsityConfig
+
+#: Each target family's chooser of a kernel per pruned layer, and the emitters of its kernels.
+_CHOOSERS = {
+    "cpu": CPUDecisions,
+    "cuda": lambda _target, config, _calibration, _timer: GPURule(config),
+}
+_KERNELS = {"cpu": CPUSparseKernels, "cuda": CUDASparseKernels}
 
 __all__ = ["DECISIONS_ATTR", "LayerChoice", "RewriteToSparse", "SparsityConfig"]
 
@@ -105,8 +113,8 @@ class RewriteToSparse:
         backend = backend_of(self.target, allow_none=True)
         if backend is None:
             return _record_dense(mod, f"no sparse kernel for {self.target.kind.name} yet: dense")
-        chooser = backend.sparse_chooser(self.target, self.config, calibration, self.layer_timer)
-        rewriter = _SparseRewriter(mod, chooser, backend.sparse_kernels(self.target))
+        chooser = _CHOOSERS[backend.family](self.target, self.config, calibration, self.layer_timer)
+        rewriter = _SparseRewriter(mod, chooser, _KERNELS[backend.family](self.target))
         for gv, func in list(mod.functions_items()):
             if isinstance(func, relax.Function) and func.attrs and WEIGHTS_ATTR in func.attrs:
                 rewriter.rewrite_function(gv, func)

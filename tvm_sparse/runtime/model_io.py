@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import tvm
 
-from ..benchmarking import summarize
+from ..baselines import summarize
 from ..frontend import InputSpec
 
 __all__ = ["check_inputs", "convert_outputs", "time_vm_main", "to_tvm_tensors"]

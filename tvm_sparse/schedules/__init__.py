@@ -5,7 +5,8 @@ from __future__ import annotations
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
-from ..targets.backend import CPU, backend_of
+from ..targets.backend import backend_of
+from . import cpu, gpu
 from .apply_schedules import KERNEL_ATTR, UNSCHEDULED, ApplySchedules
 
 __all__ = ["KERNEL_ATTR", "UNSCHEDULED", "ApplySchedules", "schedule_rules"]
@@ -14,4 +15,9 @@ __all__ = ["KERNEL_ATTR", "UNSCHEDULED", "ApplySchedules", "schedule_rules"]
 def schedule_rules(target: Target) -> list[ScheduleRule]:
     """The default schedule rules for ``target``, most specific first, a fallback last; the CPU
     rules (which decline them) for kinds no backend compiles."""
-    return (backend_of(target, allow_none=True) or CPU).schedule_rules(target)
+    backend = backend_of(target, allow_none=True)
+    return _RULES[backend.family if backend else "cpu"](target)
+
+
+#: Each target family's default rules (:attr:`~tvm_sparse.targets.Backend.family`).
+_RULES = {"cpu": cpu.default_rules, "cuda": gpu.default_rules}

@@ -1,18 +1,18 @@
-"""The backend of a target family: what compiling for CPUs and for CUDA GPUs does differently.
+"""The backend of a target family: the facts that make compiling for CPUs and for CUDA GPUs
+differ.
 
 :func:`backend_of` picks the record once from the target's kind; passes, schedules and the
-pipeline read its fields instead of testing the kind. The family's pieces live with their layer
-(choosers and kernel emitters in ``passes/``, rules in ``schedules/``), and those layers import
-``targets``, so each field that names one is a function importing it when first called.
+pipeline read its fields instead of testing the kind. Each layer keeps its own pieces of a
+family in one table keyed by :attr:`Backend.family` (``passes.rewrite_to_sparse`` its choosers
+and kernel emitters, ``schedules`` its rules, ``pipeline`` its passes and lowering), so that
+``targets`` imports none of the layers above it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-import tvm
 from tvm.target import Target
 
 from .facts import vector_lanes
@@ -27,7 +27,7 @@ class Backend:
     Parameters
     ----------
     family : str
-        ``"cpu"`` or ``"cuda"``.
+        ``"cpu"`` or ``"cuda"``: the key of each layer's table of family pieces.
     kind : str
         The TVM target kind it compiles (``"llvm"``, ``"cuda"``).
     hardware : str
@@ -40,17 +40,6 @@ class Backend:
     channel_multiple : Callable[[Target], int]
         What ``ShrinkPrunedChannels`` rounds kept channels to: CPU schedules vectorise over
         output channels, so a multiple of the SIMD width.
-    passes : Callable[..., list[tvm.transform.Pass]]
-        ``(target, *, layer_timer, winograd)``: the family's passes after the sparsity passes.
-    schedule_rules : Callable[[Target], list]
-        The schedule rules for a target, most specific first, a fallback last.
-    lowering : Callable[[Target], list[tvm.transform.Pass]]
-        TVM's dataflow lowering and finalizing passes of the family.
-    sparse_chooser : Callable[..., Any]
-        ``(target, config, calibration, layer_timer)``: the object that decides each pruned
-        layer for ``RewriteToSparse`` (``matmul(...)`` and ``conv2d(...)`` return a ``Plan``).
-    sparse_kernels : Callable[[Target], Any]
-        The emitters of the family's sparse kernels (``matmul(...)``, ``conv2d(...)``).
     """
 
     family: str
@@ -59,81 +48,10 @@ class Backend:
     device: str
     winograd: bool
     channel_multiple: Callable[[Target], int]
-    passes: Callable[..., list[tvm.transform.Pass]]
-    schedule_rules: Callable[[Target], list]
-    lowering: Callable[[Target], list[tvm.transform.Pass]]
-    sparse_chooser: Callable[..., Any]
-    sparse_kernels: Callable[[Target], Any]
 
 
-def _cpu_passes(target: Target, *, layer_timer: Any = None, winograd: bool = True) -> list:
-    from ..passes import ConvertToNHWC, PadAttentionTokens, RewriteToWinograd
-
-    passes = [PadAttentionTokens(vector_lanes(target)), ConvertToNHWC()]
-    if winograd:
-        passes.append(RewriteToWinograd(target, layer_timer=layer_timer))
-    return passes
-
-
-def _cpu_rules(target: Target) -> list:
-    from ..schedules import cpu
-
-    return cpu.default_rules(target)
-
-
-def _cpu_lowering(target: Target) -> list[tvm.transform.Pass]:
-    from tvm.relax.backend.cpu_generic import pipeline
-
-    return pipeline.dataflow_lower_passes(target) + pipeline.finalize_passes(target)
-
-
-def _cpu_chooser(target: Target, config: Any, calibration: Any, layer_timer: Any) -> Any:
-    from ..passes.sparse_decisions import CPUDecisions
-
-    return CPUDecisions(target, config, calibration, layer_timer)
-
-
-def _cpu_kernels(target: Target) -> Any:
-    from ..passes.sparse_kernels import CPUSparseKernels
-
-    return CPUSparseKernels(target)
-
-
-def _cuda_rules(target: Target) -> list:
-    from ..schedules import gpu
-
-    return gpu.default_rules(target)
-
-
-def _cuda_lowering(target: Target) -> list[tvm.transform.Pass]:
-    from tvm.relax.backend.cuda import pipeline
-
-    return pipeline.dataflow_lower_passes(target) + pipeline.finalize_passes(target)
-
-
-def _cuda_chooser(target: Target, config: Any, calibration: Any, layer_timer: Any) -> Any:
-    from ..passes.gpu_sparse_rule import GPURule
-
-    return GPURule(config)
-
-
-def _cuda_kernels(target: Target) -> Any:
-    from ..passes.sparse_kernels import CUDASparseKernels
-
-    return CUDASparseKernels(target)
-
-
-CPU = Backend(
-    "cpu", "llvm", "x86, Arm", device="cpu", winograd=True, channel_multiple=vector_lanes,
-    passes=_cpu_passes, schedule_rules=_cpu_rules, lowering=_cpu_lowering,
-    sparse_chooser=_cpu_chooser, sparse_kernels=_cpu_kernels,
-)  # fmt: skip
-
-CUDA = Backend(
-    "cuda", "cuda", "Jetson", device="cuda", winograd=False, channel_multiple=lambda _: 1,
-    passes=lambda _target, **_options: [], schedule_rules=_cuda_rules, lowering=_cuda_lowering,
-    sparse_chooser=_cuda_chooser, sparse_kernels=_cuda_kernels,
-)  # fmt: skip
+CPU = Backend("cpu", "llvm", "x86, Arm", "cpu", winograd=True, channel_multiple=vector_lanes)
+CUDA = Backend("cuda", "cuda", "Jetson", "cuda", winograd=False, channel_multiple=lambda _: 1)
 
 _BY_KIND = {backend.kind: backend for backend in (CPU, CUDA)}
 
