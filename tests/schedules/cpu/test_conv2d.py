@@ -46,8 +46,7 @@ def test_conv2d_claimed_and_correct(cin, cout, k, stride, pad, groups, residual,
 def _has_layout_rewrite(func) -> bool:
     from tvm import s_tir
 
-    from tvm_sparse.schedules.cpu.base import iter_stmts
-    from tvm_sparse.schedules.cpu.conv2d import LAYOUT_REWRITE_ATTR
+    from tvm_sparse.schedules.cpu.base import LAYOUT_REWRITE_ATTR, iter_stmts
 
     return any(
         isinstance(node, s_tir.SBlock) and LAYOUT_REWRITE_ATTR in node.annotations

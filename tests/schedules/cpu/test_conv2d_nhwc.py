@@ -12,8 +12,7 @@ from schedule_testing import (
 from tvm import s_tir, tirx
 
 from tvm_sparse.schedules.cpu import Conv2dNHWC, Conv2dNHWCKnobs, Fallback, Matmul, Pool
-from tvm_sparse.schedules.cpu.base import iter_stmts
-from tvm_sparse.schedules.cpu.conv2d import LAYOUT_REWRITE_ATTR
+from tvm_sparse.schedules.cpu.base import LAYOUT_REWRITE_ATTR, iter_stmts
 
 
 class ConvBlock(torch.nn.Module):

@@ -140,8 +140,7 @@ def test_dynamic_batch_is_scheduled():
 def test_weight_panels(pack_b):
     from tvm import s_tir
 
-    from tvm_sparse.schedules.cpu.base import iter_stmts
-    from tvm_sparse.schedules.cpu.conv2d import LAYOUT_REWRITE_ATTR
+    from tvm_sparse.schedules.cpu.base import LAYOUT_REWRITE_ATTR, iter_stmts
 
     knobs = MatmulKnobs.for_target(TARGET)
     knobs.pack_b = pack_b

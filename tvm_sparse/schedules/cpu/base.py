@@ -1,20 +1,22 @@
-"""Shared pieces of the dense CPU schedule rules: target gating and loop helpers (the target
-facts they size themselves by are in :mod:`tvm_sparse.targets.facts`).
+"""Shared pieces of the dense CPU schedule rules: target gating, knobs and IR queries.
 
 Every rule in this package derives from :class:`CPUScheduleRule`. Its ``apply`` checks the target
 and the function, then calls the rule's ``schedule``; a schedule primitive that refuses (the rule's
 assumptions did not hold for this function) means "not mine", so the next rule is tried. Its
 ``sample`` does the same with the knobs drawn by a :class:`KnobSampler`, for the rules that
-support it: the autotuner's search space.
+support it: the autotuner's search space. The target facts the knobs are sized by are in
+:mod:`tvm_sparse.targets.facts`; the schedule steps the tiled rules share are in :mod:`.tiling`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
+from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 from tvm.target import Target
 from tvm.tirx.analysis import undefined_vars
@@ -25,15 +27,22 @@ from .knob_sampler import KnobDecisionError, KnobSampler
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "LAYOUT_REWRITE_ATTR",
+    "PREFETCH_ATTR",
     "TILE_SCOPE",
     "CPUScheduleRule",
     "NotApplicable",
+    "VectorKnobs",
     "block_loop_kinds",
+    "find_window_reduction",
+    "free_vars",
     "is_reduction_block",
     "iter_stmts",
+    "leading_spatial",
     "loop_extent",
     "num_cores",
     "pick_factor",
+    "single_reduction_block",
     "vector_bits",
     "vector_lanes",
 ]
@@ -42,12 +51,10 @@ __all__ = [
 #: Storage scope of the accumulators a schedule gives each register tile (``cache_write``),
 #: the default scope of every other buffer. On a CPU target ``LowerTVMBuiltin`` leaves a
 #: "global" allocation under 1 KB (``kMaxStackAlloca``) on the stack, where LLVM keeps an
-#: unrolled accumulator in registers;
-#: a "local" one of any size becomes a ``TVMBackendAllocWorkspace`` call in every tile, with
-#: the accumulator zeroed and written back through that memory. As for MetaSchedule's CPU
-#: tiling, which caches writes in "global". A 12544 x 16 x 96 matmul with ReLU6 (MobileNetV2's
-#: 16 -> 96 1x1 conv, 16 FMAs per output) took 1.44 ms with "local" accumulators and 1.00 ms
-#: with these, timed in turns on AVX2.
+#: unrolled accumulator in registers; a "local" one of any size becomes a
+#: ``TVMBackendAllocWorkspace`` call in every tile, with the accumulator zeroed and written back
+#: through that memory, which dominates a tile of few FMAs per output (a 1x1 conv of 16 input
+#: channels). As for MetaSchedule's CPU tiling, which caches writes in "global".
 #: A tile of 1 KB or more (AVX-512's 8 x 3 matmul tile: 1.5 KB) still takes the call.
 TILE_SCOPE = "global"
 
@@ -56,16 +63,50 @@ class NotApplicable(Exception):
     """Raised inside ``schedule`` when the function is not of the rule's kind."""
 
 
+@dataclass
+class VectorKnobs:
+    """Knobs sized by the SIMD width alone; the base of the rules' knob dataclasses.
+
+    Attributes
+    ----------
+    vector_lanes : int
+        fp32 lanes of one SIMD register.
+    """
+
+    vector_lanes: int = 16
+
+    @classmethod
+    def for_target(cls, target: Target) -> VectorKnobs:
+        """Defaults for ``target``: one fp32 SIMD register wide."""
+        return cls(vector_lanes=vector_lanes(target))
+
+
 class CPUScheduleRule(ScheduleRule):
     """Base of the CPU rules: gates on llvm targets and turns refusals into ``None``.
 
     Subclasses implement :meth:`schedule`, which may raise :class:`NotApplicable` (or let a schedule
     primitive raise) to say that the function is not theirs.
+
+    Parameters
+    ----------
+    knobs : optional
+        Fixed knobs, an instance of the rule's :attr:`knobs_type`; by default derived from the
+        target with its ``for_target``.
     """
+
+    #: The dataclass of the rule's knobs, with a ``for_target(target)`` constructor.
+    knobs_type: type[VectorKnobs] = VectorKnobs
 
     #: Whether :meth:`schedule` takes a ``sampler`` and draws its knobs from it (see
     #: :meth:`sample`); the autotuner searches these rules' knobs.
     samples_knobs: bool = False
+
+    def __init__(self, knobs: VectorKnobs | None = None):
+        self.knobs = knobs
+
+    def knobs_for(self, target: Target) -> VectorKnobs:
+        """The fixed knobs, or else the defaults of :attr:`knobs_type` for ``target``."""
+        return self.knobs or self.knobs_type.for_target(target)
 
     def is_target_available(self, target: Target) -> bool:
         """Whether ``target`` is a CPU target this rule can schedule for."""
@@ -85,7 +126,7 @@ class CPUScheduleRule(ScheduleRule):
             return None
         sch = s_tir.Schedule(func)
         try:
-            return self.schedule(sch, target)
+            return self.schedule(sch, target, self.knobs_for(target))
         except NotApplicable:
             return None
         except Exception as err:  # noqa: BLE001 - a refused primitive means "not mine"
@@ -130,7 +171,7 @@ class CPUScheduleRule(ScheduleRule):
         sch = s_tir.Schedule(func)
         sampler = KnobSampler(sch, decisions, fill=fill)
         try:
-            return self.schedule(sch, target, sampler), sampler
+            return self.schedule(sch, target, self.knobs_for(target), sampler), sampler
         except KnobDecisionError:
             raise
         except NotApplicable:
@@ -139,10 +180,10 @@ class CPUScheduleRule(ScheduleRule):
             logger.debug("%s declined knobs %s: %s", type(self).__name__, sampler.knobs, err)
             return None
 
-    def schedule(self, sch: s_tir.Schedule, target: Target) -> s_tir.Schedule:
-        """Schedule the function held by ``sch`` in place and return ``sch``.
+    def schedule(self, sch: s_tir.Schedule, target: Target, knobs: VectorKnobs) -> s_tir.Schedule:
+        """Schedule the function held by ``sch`` in place with ``knobs`` and return ``sch``.
 
-        Rules that :attr:`samples_knobs` take a third argument, ``sampler``: a
+        Rules that :attr:`samples_knobs` take a fourth argument, ``sampler``: a
         :class:`KnobSampler` to draw their knobs from, or ``None`` for the fixed knobs.
         """
         raise NotImplementedError
@@ -154,6 +195,10 @@ class CPUScheduleRule(ScheduleRule):
 #: Loop annotation a rule puts on a loop whose iterations read consecutive contiguous chunks of
 #: the buffer it names: ``tvm_sparse.passes.InjectPrefetch`` then prefetches the next chunk.
 PREFETCH_ATTR = "tvm_sparse.prefetch"
+
+#: Block annotation that ``relax.transform.SplitLayoutRewritePreproc`` splits into its own
+#: function, so that ``FoldConstant`` packs a constant weight once, at compile time.
+LAYOUT_REWRITE_ATTR = "meta_schedule.layout_rewrite_preproc"
 
 
 # --- loop helpers -------------------------------------------------------------------------------
@@ -184,6 +229,38 @@ def pick_factor(extent: int | None, preferred: int, candidates: Iterable[int] = 
 def is_reduction_block(sch: s_tir.Schedule, block: SBlockRV) -> bool:
     """Whether ``block`` has a reduction iterator."""
     return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+
+
+def single_reduction_block(sch: s_tir.Schedule) -> SBlockRV:
+    """The one reduction block at the root of the function; raises when there is not one."""
+    blocks = sch.get_child_blocks(get_root_block(sch))
+    reductions = [b for b in blocks if is_reduction_block(sch, b)]
+    if len(reductions) != 1:
+        raise NotApplicable("expects exactly one reduction block")
+    return reductions[0]
+
+
+def leading_spatial(kinds: str) -> int:
+    """How many ``"S"`` lead the loop kinds ``kinds`` (as :func:`block_loop_kinds` spells them)."""
+    return len(kinds) - len(kinds.lstrip("S"))
+
+
+def find_window_reduction(sch: s_tir.Schedule) -> tuple[SBlockRV, int]:
+    """The single one-operand reduction block whose loops are spatial, then reduction (a pool,
+    a row sum), and how many spatial loops lead; raises when there is none."""
+    main = single_reduction_block(sch)
+    if len(sch.get(main).reads) != 1:
+        raise NotApplicable("reduces more than one operand (matmul-like)")
+    kinds = "".join(block_loop_kinds(sch, main))
+    n_spatial = leading_spatial(kinds)
+    if set(kinds[n_spatial:]) != {"R"}:
+        raise NotApplicable("loops are not spatial then reduction")
+    return main, n_spatial
+
+
+def free_vars(expr: tirx.PrimExpr) -> set[tirx.Var]:
+    """The variables ``expr`` reads."""
+    return set(undefined_vars(expr))
 
 
 def iter_stmts(stmt):

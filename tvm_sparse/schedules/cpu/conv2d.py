@@ -1,30 +1,14 @@
 """Direct CPU schedule for NCHW conv2d (plain, strided, grouped, depthwise) with fused epilogues.
 
 The conv block ``out[n, f, y, x] += pad[n, c(f, rc), y*s + ry, x*s + rx] * w[f, rc, ry, rx]`` is
-computed in register tiles. A dense conv (``groups == 1``, output channels a multiple of the SIMD
-width) gets tiles of output-channel vectors by a few columns: each input value is broadcast
-against weights read from an ``OIHW16o`` copy that ``PackWeights`` folds at compile time
-(~110 GFLOP/s per znver4 core on ResNet-18's 3x3 layers, about the FMA peak). A pointwise
-conv (1x1, stride 1, no padding, whole vectors of pixels) is the GEMM ``W[f, c] @ X[c, p]`` over
-the flattened pixel axis: weights broadcast against pixel vectors, every load and store
-contiguous, in pixel chunks that stay in L2 while each channel tile passes over them. Other convs
-(depthwise, grouped) get the tiles sketched below, of ``fr`` output channels by ``xr`` output
-columns: the columns are the SIMD lanes (contiguous input for stride 1), the channels reuse each
-loaded input vector, and the ``rc, ry, rx`` reduction runs outside the tile. The padding stage is
-materialised once at the root (parallel, one vector per row) so that the inner loop carries no
-boundary test; a padding stage that does not pad (1x1 convolutions) is inlined. Bias, batch norm,
-activation and residual epilogues run on each tile straight from the accumulators.
+computed in register tiles, by one of four paths (see :class:`Conv2d`): output-channel vectors
+(dense convs, weights read from an ``OIHW16o`` copy that ``PackWeights`` folds at compile time),
+pixel vectors (pointwise convs, as the GEMM ``W[f, c] @ X[c, p]``), depthwise row tiles
+(:mod:`.depthwise_conv2d`), or column vectors (the rest). The padding stage is materialised once
+at the root (parallel, one vector per row), or copied inside the tile, so that the inner loop
+carries no boundary test; a padding stage that does not pad (1x1 convolutions) is inlined.
+Bias, batch norm, activation and residual epilogues run on each tile from the accumulators::
 
-Before::
-
-    pad_temp = ...                               # if_then_else boundary copy
-    for nn, ff, yy, xx, rc, ry, rx in T.grid(1, 64, 56, 56, 64, 3, 3):
-        conv[nn, ff, yy, xx] += pad_temp[nn, rc, yy + ry, xx + rx] * w[ff, rc, ry, rx]
-    for ...: out[...] = T.max(conv[...] + bias[...], 0)
-
-After (schematically)::
-
-    for ...: pad_temp[...] = ...                 # parallel, vectorised
     for n_fo_y_xo in T.parallel(...):            # tiles of 8 channels x 28 columns
         acc[0:8, 0:28] = 0
         for rc, ry, rx in T.grid(64, 3, 3):
@@ -40,30 +24,32 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain
 from tvm.s_tir.schedule import LoopRV, SBlockRV
-from tvm.sym.pattern import detect_linear_equation
 from tvm.target import Target
-from tvm.tirx.analysis import undefined_vars
 
 from .base import (
+    LAYOUT_REWRITE_ATTR,
     TILE_SCOPE,
     CPUScheduleRule,
     NotApplicable,
-    is_reduction_block,
+    VectorKnobs,
+    free_vars,
     loop_extent,
     pick_factor,
     vector_lanes,
 )
+from .conv2d_block import find_conv2d_iteration
+from .depthwise_conv2d import is_depthwise_nchw, nchw_depthwise_tile, schedule_depthwise_nchw
 from .fallback import FallbackKnobs, schedule_spatial_block
 from .knob_sampler import KnobSampler
+from .tiling import accumulate_at, copy_into, pack_weight, vectorize_innermost, write_back_at
 
 __all__ = ["LAYOUT_REWRITE_ATTR", "Conv2d", "Conv2dKnobs"]
 
 
 @dataclass
-class Conv2dKnobs:
+class Conv2dKnobs(VectorKnobs):
     """Knobs of :class:`Conv2d`.
 
     Attributes
@@ -99,7 +85,6 @@ class Conv2dKnobs:
         channel tile reads in turn; about half the L2 cache.
     """
 
-    vector_lanes: int = 16
     tile_channels: int = 8
     tile_columns: int = 16
     inline_padding: bool = False
@@ -116,18 +101,14 @@ class Conv2dKnobs:
         """Defaults for ``target``: about 16 accumulator registers of its SIMD width."""
         lanes = vector_lanes(target)
         # Columns wider than one register get odd-width vectors (56 -> 28) that LLVM
-        # lowers poorly; one register of columns, 8 channels, measured best on znver4.
+        # lowers poorly: one register of columns, 8 channels.
         # Output-channel tiles: 28 of the 32 zmm registers as accumulators spill in LLVM's
-        # allocation; 14-16 (2 channel vectors x 7-8 columns) reached ~110 GFLOP/s per znver4
-        # core on ResNet-18's 3x3 layers. 16 ymm registers leave 12.
+        # allocation; 14-16 (2 channel vectors x 7-8 columns) do not. 16 ymm registers
+        # leave 12.
         accumulators = 16 if lanes >= 16 else 12
         return cls(
             vector_lanes=lanes, tile_channels=8, tile_columns=lanes, accumulators=accumulators
         )
-
-
-def _vars(expr: tirx.PrimExpr) -> set[tirx.Var]:
-    return set(undefined_vars(expr))
 
 
 def _same_extent(a: tirx.PrimExpr, b: tirx.PrimExpr) -> bool:
@@ -149,29 +130,15 @@ def _pads(sch: s_tir.Schedule, block: SBlockRV) -> bool:
 
 def find_conv2d_block(sch: s_tir.Schedule) -> tuple[SBlockRV, int]:
     """The conv2d block of the function and the read index of its data operand."""
-    blocks = sch.get_child_blocks(get_root_block(sch))
-    reductions = [b for b in blocks if is_reduction_block(sch, b)]
-    if len(reductions) != 1:
-        raise NotApplicable("expects exactly one reduction block")
-    main = reductions[0]
+    main = find_conv2d_iteration(sch, "NCHW")
     stmt = sch.get(main)
-    kinds = "".join(
-        "R" if iv.iter_type == tirx.IterVar.CommReduce else "S" for iv in stmt.iter_vars
-    )
-    if kinds != "SSSSRRR" or len(stmt.reads) != 2 or len(stmt.writes) != 1:
-        raise NotApplicable("not an NCHW conv2d iteration space")
-    n, f, y, x = (iv.var for iv in stmt.iter_vars[:4])
-    out_idx = [r.min for r in stmt.writes[0].region]
-    if len(out_idx) != 4 or any(
-        not i.same_as(v) for i, v in zip(out_idx, (n, f, y, x), strict=True)
-    ):
-        raise NotApplicable("output is not indexed [n, f, y, x]")
+    f, y, x = (iv.var for iv in stmt.iter_vars[1:4])
     data_pos = None
     for pos, read in enumerate(stmt.reads):
         region = read.region
         if len(region) != 4:
             raise NotApplicable("operands are not 4-D")
-        if x in _vars(region[3].min) and y in _vars(region[2].min):
+        if x in free_vars(region[3].min) and y in free_vars(region[2].min):
             data_pos = pos
     if data_pos is None:
         raise NotApplicable("no input indexed by output rows and columns")
@@ -179,11 +146,6 @@ def find_conv2d_block(sch: s_tir.Schedule) -> tuple[SBlockRV, int]:
     if not weight[0].min.same_as(f):
         raise NotApplicable("weight is not indexed by the output channel first")
     return main, data_pos
-
-
-#: Block annotation that ``relax.transform.SplitLayoutRewritePreproc`` splits into its own
-#: function, so that ``FoldConstant`` packs a constant weight once, at compile time.
-LAYOUT_REWRITE_ATTR = "meta_schedule.layout_rewrite_preproc"
 
 
 def _is_dense_conv(sch: s_tir.Schedule, main: SBlockRV, data_pos: int) -> bool:
@@ -232,56 +194,6 @@ def _pixel_tile(
     pv = pick_factor(hw // lanes, knobs.pixel_vectors)
     fr = pick_factor(extents[1], max(knobs.accumulators // pv, 1))
     return fr, pv
-
-
-#: Depthwise path: fewest independent vectors per output row (each accumulates a chain of
-#: ``kh * kw`` dependent FMAs; fewer leave the FMA units waiting on latency).
-_DEPTHWISE_MIN_VECTORS = 4
-
-
-def _depthwise_tile(
-    sch: s_tir.Schedule, main: SBlockRV, knobs: Conv2dKnobs
-) -> tuple[int, int] | None:
-    """``(rows, vector width)`` of a depthwise tile, or ``None`` for rows too narrow for it."""
-    lanes = knobs.vector_lanes
-    _, _, y, x, *_ = sch.get_loops(main)
-    oh, ow = loop_extent(sch, y), loop_extent(sch, x)
-    if oh is None or ow is None:
-        return None
-    xv = pick_factor(ow, lanes, [lanes, lanes // 2])
-    if xv < lanes // 2 or ow // xv < _DEPTHWISE_MIN_VECTORS:
-        return None
-    return pick_factor(oh, knobs.depthwise_rows), xv
-
-
-def _column_stride(sch: s_tir.Schedule, main: SBlockRV) -> int:
-    """The stride of the output-column axis in the data operand's index (1 if unknown)."""
-    stmt = sch.get(main)
-    x = stmt.iter_vars[3].var
-    for read in stmt.reads:
-        index = read.region[3].min if len(read.region) == 4 else None
-        if index is not None and x in _vars(index):
-            coeffs = detect_linear_equation(index, [x])
-            if len(coeffs) == 2 and isinstance(coeffs[0], tirx.IntImm):
-                return max(int(coeffs[0].value), 1)
-    return 1
-
-
-def _is_depthwise(sch: s_tir.Schedule, main: SBlockRV, data_pos: int) -> bool:
-    """One input channel per output channel (``groups == channels``, multiplier 1)."""
-    stmt = sch.get(main)
-    data, out = stmt.reads[data_pos].source, stmt.writes[0].source
-    rc = loop_extent(sch, sch.get_loops(main)[4])
-    return rc == 1 and int(data.shape[1]) == int(out.shape[1])
-
-
-def _accumulate_locally(sch: s_tir.Schedule, main: SBlockRV, loop: LoopRV) -> SBlockRV:
-    """Accumulate ``main`` in a local buffer written back (epilogue fused) under ``loop``."""
-    acc = sch.cache_write(main, 0, TILE_SCOPE)
-    auto_inline_consumer_chain(sch, acc)
-    sch.reverse_compute_at(acc, loop, preserve_unit_loops=True)
-    sch.vectorize(sch.get_loops(acc)[-1])
-    return acc
 
 
 def _schedule_padding(sch: s_tir.Schedule, block: SBlockRV, knobs: Conv2dKnobs) -> None:
@@ -337,7 +249,10 @@ def _sample_knobs(
             acc = sampler("accumulators", knobs.accumulators, tiles.values())
             pack = bool(sampler("pack_weights", int(knobs.pack_weights), [0, 1]))
             return replace(knobs, accumulators=acc, pack_weights=pack)
-    if _is_depthwise(sch, main, data_pos) and _depthwise_tile(sch, main, knobs) is not None:
+    if (
+        is_depthwise_nchw(sch, main, data_pos)
+        and nchw_depthwise_tile(sch, main, lanes, knobs.depthwise_rows) is not None
+    ):
         rows = [0, *(r for r in (1, 2, 4, 8, 16) if extents[2] and extents[2] % r == 0)]
         knobs = replace(knobs, depthwise_rows=sampler("depthwise_rows", knobs.depthwise_rows, rows))
         if knobs.depthwise_rows > 0:
@@ -357,33 +272,31 @@ def _sample_knobs(
 
 
 class Conv2d(CPUScheduleRule):
-    """Direct NCHW conv2d in register tiles, two layouts of the tile.
+    """Direct NCHW conv2d in register tiles, by the first path that fits the conv.
 
+    * pointwise (1x1, stride 1, no padding, ``H*W`` a multiple of the SIMD width): tiles of
+      ``pixel_vectors`` registers of the flattened pixel axis by a few output channels;
     * ``groups == 1`` and output channels a multiple of the SIMD width: tiles of
       ``channel_vectors`` registers of output channels by a few output columns. Each input value
       is broadcast against a register of weights read from an ``OIHW{lanes}o`` copy of the weight
       (a layout rewrite that ``PackWeights`` folds away for constant weights); accumulators are
-      kept channels-innermost, the epilogue writes them back to NCHW.
-    * pointwise (1x1, stride 1, no padding, ``H*W`` a multiple of the SIMD width): tiles of
-      ``pixel_vectors`` registers of the flattened pixel axis by a few output channels;
-    * otherwise (depthwise, grouped, odd channel counts): tiles of ``tile_channels`` channels by
+      kept channels-innermost, the epilogue writes them back to NCHW;
+    * depthwise with rows of a few vectors: ``depthwise_rows`` rows of one channel
+      (:func:`~.depthwise_conv2d.schedule_depthwise_nchw`);
+    * otherwise (grouped, odd channel counts): tiles of ``tile_channels`` channels by
       ``tile_columns`` columns, vectorised over the output columns.
-
-    Parameters
-    ----------
-    knobs : Conv2dKnobs, optional
-        Fixed knobs; by default derived from the target with :meth:`Conv2dKnobs.for_target`.
     """
 
+    knobs_type = Conv2dKnobs
     samples_knobs = True
 
-    def __init__(self, knobs: Conv2dKnobs | None = None):
-        self.knobs = knobs
-
     def schedule(
-        self, sch: s_tir.Schedule, target: Target, sampler: KnobSampler | None = None
+        self,
+        sch: s_tir.Schedule,
+        target: Target,
+        knobs: Conv2dKnobs,
+        sampler: KnobSampler | None = None,
     ) -> s_tir.Schedule:
-        knobs = self.knobs or Conv2dKnobs.for_target(target)
         main, data_pos = find_conv2d_block(sch)
         if sampler is not None:
             knobs = _sample_knobs(sampler, sch, main, data_pos, knobs)
@@ -405,18 +318,18 @@ class Conv2d(CPUScheduleRule):
             for pad in pads:
                 _schedule_padding(sch, pad, knobs)
             return self._channel_vectors(sch, main, 1 - data_pos, knobs)
+        lanes, rows = knobs.vector_lanes, knobs.depthwise_rows
         if (
-            knobs.depthwise_rows > 0
-            and _is_depthwise(sch, main, data_pos)
+            rows > 0
+            and is_depthwise_nchw(sch, main, data_pos)
             and len(pads) <= 1
-            and _depthwise_tile(sch, main, knobs) is not None
+            and nchw_depthwise_tile(sch, main, lanes, rows) is not None
         ):
-            return self._depthwise(sch, main, pads[0] if pads else None, knobs)
+            return schedule_depthwise_nchw(sch, main, pads[0] if pads else None, lanes, rows)
         tile = self._column_vectors(sch, main, knobs)
         for pad in pads:
             if knobs.pad_in_tile:
-                sch.compute_at(pad, tile, preserve_unit_loops=True)
-                sch.vectorize(sch.get_loops(pad)[-1])
+                copy_into(sch, pad, tile)
             else:
                 _schedule_padding(sch, pad, knobs)
         return sch
@@ -429,12 +342,7 @@ class Conv2d(CPUScheduleRule):
         n, f, y, x, rc, ry, rx = sch.get_loops(main)
         vecs, xr = _channel_tile(loop_extent(sch, f), loop_extent(sch, x), knobs)
         if knobs.pack_weights:
-            packed = sch.cache_read(main, weight_pos, "global")
-            sch.transform_layout(
-                packed, ("write", 0), lambda o, i, h, w: (o // lanes, i, h, w, o % lanes)
-            )
-            sch.annotate(packed, LAYOUT_REWRITE_ATTR, 1)
-            sch.parallel(sch.get_loops(packed)[0])
+            pack_weight(sch, main, weight_pos, lambda o, i, h, w: (o // lanes, i, h, w, o % lanes))
         fo, fv, fl = sch.split(f, [None, vecs, lanes])
         xo, xi = sch.split(x, [None, xr])
         sch.reorder(n, fo, y, xo, rc, ry, rx, xi, fv, fl)
@@ -447,10 +355,9 @@ class Conv2d(CPUScheduleRule):
         acc = sch.cache_write(main, 0, TILE_SCOPE)
         # channels innermost, so that each accumulator register is a contiguous vector
         sch.transform_layout(main, ("write", 0), lambda b, c, h, w: (b, h, w, c))
-        auto_inline_consumer_chain(sch, acc)
-        sch.reverse_compute_at(acc, tile, preserve_unit_loops=True)
+        write_back_at(sch, acc, tile)
         # The epilogue runs on channel vectors as they sit in the accumulators (parameter loads
-        # contiguous, stores strided); vectorising it over columns measured no better.
+        # contiguous, stores strided) rather than transposing them to vectorise over columns.
         wf, wx = sch.get_loops(acc)[-3], sch.get_loops(acc)[-1]
         sch.reorder(wx, wf)
         sch.unroll(wx)
@@ -494,38 +401,6 @@ class Conv2d(CPUScheduleRule):
         return sch
 
     @staticmethod
-    def _depthwise(
-        sch: s_tir.Schedule, main: SBlockRV, pad: SBlockRV | None, knobs: Conv2dKnobs
-    ) -> s_tir.Schedule:
-        """One channel, ``depthwise_rows`` output rows per tile, every column of a row in
-        independent vector accumulators; the padded input rows the tile reads are copied into
-        a small buffer inside the tile (in L1), never through memory."""
-        rows, xv = _depthwise_tile(sch, main, knobs)
-        n, f, y, x, rc, ry, rx = sch.get_loops(main)
-        yo, yi = sch.split(y, [None, rows])
-        xo, xi = sch.split(x, [None, xv])
-        sch.reorder(n, f, yo, yi, rc, ry, rx, xo, xi)
-        tile = sch.fuse(n, f, yo)
-        sch.parallel(tile)
-        sch.unroll(xo)
-        sch.vectorize(xi)
-        _accumulate_locally(sch, main, yi)
-        if pad is not None:
-            stride = _column_stride(sch, main)
-            if stride > 1:
-                # phases of the padded columns apart, so that strided taps read whole vectors
-                sch.transform_layout(
-                    pad,
-                    ("write", 0),
-                    lambda b, c, h, w: (b, c, h, w % stride, w // stride),
-                    pad_value=0.0,
-                )
-            sch.compute_at(pad, tile, preserve_unit_loops=True)
-            sch.vectorize(sch.get_loops(pad)[-1])
-        sch.decompose_reduction(main, rc)
-        return sch
-
-    @staticmethod
     def _column_vectors(sch: s_tir.Schedule, main: SBlockRV, knobs: Conv2dKnobs) -> LoopRV:
         n, f, y, x, rc, ry, rx = sch.get_loops(main)
         lanes = knobs.vector_lanes
@@ -544,6 +419,6 @@ class Conv2d(CPUScheduleRule):
         sch.parallel(tile)
         sch.unroll(fi)
         sch.vectorize(xi)
-        _accumulate_locally(sch, main, tile)
+        vectorize_innermost(sch, accumulate_at(sch, main, tile))
         sch.decompose_reduction(main, rc)
         return tile

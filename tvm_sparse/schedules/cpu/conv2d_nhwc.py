@@ -2,38 +2,20 @@
 
 In NHWC the channels of a pixel are contiguous, so every vector of the kernel is a run of
 channels and nothing is ever gathered, transposed or strided, whatever the stride or the plane
-size (``ConvertToNHWC`` puts convolution networks in this layout):
+size (``ConvertToNHWC`` puts convolution networks in this layout). A dense conv (``groups == 1``)
+is computed in register tiles of ``vecs`` output-channel vectors by ``cols`` output pixels of a
+row; each input value is broadcast against weight vectors read from an ``[F / nr, C, KH, KW, nr]``
+copy that ``PackWeights`` folds at compile time. A pointwise conv (1x1, stride 1, no padding) is
+a GEMM over the flattened pixel axis, so its tiles run across row ends. Depthwise convs take the
+path of :mod:`.depthwise_conv2d`. Epilogues run on each tile from the accumulators, as
+contiguous vectors; output channels that are not whole registers use the widest power-of-two
+vector that divides them (24 channels: three 8-lane vectors)::
 
-* dense (``groups == 1``): register tiles of ``vecs`` output-channel vectors by ``cols`` output
-  pixels of a row; each input value (one channel of one pixel) is broadcast against weight
-  vectors read from an ``[F / nr, C, KH, KW, nr]`` copy that ``PackWeights`` folds at compile
-  time. A pointwise conv (1x1, stride 1, no padding) is a GEMM over the flattened pixel axis, so
-  its tiles run across row ends (196 pixels of a 14x14 plane: 28 tiles of 7).
-* depthwise: register tiles of one channel vector by ``cols`` pixels, each step one input
-  vector times one weight vector. A parallel task takes a block of rows by a chunk of pixels
-  and copies their padded input, all channels, into a buffer that stays in L2 (instead of
-  making a round trip through memory); each tile of pixels then walks the channel vectors.
-
-Bias, batch norm, activations and residual adds run on each tile from the accumulators, as
-contiguous vectors. Output channels that are not whole registers use the widest power-of-two
-vector that divides them (24 channels: three 8-lane vectors).
-
-Before::
-
-    for n, y, x, c in T.grid(1, 58, 58, 64): pad_temp[...] = T.if_then_else(...)
-    for n, y, x, f, ry, rx, rc in T.grid(1, 56, 56, 64, 3, 3, 64):
-        conv[n, y, x, f] += pad_temp[n, y + ry, x + rx, rc] * w[ry, rx, rc, f]
-
-After (schematically)::
-
-    for ...: pad_temp[...] = ...                  # parallel, vectorised over channels
     for fo_y_xo in T.parallel(...):               # tiles of 8 pixels x 2 channel vectors
         acc[0:8, 0:32] = 0
-        for ry, rx, rc in T.grid(3, 3, 64):
-            for xi in T.unroll(8):
-                for fv in T.unroll(2):
-                    for fl in T.vectorized(16):
-                        acc[xi, fv * 16 + fl] += pad_temp[..., rc] * w_packed[fo, rc, ry, rx, ...]
+        for ry, rx, rc, xi, fv in T.grid(3, 3, 64, 8, 2):   # xi, fv unrolled
+            for fl in T.vectorized(16):
+                acc[xi, fv * 16 + fl] += pad_temp[..., rc] * w_packed[fo, rc, ry, rx, ...]
         for xi, f in T.grid(8, 32):               # f vectorised, epilogue fused
             out[..., f] = T.max(acc[xi, f] + bias[f], 0)
 """
@@ -44,32 +26,31 @@ import math
 from dataclasses import dataclass, replace
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import get_root_block
-from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain
 from tvm.s_tir.schedule import LoopRV, SBlockRV
 from tvm.target import Target
-from tvm.tirx.analysis import undefined_vars
 
 from .base import (
     PREFETCH_ATTR,
-    TILE_SCOPE,
     CPUScheduleRule,
     NotApplicable,
-    is_reduction_block,
+    VectorKnobs,
+    free_vars,
     loop_extent,
     num_cores,
     pick_factor,
     vector_lanes,
 )
-from .conv2d import LAYOUT_REWRITE_ATTR
+from .conv2d_block import find_conv2d_iteration, linear_stride
+from .depthwise_conv2d import NHWC_DEPTHWISE_COLUMNS, nhwc_depthwise_rows, schedule_depthwise_nhwc
 from .fallback import FallbackKnobs, schedule_spatial_block
 from .knob_sampler import KnobSampler
+from .tiling import balanced_split, finish_register_tile, pack_weight, vector_width
 
 __all__ = ["Conv2dNHWC", "Conv2dNHWCKnobs"]
 
 
 @dataclass
-class Conv2dNHWCKnobs:
+class Conv2dNHWCKnobs(VectorKnobs):
     """Knobs of :class:`Conv2dNHWC`.
 
     Attributes
@@ -102,26 +83,23 @@ class Conv2dNHWCKnobs:
         the weights.
     prefetch_pixels : int
         Dense convs with channel blocks and packed weights: prefetch the next block's weights
-        (one contiguous chunk of the packed copy) while a block
-        computes (:class:`~tvm_sparse.passes.InjectPrefetch`) when a chunk holds at most this
-        many output pixels, so that each weight feeds few FMAs and the conv waits on memory
-        (ResNet-18's 7x7 convs: 0.91 -> 0.75 ms from memory); 0: never. Wider chunks keep
-        up without it and lost time to the prefetches (a 14x14 conv: 0.63 -> 0.72 ms).
+        (one contiguous chunk of the packed copy) while a block computes
+        (:class:`~tvm_sparse.passes.InjectPrefetch`) when a chunk holds at most this many
+        output pixels, where each weight feeds few FMAs and the conv waits on memory; 0:
+        never. Wider chunks keep up without it, and the prefetches only cost them time.
     depthwise_rows : int
         Depthwise convs: output rows per task (a divisor of the height is used); 0: four for
-        stride 1, one for strided convs (whose rows share fewer input rows; one measured best).
+        stride 1, one for strided convs (whose rows share fewer input rows).
     depthwise_pixels : int
         Depthwise convs: most output pixels of a row per task. A task reads whole pixels, all
-        its channels at once, which the hardware prefetcher streams. Whole rows (up to 112
-        pixels) measured best on a 1 MB L2 core: MobileNetV2's 112x112 and 56x56 depthwise
-        convs ran 0.47 -> 0.30 ms against chunks of 8 pixels; smaller chunks keep the rows a
-        task reads in a smaller L2 while it walks the channel vectors.
+        its channels at once, which the hardware prefetcher streams: whole rows (up to 112
+        pixels) suit a 1 MB L2; smaller chunks keep the rows a task reads in a smaller L2
+        while it walks the channel vectors.
     tile_vectors, tile_columns : int
         A fixed tile of channel vectors by pixels (divisors are used); 0 chooses the tile
         with the most accumulators within ``accumulators`` and ``channel_vectors``.
     """
 
-    vector_lanes: int = 16
     accumulators: int = 24
     channel_vectors: int = 4
     pack_weights: bool = True
@@ -137,8 +115,8 @@ class Conv2dNHWCKnobs:
 
     @classmethod
     def for_target(cls, target: Target) -> Conv2dNHWCKnobs:
-        """Defaults for ``target``: 24 of 32 zmm registers as accumulators (28 spilled in
-        LLVM's allocation), 12 of 16 ymm registers on AVX2."""
+        """Defaults for ``target``: 24 of 32 zmm registers as accumulators (28 spill in LLVM's
+        allocation), 12 of 16 ymm registers on AVX2."""
         lanes = vector_lanes(target)
         return cls(vector_lanes=lanes, accumulators=24 if lanes >= 16 else 12)
 
@@ -154,33 +132,15 @@ class _Conv:
     unit_stride: bool
 
 
-def _vars(expr: tirx.PrimExpr) -> set[tirx.Var]:
-    return set(undefined_vars(expr))
-
-
 def find_nhwc_conv(sch: s_tir.Schedule) -> _Conv:
     """The NHWC conv2d block of the function (dense or depthwise); raises when there is none."""
-    blocks = sch.get_child_blocks(get_root_block(sch))
-    reductions = [b for b in blocks if is_reduction_block(sch, b)]
-    if len(reductions) != 1:
-        raise NotApplicable("expects exactly one reduction block")
-    main = reductions[0]
+    main = find_conv2d_iteration(sch, "NHWC")
     stmt = sch.get(main)
-    kinds = "".join(
-        "R" if iv.iter_type == tirx.IterVar.CommReduce else "S" for iv in stmt.iter_vars
-    )
-    if kinds != "SSSSRRR" or len(stmt.reads) != 2 or len(stmt.writes) != 1:
-        raise NotApplicable("not an NHWC conv2d iteration space")
-    n, y, x, f, ry, rx, rc = (iv.var for iv in stmt.iter_vars)
-    out_idx = [r.min for r in stmt.writes[0].region]
-    if len(out_idx) != 4 or any(
-        not i.same_as(v) for i, v in zip(out_idx, (n, y, x, f), strict=True)
-    ):
-        raise NotApplicable("output is not indexed [n, y, x, f]")
+    _, y, x, f, ry, rx, rc = (iv.var for iv in stmt.iter_vars)
     data_pos = None
     for pos, read in enumerate(stmt.reads):
         region = [r.min for r in read.region]
-        if len(region) == 4 and y in _vars(region[1]) and x in _vars(region[2]):
+        if len(region) == 4 and y in free_vars(region[1]) and x in free_vars(region[2]):
             data_pos = pos
     if data_pos is None:
         raise NotApplicable("no input indexed by output rows and columns")
@@ -194,7 +154,7 @@ def find_nhwc_conv(sch: s_tir.Schedule) -> _Conv:
                for iv in stmt.iter_vars]  # fmt: skip
     if isinstance(data[3], tirx.Var) and data[3].same_as(rc):
         depthwise = False
-    elif extents[6] == 1 and _vars(data[3]) == {f, rc}:
+    elif extents[6] == 1 and free_vars(data[3]) == {f, rc}:
         depthwise = True  # channel f + rc with rc of extent 1: one input channel per output
     else:
         raise NotApplicable("grouped conv other than depthwise")
@@ -213,21 +173,7 @@ def find_nhwc_conv(sch: s_tir.Schedule) -> _Conv:
 
 def _unit_stride(data: list[tirx.PrimExpr], y: tirx.Var, x: tirx.Var) -> bool:
     """Whether the data index moves one row / column per output row / column."""
-    from tvm.sym.pattern import detect_linear_equation
-
-    for index, var in ((data[1], y), (data[2], x)):
-        coeffs = detect_linear_equation(index, [var])
-        if len(coeffs) != 2 or not isinstance(coeffs[0], tirx.IntImm) or coeffs[0].value != 1:
-            return False
-    return True
-
-
-def _lane_width(channels: int | None, lanes: int) -> int:
-    """Widest power-of-two vector up to ``lanes`` that divides ``channels``."""
-    width = lanes
-    while width > 1 and channels is not None and channels % width:
-        width //= 2
-    return width
+    return all(linear_stride(index, var) == 1 for index, var in ((data[1], y), (data[2], x)))
 
 
 def _tile(columns: int | None, vectors: int, knobs: Conv2dNHWCKnobs) -> tuple[int, int]:
@@ -241,8 +187,8 @@ def _tile(columns: int | None, vectors: int, knobs: Conv2dNHWCKnobs) -> tuple[in
         budget = knobs.accumulators
         if vecs == vectors:
             # a tile of all the output channels (32 of them: the stem of a half-width ResNet)
-            # may fill the register file but for its weight vectors and two spare: 2 x 14
-            # pixels ran 0.41 -> 0.37 ms where 2 x 8 left registers idle
+            # may fill the register file but for its weight vectors and two spare, where the
+            # budget alone would leave registers idle (2 x 8 pixels, not 2 x 14)
             budget = max(budget, registers - vecs - 2)
         limit = max(budget // vecs, 1)
         cols = max(
@@ -254,44 +200,21 @@ def _tile(columns: int | None, vectors: int, knobs: Conv2dNHWCKnobs) -> tuple[in
     return best
 
 
-#: Depthwise tiles: pixels of one channel vector. Each pixel's input is loaded per tap, and
-#: LLVM keeps the loads a row of taps shares in registers: wider channel tiles (3 vectors x 8
-#: pixels) spilled them.
-_DEPTHWISE_COLUMNS = 8
-
-
-def _depthwise_rows(conv: _Conv, knobs: Conv2dNHWCKnobs) -> int:
-    return knobs.depthwise_rows or (4 if conv.unit_stride else 1)
-
-
 def _default_tile(
     conv: _Conv, columns: int | None, vectors: int, knobs: Conv2dNHWCKnobs
 ) -> tuple[int, int]:
     if conv.depthwise:
-        return 1, pick_factor(columns, _DEPTHWISE_COLUMNS)
+        return 1, pick_factor(columns, NHWC_DEPTHWISE_COLUMNS)
     return _tile(columns, vectors, knobs)
-
-
-def _balanced_split(extent: int, most: int, others: int, cores: int) -> int:
-    """Iterations per task of a loop of ``extent`` split across tasks: the most (up to
-    ``most``) dividing ``extent`` whose ``others x extent / part`` parallel tasks split evenly
-    over ``cores`` (or are many). Seven tasks of 28x28 planes kept one of two cores idle a
-    seventh of the time: 0.21 -> 0.17 ms."""
-    divisors = [d for d in range(max(min(most, extent), 1), 0, -1) if extent % d == 0]
-    for part in divisors:
-        tasks = others * (extent // part)
-        if tasks % cores == 0 or tasks >= 8 * cores:
-            return part
-    return divisors[0]
 
 
 def _row_tasks(
     sch: s_tir.Schedule, main: SBlockRV, weight_pos: int, knobs: Conv2dNHWCKnobs
 ) -> bool:
     """Whether a dense conv's parallel tasks put rows outside (``Conv2dNHWCKnobs.row_tasks``):
-    by default where the input is at least as large as the weights. The ResNet-18 1x1
-    downsampling convs ran 0.129 -> 0.084 ms so; its 3x3 convs of 256 channels, whose
-    weights are 12 times their input, 0.77 -> 0.87 ms."""
+    by default where the input is at least as large as the weights (ResNet-18's 1x1
+    downsampling convs, not its 3x3 convs of 256 channels, whose weights are 12 times their
+    input), so that each core reads its share of the larger operand."""
     if knobs.row_tasks >= 0:
         return bool(knobs.row_tasks)
     reads = sch.get(main).reads
@@ -335,7 +258,8 @@ def _sample_knobs(
     cols = sampler("tile_columns", first, fitting)
     knobs = replace(knobs, tile_vectors=vecs, tile_columns=cols)
     if conv.depthwise:
-        rows = sampler("depthwise_rows", _depthwise_rows(conv, knobs), [1, 2, 4, 8])
+        default_rows = nhwc_depthwise_rows(knobs.depthwise_rows, conv.unit_stride)
+        rows = sampler("depthwise_rows", default_rows, [1, 2, 4, 8])
         pixels = sampler("depthwise_pixels", knobs.depthwise_pixels, [8, 16, 32])
         pad = sampler("pad_in_tile", int(knobs.pad_in_tile), [0, 1])
         return replace(knobs, depthwise_rows=rows, depthwise_pixels=pixels, pad_in_tile=bool(pad))
@@ -360,23 +284,18 @@ def _sample_knobs(
 
 
 class Conv2dNHWC(CPUScheduleRule):
-    """Direct NHWC conv2d (dense or depthwise) in register tiles of channel vectors by pixels.
+    """Direct NHWC conv2d (dense or depthwise) in register tiles of channel vectors by pixels."""
 
-    Parameters
-    ----------
-    knobs : Conv2dNHWCKnobs, optional
-        Fixed knobs; by default derived from the target with :meth:`Conv2dNHWCKnobs.for_target`.
-    """
-
+    knobs_type = Conv2dNHWCKnobs
     samples_knobs = True
 
-    def __init__(self, knobs: Conv2dNHWCKnobs | None = None):
-        self.knobs = knobs
-
     def schedule(
-        self, sch: s_tir.Schedule, target: Target, sampler: KnobSampler | None = None
+        self,
+        sch: s_tir.Schedule,
+        target: Target,
+        knobs: Conv2dNHWCKnobs,
+        sampler: KnobSampler | None = None,
     ) -> s_tir.Schedule:
-        knobs = self.knobs or Conv2dNHWCKnobs.for_target(target)
         conv = find_nhwc_conv(sch)
         main = conv.main
         pads = []
@@ -396,7 +315,7 @@ class Conv2dNHWC(CPUScheduleRule):
         loops = sch.get_loops(main)
         f = loops[-4]
         channels = loop_extent(sch, f)
-        lanes = _lane_width(channels, knobs.vector_lanes)
+        lanes = vector_width(channels, knobs.vector_lanes)
         if channels is None or (lanes < 4 and not conv.depthwise):
             raise NotApplicable("output channels are not whole vectors of 4 or more lanes")
         columns = loop_extent(sch, loops[-5])
@@ -412,45 +331,23 @@ class Conv2dNHWC(CPUScheduleRule):
             vecs, cols = _default_tile(conv, columns, vectors, knobs)
         cores = num_cores(target)
         if conv.depthwise:
-            rows = _depthwise_rows(conv, knobs)
-            tile = self._depthwise(sch, main, vecs, cols, rows, lanes, knobs, cores)
+            rows = nhwc_depthwise_rows(knobs.depthwise_rows, conv.unit_stride)
+            shape = (vecs, cols, rows)
+            tile = schedule_depthwise_nhwc(sch, main, shape, lanes, knobs.depthwise_pixels, cores)
         else:
             tile = self._dense(sch, main, 1 - conv.data_pos, vecs, cols, lanes, knobs, cores)
         for pad in pads:
             if knobs.pad_in_tile and conv.depthwise:
                 sch.compute_at(pad, tile, preserve_unit_loops=True)
                 inner = sch.get_loops(pad)[-1]
-                inner_lanes = _lane_width(loop_extent(sch, inner), knobs.vector_lanes)
+                inner_lanes = vector_width(loop_extent(sch, inner), knobs.vector_lanes)
                 sch.vectorize(sch.split(inner, [None, inner_lanes])[1])
             else:
                 schedule_spatial_block(sch, pad, FallbackKnobs(vector_lanes=knobs.vector_lanes))
         return sch
 
     @staticmethod
-    def _finish(
-        sch: s_tir.Schedule,
-        main: SBlockRV,
-        tile: LoopRV,
-        register_tile: tuple[LoopRV, LoopRV, LoopRV],
-        first_reduction: LoopRV,
-        lanes: int,
-    ) -> None:
-        """The register tile (pixels, vectors, lanes) unrolled and vectorised; accumulate in
-        registers, the epilogue writing channel vectors from them at ``tile``."""
-        pixels, vectors, lane = register_tile
-        sch.unroll(pixels)
-        sch.unroll(vectors)
-        sch.vectorize(lane)
-        acc = sch.cache_write(main, 0, TILE_SCOPE)
-        auto_inline_consumer_chain(sch, acc)
-        sch.reverse_compute_at(acc, tile, preserve_unit_loops=True)
-        inner = sch.get_loops(acc)[-1]
-        sch.vectorize(sch.split(inner, [None, lanes])[1])
-        sch.decompose_reduction(main, first_reduction)
-
-    @classmethod
     def _dense(
-        cls,
         sch: s_tir.Schedule,
         main: SBlockRV,
         weight_pos: int,
@@ -469,13 +366,10 @@ class Conv2dNHWC(CPUScheduleRule):
         row_tasks = _row_tasks(sch, main, weight_pos, knobs)
         packed_name = None
         if knobs.pack_weights and (loop_extent(sch, f) or 0) > nr:
-            packed = sch.cache_read(main, weight_pos, "global")
-            packed_name = sch.get(packed).writes[0].source.name
-            sch.transform_layout(
-                packed, ("write", 0), lambda h, w, i, o: (o // nr, i, h, w, o % nr)
+            packed = pack_weight(
+                sch, main, weight_pos, lambda h, w, i, o: (o // nr, i, h, w, o % nr)
             )
-            sch.annotate(packed, LAYOUT_REWRITE_ATTR, 1)
-            sch.parallel(sch.get_loops(packed)[0])
+            packed_name = sch.get(packed).writes[0].source.name
         fo, fv, fl = sch.split(f, [None, vecs, lanes])
         outer = spatial[:-1]  # (n, y), or (n,) once the pixels are flattened
         in_channels = loop_extent(sch, rc)
@@ -494,7 +388,7 @@ class Conv2dNHWC(CPUScheduleRule):
                 # short rows (7 or 14 pixels): several of them share each weight block, which
                 # is then streamed from memory once per chunk of the image, not once per row
                 others = loop_extent(sch, fo) * (loop_extent(sch, outer[0]) or 1)
-                rows_per_chunk = _balanced_split(
+                rows_per_chunk = balanced_split(
                     loop_extent(sch, outer[-1]), knobs.row_pixels // width, others, cores
                 )
                 yo, yr = sch.split(outer[-1], [None, rows_per_chunk])
@@ -515,44 +409,5 @@ class Conv2dNHWC(CPUScheduleRule):
             tile = sch.fuse(*tasks)
             first_reduction = rc
         sch.parallel(tile)
-        cls._finish(sch, main, tile, (xi, fv, fl), first_reduction, lanes)
-        return tile
-
-    @classmethod
-    def _depthwise(
-        cls,
-        sch: s_tir.Schedule,
-        main: SBlockRV,
-        vecs: int,
-        cols: int,
-        rows: int,
-        lanes: int,
-        knobs: Conv2dNHWCKnobs,
-        cores: int,
-    ) -> LoopRV:
-        """Tasks of ``rows`` x a chunk of pixels and their channel vectors (all of them, or a
-        share that leaves tasks enough for the cores); returns the task loop, where the task's
-        padded input is copied, all its channels at once. Each tile of pixels then walks the
-        channel vectors, so that the input lines it loads are used whole while in L1. Walking
-        the vectors outside the pixels (a copy per vector, each reading one line of every
-        pixel at a stride of the channel count) ran MobileNetV2's depthwise convs with the
-        1x1 convs before them 10-25% slower: 112x112x96 stride 2 2.37 -> 1.98 ms, 56x56x144
-        1.30 -> 1.04 ms, timed in turns."""
-        n, y, x, f, ry, rx, rc = sch.get_loops(main)
-        # rows and chunk: the padded input a task copies overlaps its neighbours' by the
-        # kernel's halo only (one output row per task copied each input row three times)
-        rows = pick_factor(loop_extent(sch, y), rows)
-        width = loop_extent(sch, x) or cols
-        chunk = pick_factor(width // cols, max(knobs.depthwise_pixels // cols, 1)) * cols
-        fo, fv, fl = sch.split(f, [None, vecs, lanes])
-        yo, yi = sch.split(y, [None, rows])
-        xc, xo, xi = sch.split(x, [None, chunk // cols, cols])
-        tasks = (loop_extent(sch, yo) or 1) * (loop_extent(sch, xc) or 1)
-        vectors = loop_extent(sch, fo) or 1
-        share = _balanced_split(vectors, vectors, tasks, cores)
-        fc, fo = sch.split(fo, [None, share])
-        sch.reorder(n, yo, xc, fc, yi, xo, fo, ry, rx, rc, xi, fv, fl)
-        tile = sch.fuse(n, yo, xc, fc)
-        sch.parallel(tile)
-        cls._finish(sch, main, fo, (xi, fv, fl), ry, lanes)
+        finish_register_tile(sch, main, tile, (xi, fv, fl), first_reduction, lanes)
         return tile

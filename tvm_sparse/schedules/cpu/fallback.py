@@ -16,13 +16,21 @@ from tvm.s_tir.dlight.base import try_inline
 from tvm.s_tir.schedule import SBlockRV
 from tvm.target import Target
 
-from .base import CPUScheduleRule, block_loop_kinds, is_reduction_block, loop_extent, vector_lanes
+from .base import (
+    CPUScheduleRule,
+    VectorKnobs,
+    block_loop_kinds,
+    is_reduction_block,
+    leading_spatial,
+    loop_extent,
+    vector_lanes,
+)
 
 __all__ = ["Fallback", "FallbackKnobs", "schedule_reduction_block", "schedule_spatial_block"]
 
 
 @dataclass
-class FallbackKnobs:
+class FallbackKnobs(VectorKnobs):
     """Knobs of :class:`Fallback` (and of the per-block helpers other rules reuse).
 
     Attributes
@@ -36,7 +44,6 @@ class FallbackKnobs:
         ``pragma_auto_unroll_max_step`` put on the innermost reduction loop (0 disables).
     """
 
-    vector_lanes: int = 16
     min_vector_lanes: int = 4
     unroll: int = 16
 
@@ -107,8 +114,8 @@ def _schedule_transpose(sch: s_tir.Schedule, block: SBlockRV, axis: int, lanes: 
 
 
 #: Longest row, in vectors, that a spatial block vectorises whole (LLVM splits it in registers):
-#: a 226-pixel row of a padded 3-channel image is 85 AVX2 vectors, whose pad ran MobileNetV2's
-#: stem conv 0.84 -> 0.56 ms against vectors across rows (a limit of 64).
+#: a 226-pixel row of a padded 3-channel image is 85 AVX2 vectors, which a limit of 64 would
+#: send to vectors across rows, each lane dividing its index back into coordinates.
 _ROW_VECTOR = 128
 
 
@@ -137,9 +144,7 @@ def schedule_spatial_block(sch: s_tir.Schedule, block: SBlockRV, knobs: Fallback
         # a transpose with a short inner axis (NCHW -> NHWC of 3 channels): vectorise the
         # axis the input is contiguous along, storing with a stride, instead of fusing the
         # loops into a vector whose every lane divides its index back into coordinates; the
-        # short axis unrolled inside the parallel rows (the 224x224 image: 0.030 -> 0.008 ms
-        # where each task was one vector, its coordinates divided out of the task index, and
-        # each channel a pass over the row)
+        # short axis unrolled inside the parallel rows, not one pass over the row per channel
         factor = _pow2_factor(loop_extent(sch, loops[-2]), knobs.vector_lanes)
         outer, vec = sch.split(loops[-2], [None, factor])
         sch.reorder(outer, loops[-1], vec)  # each vector's pixels written whole, one by one
@@ -152,8 +157,8 @@ def schedule_spatial_block(sch: s_tir.Schedule, block: SBlockRV, knobs: Fallback
         and (loop_extent(sch, loops[-2]) or 0) * inner_ext <= _ROW_VECTOR * knobs.vector_lanes
     ):
         # a short inner axis (padding a 3-channel NHWC image): the last two loops as one row
-        # vector, whose flattened index stays affine (x * 3 + c), 25x faster on a 226x226x3
-        # pad than vectors across rows, whose every lane divides its index back
+        # vector, whose flattened index stays affine (x * 3 + c), not vectors across rows,
+        # whose every lane divides its index back
         vec, outer_loops = sch.fuse(loops[-2], loops[-1]), loops[:-2]
     else:
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
@@ -173,9 +178,7 @@ def schedule_reduction_block(sch: s_tir.Schedule, block: SBlockRV, knobs: Fallba
     """Parallelise the leading spatial loops of a reduction block and unroll its inner loop."""
     loops = sch.get_loops(block)
     kinds = block_loop_kinds(sch, block)
-    n_lead = 0
-    while n_lead < len(kinds) and kinds[n_lead] == "S":
-        n_lead += 1
+    n_lead = leading_spatial("".join(kinds))
     if n_lead:
         lead = sch.fuse(*loops[:n_lead]) if n_lead > 1 else loops[0]
         sch.parallel(lead)
@@ -194,16 +197,9 @@ def schedule_any_block(sch: s_tir.Schedule, block: SBlockRV, knobs: FallbackKnob
 
 
 class Fallback(CPUScheduleRule):
-    """Schedules any PrimFunc: parallel outer spatial loops, vectorised inner spatial loops.
+    """Schedules any PrimFunc: parallel outer spatial loops, vectorised inner spatial loops."""
 
-    Parameters
-    ----------
-    knobs : FallbackKnobs, optional
-        Fixed knobs; by default derived from the target with :meth:`FallbackKnobs.for_target`.
-    """
-
-    def __init__(self, knobs: FallbackKnobs | None = None):
-        self.knobs = knobs
+    knobs_type = FallbackKnobs
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         """Schedule ``func``; only a non-llvm target or a non-PrimFunc gives ``None``."""
@@ -212,8 +208,7 @@ class Fallback(CPUScheduleRule):
             sch = s_tir.Schedule(func)  # never leave the caller without a schedule
         return sch
 
-    def schedule(self, sch: s_tir.Schedule, target: Target) -> s_tir.Schedule:
-        knobs = self.knobs or FallbackKnobs.for_target(target)
+    def schedule(self, sch: s_tir.Schedule, target: Target, knobs: FallbackKnobs) -> s_tir.Schedule:
         infos = [get_sblock_info(sch, b) for b in sch.get_child_blocks(get_root_block(sch))]
         remaining = try_inline(sch, infos) if len(infos) > 1 else infos
         for info in remaining:

@@ -1,19 +1,11 @@
 """CPU schedule for matrix-vector products whose reduction axis is contiguous (``W[n, k] x[k]``).
 
 dlight's CPU ``GEMV`` vectorises a loop that encloses the reduction, which LLVM scalarises, and
-leaves the epilogue serial (1.5 GFLOP/s for 3072x768 on znver4). Here the reduction axis is split
-into SIMD lanes and ``rfactor``-ed: each of ``rows`` outputs keeps a vector of partial sums over
-contiguous ``k``, reduced across lanes at the end of the row tile, with the epilogue fused.
+leaves the epilogue serial. Here the reduction axis is split into SIMD lanes and ``rfactor``-ed:
+each of ``rows`` outputs keeps a vector of partial sums over contiguous ``k``, reduced across
+lanes at the end of the row tile, with the epilogue fused::
 
-Before::
-
-    for i, j, k in T.grid(1, 3072, 768):
-        t[i, j] += x[i, k] * W[j, k]
-    for i, j in T.grid(1, 3072): y[i, j] = t[i, j] + bias[j]
-
-After (schematically)::
-
-    for jo in T.parallel(768):                   # 4 rows per tile
+    for jo in T.parallel(768):                   # 4 rows per tile of y = W[3072, 768] x
         for ko in range(48):
             for ji in T.unroll(4):
                 for kv in T.vectorized(16):
@@ -27,32 +19,23 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from tvm import s_tir
-from tvm.s_tir.dlight.gpu.matmul import (
-    auto_inline_consumer_chain,
-    auto_inline_producers,
-    make_iter_fusion_index_map,
-)
 from tvm.target import Target
 
-from .base import TILE_SCOPE, CPUScheduleRule, NotApplicable, loop_extent, pick_factor, vector_lanes
+from .base import CPUScheduleRule, NotApplicable, VectorKnobs, loop_extent, pick_factor
 from .knob_sampler import KnobSampler
-from .matmul import (
-    _I,
-    _J,
-    _K,
-    _S,
-    _innermost_kind,
-    _var_kinds,
-    detect_iter_traits,
-    find_matmul_block,
-)
+from .matmul_block import ITER_I as _I
+from .matmul_block import ITER_J as _J
+from .matmul_block import ITER_K as _K
+from .matmul_block import ITER_S as _S
+from .matmul_block import inline_matmul_prologue, innermost_kind, normalize_matmul
+from .tiling import accumulate_at
 
 __all__ = ["GEMV", "GEMVKnobs"]
 
 
 @dataclass
-class GEMVKnobs:
-    """Knobs of :class:`GEMV`.
+class GEMVKnobs(VectorKnobs):
+    """Knobs of :class:`GEMV`; by default one fp32 SIMD register of partial sums per row.
 
     Attributes
     ----------
@@ -62,13 +45,7 @@ class GEMVKnobs:
         Output rows per parallel tile (upper bound; a divisor of ``N`` is used).
     """
 
-    vector_lanes: int = 16
     tile_rows: int = 4
-
-    @classmethod
-    def for_target(cls, target: Target) -> GEMVKnobs:
-        """Defaults for ``target``: one fp32 SIMD register of partial sums per row."""
-        return cls(vector_lanes=vector_lanes(target))
 
 
 def _sample_knobs(sampler: KnobSampler, knobs: GEMVKnobs, n: int | None, k: int) -> GEMVKnobs:
@@ -82,51 +59,29 @@ def _sample_knobs(sampler: KnobSampler, knobs: GEMVKnobs, n: int | None, k: int)
 
 
 class GEMV(CPUScheduleRule):
-    """``y[S, J] = sum_k x[S, k] * W[S, J, k]`` with ``k`` contiguous in ``W`` (batch 1 linear).
+    """``y[S, J] = sum_k x[S, k] * W[S, J, k]`` with ``k`` contiguous in ``W`` (batch 1 linear)."""
 
-    Parameters
-    ----------
-    knobs : GEMVKnobs, optional
-        Fixed knobs; by default derived from the target with :meth:`GEMVKnobs.for_target`.
-    """
-
+    knobs_type = GEMVKnobs
     samples_knobs = True
 
-    def __init__(self, knobs: GEMVKnobs | None = None):
-        self.knobs = knobs
-
     def schedule(
-        self, sch: s_tir.Schedule, target: Target, sampler: KnobSampler | None = None
+        self,
+        sch: s_tir.Schedule,
+        target: Target,
+        knobs: GEMVKnobs,
+        sampler: KnobSampler | None = None,
     ) -> s_tir.Schedule:
-        knobs = self.knobs or GEMVKnobs.for_target(target)
-        main = find_matmul_block(sch)
-        auto_inline_producers(sch, main)
-        block = sch.get(main)
-        traits = detect_iter_traits(block)
-        if traits is None:
-            raise NotApplicable("not a matmul")
-        a_traits, b_traits, c_traits, block_traits = traits
-        kinds = _var_kinds(block, block_traits)
+        main, traits, kinds = inline_matmul_prologue(sch)
         if _I in kinds.values():
             raise NotApplicable("more than one row of A: a matmul")
-        if _innermost_kind(block.reads[1].region, kinds) != _K:
+        if innermost_kind(sch.get(main).reads[1].region, kinds) != _K:
             raise NotApplicable("reduction axis of the matrix is not contiguous")
-        k_ext = next(t.extent for t in block_traits if t.kind == _K)
+        k_ext = next(t.extent for t in traits[3] if t.kind == _K)
         lanes = knobs.vector_lanes
         if not hasattr(k_ext, "value") or k_ext.value % lanes != 0:
             raise NotApplicable("reduction length is not a multiple of the vector width")
 
-        reindex_a = sch.reindex(main, ("read", 0))
-        reindex_b = sch.reindex(main, ("read", 1))
-        reindex_c = sch.reindex(main, ("write", 0))
-        sch.transform_layout(
-            reindex_a, ("write", 0), make_iter_fusion_index_map(a_traits, [_S, _K])
-        )
-        sch.transform_layout(
-            reindex_b, ("write", 0), make_iter_fusion_index_map(b_traits, [_S, _J, _K])
-        )
-        sch.transform_layout(reindex_c, ("read", 0), make_iter_fusion_index_map(c_traits, [_S, _J]))
-        sch.transform_block_layout(main, make_iter_fusion_index_map(block_traits, [_S, _J, _K]))
+        reindex_a, reindex_b = normalize_matmul(sch, main, traits, [_S, _K], [_S, _J, _K], [_S, _J])
         sch.compute_inline(reindex_a)
         sch.compute_inline(reindex_b)
 
@@ -148,8 +103,6 @@ class GEMV(CPUScheduleRule):
         sch.reorder(p_k, p_batch, p_row, p_lane)
         sch.unroll(p_row)
         sch.vectorize(p_lane)
-        acc = sch.cache_write(main, 0, TILE_SCOPE)
-        auto_inline_consumer_chain(sch, acc)
-        sch.reverse_compute_at(acc, tile, preserve_unit_loops=True)
+        accumulate_at(sch, main, tile)
         sch.decompose_reduction(part, p_k)
         return sch

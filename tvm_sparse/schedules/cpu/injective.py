@@ -2,20 +2,11 @@
 concat, split, and chains of them (GELU with erf, tanh, residual adds).
 
 The blocks are inlined into as few as possible (one per output), and each remaining block gets
-a parallel outer loop and a vectorised inner loop.
+a parallel outer loop and a vectorised inner loop::
 
-Before::
-
-    for i, j in T.grid(128, 3072):
-        with T.sblock("T_multiply"): ...
-    for i, j in T.grid(128, 3072):
-        with T.sblock("compute"): ...        # erf
-
-After::
-
-    for i_jo in T.parallel(24576):
+    for i_jo in T.parallel(24576):               # a 128 x 3072 multiply, then erf
         for ji in T.vectorized(16):
-            with T.sblock("compute"): ...    # multiply inlined
+            with T.sblock("compute"): ...        # multiply inlined
 """
 
 from __future__ import annotations
@@ -36,19 +27,13 @@ class InjectiveKnobs(FallbackKnobs):
 
 
 class Injective(CPUScheduleRule):
-    """Functions made only of spatial blocks: inline, then parallel + vectorise each output.
+    """Functions made only of spatial blocks: inline, then parallel + vectorise each output."""
 
-    Parameters
-    ----------
-    knobs : InjectiveKnobs, optional
-        Fixed knobs; by default derived from the target with :meth:`InjectiveKnobs.for_target`.
-    """
+    knobs_type = InjectiveKnobs
 
-    def __init__(self, knobs: InjectiveKnobs | None = None):
-        self.knobs = knobs
-
-    def schedule(self, sch: s_tir.Schedule, target: Target) -> s_tir.Schedule:
-        knobs = self.knobs or InjectiveKnobs.for_target(target)
+    def schedule(
+        self, sch: s_tir.Schedule, target: Target, knobs: InjectiveKnobs
+    ) -> s_tir.Schedule:
         blocks = sch.get_child_blocks(get_root_block(sch))
         if not blocks or any(is_reduction_block(sch, b) for b in blocks):
             raise NotApplicable("has a reduction")

@@ -1,26 +1,13 @@
 """Register-tiled CPU schedule for matmul-like PrimFuncs (linear, batched matmul, attention).
 
-The main block ``C[S, I, J] += A[S, I, K] * B[S, K, J]`` (any operand layout, any fused injective
-prologue or epilogue) is normalised with ``reindex`` into that canonical form, then computed in
-``mr x nr`` register tiles: ``mr`` rows of ``A`` broadcast against ``nr`` contiguous columns of
-``B`` (a few SIMD registers), ``k`` innermost-but-two. The epilogue (bias, activation, residual)
-runs on each tile straight from the registers. A ``B`` whose ``J`` axis is not contiguous (a
-transposed weight, ``Q @ K^T``) is first copied into ``[S, K, J]`` layout.
+The main block (any operand layout, any fused injective prologue or epilogue) is normalised with
+``reindex`` to ``C[S, I, J] += A[S, I, K] * B[S, K, J]``, then computed in ``mr x nr`` register
+tiles: ``mr`` rows of ``A`` broadcast against ``nr`` contiguous columns of ``B`` (a few SIMD
+registers). The epilogue runs on each tile from the registers. A ``B`` whose ``J`` axis is not
+contiguous (a transposed weight, ``Q @ K^T``) is first copied into ``[S, K, J]`` layout::
 
-Before::
-
-    for i0, i1, k in T.grid(128, 3072, 768):
-        with T.sblock("matmul"):
-            C[i0, i1] = C[i0, i1] + A[i0, k] * B[k, i1]
-    for ax0, ax1 in T.grid(128, 3072):
-        with T.sblock("T_add"):
-            D[ax0, ax1] = C[ax0, ax1] + bias[ax1]
-
-After (schematically)::
-
-    for b_jo_io in T.parallel(1536):             # tiles of 4 x 64
-        for ii, ji in T.grid(4, 64):             # ji vectorised
-            C_local[ii, ji] = 0
+    for b_jo_io in T.parallel(1536):             # tiles of 4 x 64 of a 128 x 3072 C
+        C_local[0:4, 0:64] = 0
         for k in range(768):
             for ii in T.unroll(4):
                 for ji in T.vectorized(64):
@@ -35,34 +22,27 @@ from dataclasses import dataclass, replace
 
 import tvm
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import get_root_block
-from tvm.s_tir.dlight.gpu.matmul import (
-    IterKind,
-    IterTrait,
-    auto_inline_consumer_chain,
-    auto_inline_producers,
-    make_iter_fusion_index_map,
-)
 from tvm.s_tir.schedule import SBlockRV
 from tvm.target import Target
-from tvm.tirx.analysis import undefined_vars
 
 from .base import (
     TILE_SCOPE,
     CPUScheduleRule,
-    NotApplicable,
-    is_reduction_block,
+    VectorKnobs,
     loop_extent,
     pick_factor,
     vector_lanes,
 )
-from .conv2d import LAYOUT_REWRITE_ATTR
 from .fallback import FallbackKnobs, schedule_spatial_block
 from .knob_sampler import KnobSampler
+from .matmul_block import ITER_I as _I
+from .matmul_block import ITER_J as _J
+from .matmul_block import ITER_K as _K
+from .matmul_block import ITER_S as _S
+from .matmul_block import inline_matmul_prologue, innermost_kind, normalize_matmul
+from .tiling import pack_weight, vector_width, write_back_at
 
 __all__ = ["Matmul", "MatmulKnobs"]
-
-_S, _I, _J, _K = IterKind.kIter_S, IterKind.kIter_I, IterKind.kIter_J, IterKind.kIter_K
 
 #: A B operand this small (bytes) is read from L1 by every row tile: the row tiles go outside.
 _L1_BYTES = 16 * 1024
@@ -74,7 +54,7 @@ def _b_in_l1(k: int | None, n: int | None) -> bool:
 
 
 @dataclass
-class MatmulKnobs:
+class MatmulKnobs(VectorKnobs):
     """Knobs of :class:`Matmul`.
 
     Attributes
@@ -105,7 +85,6 @@ class MatmulKnobs:
         -1 chooses rows where ``A`` is at least as large as ``B`` (``M >= N``).
     """
 
-    vector_lanes: int = 16
     tile_rows: int = 4
     tile_vectors: int = 4
     k_block: int = 0
@@ -118,83 +97,15 @@ class MatmulKnobs:
         """Defaults for ``target``: 16-24 accumulator registers of the target's SIMD width."""
         lanes = vector_lanes(target)
         if lanes >= 16:  # AVX-512: 32 zmm registers
-            # 8 x 3 registers: 24 accumulators, 3 weight loads per 8 broadcasts; on two FMA
-            # units it beat 4 x 4 by 6-14% on BERT's linears (and 6 x 4 leaves a row tail)
+            # 8 x 3 registers: 24 accumulators, 3 weight loads per 8 broadcasts, which keeps
+            # two FMA units busier than 4 x 4 (and 6 x 4 leaves a row tail)
             return cls(vector_lanes=lanes, tile_rows=8, tile_vectors=3)
         if lanes == 8:  # AVX2: 16 ymm registers
             # 4 x 3 registers: 12 accumulators, 3 weight vectors and a broadcast fill all 16.
             # It tiles MobileNetV2's 24-channel 1x1 convs whole, where 4 x 2 fell back to one
-            # vector, and ran MobileNetV2 13-20% faster than 4 x 2, timed in turns (the
-            # 128 x 768 x 3072 linear: 7.98 ms against 8.06)
+            # vector
             return cls(vector_lanes=lanes, tile_rows=4, tile_vectors=3)
         return cls(vector_lanes=lanes, tile_rows=4, tile_vectors=4)  # NEON: 32 q registers
-
-
-def detect_iter_traits(block: s_tir.SBlock):
-    """Classify the iterators of ``C[S, I, J] += A[S, I, K] * B[S, J, K]``-like blocks.
-
-    Like dlight's ``detect_iter_traits`` but an ``I`` axis of extent one (GEMV, batch 1) is
-    allowed. Returns the traits of ``A``, ``B``, ``C`` and the block, or ``None``.
-    """
-    if len(block.reads) != 2 or len(block.writes) != 1:
-        return None
-
-    def _axes(region) -> set[tirx.Var] | None:
-        axes: set[tirx.Var] = set()
-        for rng in region:
-            if not (isinstance(rng.extent, tirx.IntImm) and rng.extent.value == 1):
-                return None
-            axes |= set(undefined_vars(rng.min))
-        return axes
-
-    a_axes, b_axes = _axes(block.reads[0].region), _axes(block.reads[1].region)
-    c_axes = _axes(block.writes[0].region)
-    if a_axes is None or b_axes is None or c_axes is None:
-        return None
-    traits: dict[tirx.Var, IterTrait] = {}
-    for iv in block.iter_vars:
-        var, ext = iv.var, iv.dom.extent
-        if isinstance(ext, tirx.IntImm) and ext.value == 1:
-            kind = IterKind.kIter_T
-        elif iv.iter_type == tirx.IterVar.DataPar:
-            if var in a_axes and var in b_axes and var in c_axes:
-                kind = _S
-            elif var in a_axes and var in c_axes:
-                kind = _I
-            elif var in b_axes and var in c_axes:
-                kind = _J
-            else:
-                return None
-        elif iv.iter_type == tirx.IterVar.CommReduce and var in a_axes and var in b_axes:
-            if var in c_axes:
-                return None
-            kind = _K
-        else:
-            return None
-        traits[var] = IterTrait(kind, ext)
-    if not {_J, _K} <= {t.kind for t in traits.values()}:
-        return None
-    order = [iv.var for iv in block.iter_vars]
-    return (
-        [traits[v] for v in order if v in a_axes],
-        [traits[v] for v in order if v in b_axes],
-        [traits[v] for v in order if v in c_axes],
-        [traits[v] for v in order],
-    )
-
-
-def _var_kinds(block: s_tir.SBlock, traits) -> dict[tirx.Var, IterKind]:
-    return {iv.var: t.kind for iv, t in zip(block.iter_vars, traits, strict=True)}
-
-
-def _innermost_kind(region, kinds: dict[tirx.Var, IterKind]) -> IterKind | None:
-    """Kind of the iterator that indexes the innermost dimension of an access, if it is one."""
-    for rng in reversed(region):
-        idx = rng.min
-        if isinstance(idx, tirx.IntImm):
-            continue  # a unit dimension; look one further out
-        return kinds.get(idx) if isinstance(idx, tirx.Var) else None
-    return None
 
 
 def _pack_weight_panels(sch: s_tir.Schedule, main: SBlockRV, nr: int) -> None:
@@ -210,10 +121,7 @@ def _pack_weight_panels(sch: s_tir.Schedule, main: SBlockRV, nr: int) -> None:
     idx = [rng.min for rng in read.region]
     if not all(isinstance(v, tirx.Var) for v in idx):
         return
-    packed = sch.cache_read(main, 1, "global")
-    sch.transform_layout(packed, ("write", 0), lambda kk, nn: (nn // nr, kk, nn % nr))
-    sch.annotate(packed, LAYOUT_REWRITE_ATTR, 1)
-    sch.parallel(sch.get_loops(packed)[0])
+    pack_weight(sch, main, 1, lambda kk, nn: (nn // nr, kk, nn % nr))
 
 
 def _pad_tiles(sch: s_tir.Schedule, main: SBlockRV, mr: int, nr: int, lanes: int) -> bool:
@@ -239,9 +147,8 @@ def _row_tile(m: int | None, tile_rows: int) -> int:
 
     ``m``'s largest divisor up to ``tile_rows`` where that is over half of ``tile_rows``;
     otherwise ``tile_rows``, whose last tile is predicated. MobileNetV2's 7x7 1x1 convs
-    (``m = 49``) divide only into single rows, two vectors per broadcast: its 160 -> 960
-    conv ran at 27 GFLOP/s on AVX2, and at 64 in tiles of 7 rows, timed in turns; a
-    predicated tile keeps the target's tile shape instead.
+    (``m = 49``) divide only into single rows, two vectors per broadcast, which starves the
+    FMA units; a predicated tile keeps the target's tile shape instead.
     """
     if m is None:
         return tile_rows
@@ -304,70 +211,26 @@ def _row_tasks(knobs: MatmulKnobs, m: int | None, n: int | None) -> bool:
     return m is not None and n is not None and m >= n
 
 
-def _vector_width(columns: int, lanes: int) -> int:
-    """Widest power-of-two vector up to ``lanes`` that divides ``columns`` (at least 1)."""
-    width = lanes
-    while width > 1 and columns % width:
-        width //= 2
-    return width
-
-
-def find_matmul_block(sch: s_tir.Schedule) -> SBlockRV:
-    """The single reduction block of a matmul-like function; raises when there is none."""
-    blocks = sch.get_child_blocks(get_root_block(sch))
-    reductions = [b for b in blocks if is_reduction_block(sch, b)]
-    if len(reductions) != 1:
-        raise NotApplicable("expects exactly one reduction block")
-    main = reductions[0]
-    if detect_iter_traits(sch.get(main)) is None:
-        raise NotApplicable("reduction is not a matmul")
-    return main
-
-
 class Matmul(CPUScheduleRule):
-    """Register-tiled matmul for 2-D, batched and transposed-operand matmuls with epilogues.
+    """Register-tiled matmul for 2-D, batched and transposed-operand matmuls with epilogues."""
 
-    Parameters
-    ----------
-    knobs : MatmulKnobs, optional
-        Fixed knobs; by default derived from the target with :meth:`MatmulKnobs.for_target`.
-    """
-
+    knobs_type = MatmulKnobs
     samples_knobs = True
 
-    def __init__(self, knobs: MatmulKnobs | None = None):
-        self.knobs = knobs
-
     def schedule(
-        self, sch: s_tir.Schedule, target: Target, sampler: KnobSampler | None = None
+        self,
+        sch: s_tir.Schedule,
+        target: Target,
+        knobs: MatmulKnobs,
+        sampler: KnobSampler | None = None,
     ) -> s_tir.Schedule:
-        knobs = self.knobs or MatmulKnobs.for_target(target)
-        main = find_matmul_block(sch)
-        auto_inline_producers(sch, main)
-        block = sch.get(main)
-        if len(block.reads) != 2 or len(block.writes) != 1:
-            raise NotApplicable("matmul with extra operands")
-        traits = detect_iter_traits(block)
-        if traits is None:
-            raise NotApplicable("prologue made the reduction non-matmul")
-        a_traits, b_traits, c_traits, block_traits = traits
-        kinds = _var_kinds(block, block_traits)
-        b_contiguous = _innermost_kind(block.reads[1].region, kinds) == _J
+        main, traits, kinds = inline_matmul_prologue(sch)
+        b_contiguous = innermost_kind(sch.get(main).reads[1].region, kinds) == _J
 
         # Step 1. Normalise to C[S, I, J] += A[S, I, K] * B[S, K, J].
-        reindex_a = sch.reindex(main, ("read", 0))
-        reindex_b = sch.reindex(main, ("read", 1))
-        reindex_c = sch.reindex(main, ("write", 0))
-        sch.transform_layout(
-            reindex_a, ("write", 0), make_iter_fusion_index_map(a_traits, [_S, _I, _K])
+        reindex_a, reindex_b = normalize_matmul(
+            sch, main, traits, [_S, _I, _K], [_S, _K, _J], [_S, _I, _J]
         )
-        sch.transform_layout(
-            reindex_b, ("write", 0), make_iter_fusion_index_map(b_traits, [_S, _K, _J])
-        )
-        sch.transform_layout(
-            reindex_c, ("read", 0), make_iter_fusion_index_map(c_traits, [_S, _I, _J])
-        )
-        sch.transform_block_layout(main, make_iter_fusion_index_map(block_traits, [_S, _I, _J, _K]))
         sch.compute_inline(reindex_a)
         if b_contiguous:
             sch.compute_inline(reindex_b)
@@ -420,8 +283,8 @@ class Matmul(CPUScheduleRule):
             tile, inner_k = sch.fuse(b, io, jo), k
         elif _row_tasks(knobs, m_ext, n_ext):
             # each core takes its own rows of A, which the kernel before it wrote from the
-            # same core (in its L2), and reads all of B: MobileNetV2's 14x14 576 -> 96 conv
-            # 0.096 -> 0.068 ms, where with panels outside each core read all of A
+            # same core (in its L2), and reads all of B, where with panels outside each core
+            # reads all of A
             sch.reorder(b, io, jo, k, ii, ji)
             tile, inner_k = sch.fuse(b, io, jo), k
         else:
@@ -429,7 +292,7 @@ class Matmul(CPUScheduleRule):
             tile, inner_k = sch.fuse(b, jo, io), k
         sch.parallel(tile)
         sch.unroll(ii)
-        width = _vector_width(nr, lanes)
+        width = vector_width(nr, lanes)
         if nr > width:
             # power-of-two vectors: LLVM splits a vector of 3 registers (or of 24 lanes) into
             # odd pieces and shuffles, not into 3 registers
@@ -449,8 +312,7 @@ class Matmul(CPUScheduleRule):
             acc = sch.get_consumers(main)[0]
         else:
             acc = sch.cache_write(main, 0, TILE_SCOPE)
-        auto_inline_consumer_chain(sch, acc)
-        sch.reverse_compute_at(acc, tile, preserve_unit_loops=True)
+        write_back_at(sch, acc, tile)
         wj = sch.get_loops(acc)[-1]
         if nr > width:
             wj = sch.split(wj, [None, width])[1]

@@ -1,23 +1,13 @@
 """CPU schedule for row reductions: softmax, layer norm, mean, sum, and their fused epilogues.
 
 Functions whose blocks all share leading spatial axes and reduce over the trailing ones are
-computed row by row: parallel rows, every block computed per row, injective blocks vectorised,
-and each reduction over whole SIMD registers split into one partial result per lane
-(``rfactor``), accumulated with vector instructions and summed across the lanes at the end. A
-serial reduction is a chain of dependent adds, one per element: vectorised, a 768-wide layer
-norm ran 9x faster and a 128-wide softmax 3.5x. What that does not fit goes to dlight's CPU
-``Reduction`` (the same structure with unrolled serial reductions); a lone reduction block
-(``sum``, ``max``) that it declines gets parallel rows and an unrolled inner reduction, with any
-injective epilogue per row.
+computed row by row: parallel rows, injective blocks vectorised, and each reduction over whole
+SIMD registers split into one partial result per lane (``rfactor``), summed across the lanes at
+the end (a serial reduction is a chain of dependent adds, one per element). What that does not
+fit goes to dlight's CPU ``Reduction`` (unrolled serial reductions); a lone reduction block
+(``sum``, ``max``) that it declines gets parallel rows and an unrolled inner reduction::
 
-Before (layer norm, schematically)::
-
-    for i, k in T.grid(128, 768): sum[i] += x[i, k]
-    for i, k in T.grid(128, 768): out[i, k] = (x[i, k] - sum[i] / 768) * ...
-
-After::
-
-    for i in T.parallel(128):
+    for i in T.parallel(128):                    # a layer norm over 768
         for ko in range(48):
             for lane in T.vectorized(16): sum_rf[lane] += x[i, ko * 16 + lane]
         for lane in T.unroll(16): sum[i] += sum_rf[lane]
@@ -30,28 +20,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tvm import s_tir, tirx
-from tvm.s_tir.dlight.analysis import get_root_block, normalize_prim_func
+from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.cpu import Reduction as _DlightReduction
 from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain
 from tvm.s_tir.schedule import SBlockRV
 from tvm.target import Target
 
-from .base import (
-    TILE_SCOPE,
-    CPUScheduleRule,
-    NotApplicable,
-    block_loop_kinds,
-    is_reduction_block,
-    loop_extent,
-    vector_lanes,
-)
+from .base import CPUScheduleRule, VectorKnobs, find_window_reduction, leading_spatial, loop_extent
 from .fallback import FallbackKnobs, schedule_reduction_block
+from .tiling import accumulate_at
 
 __all__ = ["Reduction", "ReductionKnobs"]
 
 
 @dataclass
-class ReductionKnobs:
+class ReductionKnobs(VectorKnobs):
     """Knobs of :class:`Reduction`.
 
     Attributes
@@ -62,33 +45,23 @@ class ReductionKnobs:
         ``pragma_auto_unroll_max_step`` on the inner reduction loop of a lone reduction.
     """
 
-    vector_lanes: int = 16
     unroll: int = 16
-
-    @classmethod
-    def for_target(cls, target: Target) -> ReductionKnobs:
-        """Defaults for ``target``."""
-        return cls(vector_lanes=vector_lanes(target))
 
 
 class Reduction(CPUScheduleRule):
-    """Row reductions: dlight's CPU ``Reduction``, plus lone reduction blocks.
+    """Row reductions: dlight's CPU ``Reduction``, plus lone reduction blocks."""
 
-    Parameters
-    ----------
-    knobs : ReductionKnobs, optional
-        Fixed knobs; by default derived from the target with :meth:`ReductionKnobs.for_target`.
-    """
+    knobs_type = ReductionKnobs
 
     def __init__(self, knobs: ReductionKnobs | None = None):
-        self.knobs = knobs
+        super().__init__(knobs)
         self._dlight = _DlightReduction()
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         """Try vectorised rows first, then dlight's rule, then the lone-reduction schedule."""
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
-        knobs = self.knobs or ReductionKnobs.for_target(target)
+        knobs = self.knobs_for(target)
         try:
             sch = _vectorized_rows(s_tir.Schedule(func), knobs.vector_lanes)
         except Exception:  # noqa: BLE001 - a refused primitive means "try dlight's"
@@ -103,19 +76,10 @@ class Reduction(CPUScheduleRule):
             return sch
         return super().apply(func, target, tunable)
 
-    def schedule(self, sch: s_tir.Schedule, target: Target) -> s_tir.Schedule:
-        knobs = self.knobs or ReductionKnobs.for_target(target)
-        blocks = sch.get_child_blocks(get_root_block(sch))
-        reductions = [b for b in blocks if is_reduction_block(sch, b)]
-        if len(reductions) != 1:
-            raise NotApplicable("expects exactly one reduction block")
-        main = reductions[0]
-        if len(sch.get(main).reads) != 1:
-            raise NotApplicable("reduces more than one operand (matmul-like)")
-        kinds = "".join(block_loop_kinds(sch, main))
-        n_spatial = len(kinds) - len(kinds.lstrip("S"))
-        if set(kinds[n_spatial:]) != {"R"}:
-            raise NotApplicable("loops are not spatial then reduction")
+    def schedule(
+        self, sch: s_tir.Schedule, target: Target, knobs: ReductionKnobs
+    ) -> s_tir.Schedule:
+        main, n_spatial = find_window_reduction(sch)
         for producer in sch.get_producers(main):
             sch.compute_inline(producer)
         fb = FallbackKnobs(vector_lanes=knobs.vector_lanes, unroll=knobs.unroll)
@@ -131,14 +95,8 @@ class Reduction(CPUScheduleRule):
         sch.annotate(inner, "pragma_unroll_explicit", 1)
         consumers = sch.get_consumers(main)
         if consumers:
-            acc = sch.cache_write(main, 0, TILE_SCOPE)
-            auto_inline_consumer_chain(sch, acc)
-            sch.reverse_compute_at(acc, rows, preserve_unit_loops=True)
+            accumulate_at(sch, main, rows)
         return sch
-
-
-def _leading_spatial(dom_kind: str) -> int:
-    return len(dom_kind) - len(dom_kind.lstrip("S"))
 
 
 def _vectorized_rows(sch: s_tir.Schedule, lanes: int) -> s_tir.Schedule | None:
@@ -151,7 +109,7 @@ def _vectorized_rows(sch: s_tir.Schedule, lanes: int) -> s_tir.Schedule | None:
     if infos is None or len(infos) < 2 or not infos[-1].is_injective():
         return None
     kinds = [bi.dom_kind() for bi in infos]
-    n_spatial = min(_leading_spatial(k) for k in kinds)
+    n_spatial = min(leading_spatial(k) for k in kinds)
     if not n_spatial or all(bi.is_injective() for bi in infos):
         return None
     blocks: list[tuple[SBlockRV, str]] = []  # (block, "S" injective | "RF" partial | "R")
