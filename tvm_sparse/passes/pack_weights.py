@@ -5,8 +5,7 @@ from __future__ import annotations
 import tvm
 from tvm import relax, s_tir, tirx
 
-from ..schedules.cpu.base import iter_stmts
-from ..schedules.cpu.conv2d import LAYOUT_REWRITE_ATTR
+from ..schedules.cpu.base import LAYOUT_REWRITE_ATTR, iter_stmts
 
 __all__ = ["PackWeights"]
 

@@ -21,6 +21,7 @@ from tvm.s_tir.schedule import LoopRV, SBlockRV
 from tvm.target import Target
 from tvm.tirx.analysis import undefined_vars
 
+from ...targets.backend import CPU, backend_of
 from ...targets.facts import num_cores, vector_bits, vector_lanes  # noqa: F401  (re-exported)
 from .knob_sampler import KnobDecisionError, KnobSampler
 
@@ -110,7 +111,7 @@ class CPUScheduleRule(ScheduleRule):
 
     def is_target_available(self, target: Target) -> bool:
         """Whether ``target`` is a CPU target this rule can schedule for."""
-        return target.kind.name == "llvm"
+        return backend_of(target, allow_none=True) is CPU
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         """Schedule ``func`` for ``target``, or return ``None`` when the rule does not apply.

@@ -29,7 +29,6 @@ from tvm.s_tir.schedule import LoopRV, SBlockRV
 from tvm.target import Target
 
 from .base import (
-    LAYOUT_REWRITE_ATTR,
     TILE_SCOPE,
     CPUScheduleRule,
     NotApplicable,
@@ -45,7 +44,7 @@ from .fallback import FallbackKnobs, schedule_spatial_block
 from .knob_sampler import KnobSampler
 from .tiling import accumulate_at, copy_into, pack_weight, vectorize_innermost, write_back_at
 
-__all__ = ["LAYOUT_REWRITE_ATTR", "Conv2d", "Conv2dKnobs"]
+__all__ = ["Conv2d", "Conv2dKnobs"]
 
 
 @dataclass
