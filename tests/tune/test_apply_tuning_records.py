@@ -12,8 +12,8 @@ import tvm_sparse
 from tvm_sparse.schedules import ApplySchedules, schedule_rules
 from tvm_sparse.targets import resolve_target
 from tvm_sparse.tune import ApplyTuningRecords, TuningCache
-from tvm_sparse.tune.autotune import _json, _schedule_input
 from tvm_sparse.tune.cache import Record
+from tvm_sparse.tune.cache_database import tuning_record_json
 from tvm_sparse.tune.space import (
     _knobs_of,
     dense_workload_key,
@@ -21,11 +21,12 @@ from tvm_sparse.tune.space import (
     sparse_sites,
     tunable_rule,
 )
+from tvm_sparse.tune.workloads import schedule_input
 
 
 def _input_module(model):
     net, x = model
-    return _schedule_input(net, resolve_target("x86"), (x,), None, False, "auto")
+    return schedule_input(net, resolve_target("x86"), (x,), None, False, "auto")
 
 
 def _fill_cache(cache, mod, target):
@@ -42,7 +43,9 @@ def _fill_cache(cache, mod, target):
     record = ms.database.TuningRecord(sch.trace, workload, [1e-5], target, [])
     key = dense_workload_key(func)
     cache.append(Record("dense", key, "default", 2e-5, name=name))
-    cache.append(Record("dense", key, "metaschedule", 1e-5, name=name, record=_json(record)))
+    cache.append(
+        Record("dense", key, "metaschedule", 1e-5, name=name, record=tuning_record_json(record))
+    )
     return site, faster
 
 
@@ -81,7 +84,13 @@ def test_a_record_of_the_rule_space_replays_to_the_rule_schedule(model, cache, t
     extra = {"space": "Matmul"}
     cache.append(
         Record(
-            "dense", key, "metaschedule", 1e-5, knobs=point.knobs, record=_json(record), extra=extra
+            "dense",
+            key,
+            "metaschedule",
+            1e-5,
+            knobs=point.knobs,
+            record=tuning_record_json(record),
+            extra=extra,
         )
     )
     with target:  # read back from the file, as compile does

@@ -20,9 +20,9 @@ import tvm_sparse
 from tvm_sparse.targets import resolve_target
 from tvm_sparse.tune import TuningCache, TuningCacheError, autotune
 from tvm_sparse.tune.apply_tuning_records import _replay
-from tvm_sparse.tune.autotune import _schedule_input
 from tvm_sparse.tune.cache import Record
 from tvm_sparse.tune.space import dense_workload_key, rule_space, tunable_rule
+from tvm_sparse.tune.workloads import schedule_input
 
 pytestmark = [pytest.mark.tuning, pytest.mark.slow]
 
@@ -93,7 +93,7 @@ def test_dense_ops_are_tuned_in_the_knobs_of_their_rules(cache, net_type, conv_s
     assert all(r.extra["space"] in (conv_space, "Matmul") and r.knobs for r in searched)
 
     # Each stored record replays to its rule's schedule with the knobs it names.
-    mod = _schedule_input(net, resolve_target("x86"), (x,), None, False, "auto")
+    mod = schedule_input(net, resolve_target("x86"), (x,), None, False, "auto")
     prims = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
     funcs = {dense_workload_key(f): f for f in prims}
     for record in searched:

@@ -13,9 +13,9 @@ import tvm_sparse
 from tvm_sparse.measure import nm_mask
 from tvm_sparse.targets import resolve_target
 from tvm_sparse.tune import TuningCache, TuningCacheWarning
-from tvm_sparse.tune.autotune import _schedule_input
 from tvm_sparse.tune.cache import Record
 from tvm_sparse.tune.space import dense_workload_key, sparse_sites
+from tvm_sparse.tune.workloads import schedule_input
 
 SPARSITY = {"*": "nm"}
 #: The knobs of a BSR "rows" kernel: no N:M kernel can be built with them.
@@ -68,7 +68,7 @@ def test_mismatching_and_torn_records_are_skipped(nm_model, tmp_path):
     net, x = nm_model
     preset = resolve_target("x86")
     cache = TuningCache(preset.tvm_target(), tmp_path)
-    mod = _schedule_input(net, preset, (x,), None, False, SPARSITY)
+    mod = schedule_input(net, preset, (x,), None, False, SPARSITY)
     valid, bad_line = _fill(cache, mod)
 
     with pytest.warns(TuningCacheWarning) as caught:
@@ -94,7 +94,7 @@ def test_records_that_only_have_bad_knobs_leave_the_default(nm_model, tmp_path):
     net, x = nm_model
     preset = resolve_target("x86")
     cache = TuningCache(preset.tvm_target(), tmp_path)
-    (site,) = sparse_sites(_schedule_input(net, preset, (x,), None, False, SPARSITY))
+    (site,) = sparse_sites(schedule_input(net, preset, (x,), None, False, SPARSITY))
     cache.append(Record("sparse", site.key, "default", 3e-5, knobs=site.knobs))
     # Knobs with the right names whose values the generator refuses.
     cache.append(Record("sparse", site.key, "candidate", 1e-5, knobs={**site.knobs, "group": 7}))

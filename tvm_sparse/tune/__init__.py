@@ -6,8 +6,10 @@ report marks those ops ``(tuned)``.
 """
 
 from .apply_tuning_records import ApplyTuningRecords
-from .autotune import RPCTracker, TuneResult, WorkloadResult, autotune
+from .autotune import autotune
 from .cache import TuningCache, TuningCacheError, TuningCacheWarning, default_cache_dir
+from .rpc_tracker import RPCTracker
+from .tune_result import TuneResult, WorkloadResult
 
 __all__ = [
     "ApplyTuningRecords",

@@ -57,6 +57,7 @@ __all__ = [
     "METASCHEDULE_SPACE",
     "DesignPoint",
     "SparseSpec",
+    "canonical_knobs",
     "dense_workload_key",
     "is_dense_tunable",
     "rule_space",
@@ -234,12 +235,12 @@ def sparse_candidates(spec: SparseSpec, knobs: dict, target: Target) -> list[dic
         groups = [1] if spec.y_layout == "NM" else [1, 2, 4, 8, 16]
         groups = [g for g in groups if spec.block_rows % g == 0]
         options = [{"m_tile": t, "group": g} for t in tiles for g in groups]
-    out, seen = [dict(knobs)], {_canon(knobs)}
+    out, seen = [dict(knobs)], {canonical_knobs(knobs)}
     for option in options:
         cand = {**knobs, **option}
         if cand.get("m_tile", 1) > spec.m or cand.get("m_tile", 1) < 1:
             continue
-        if _canon(cand) in seen:
+        if canonical_knobs(cand) in seen:
             continue
         try:
             built = spec.build(cand)
@@ -247,13 +248,14 @@ def sparse_candidates(spec: SparseSpec, knobs: dict, target: Target) -> list[dic
             continue
         # ``resolve`` may clamp a knob; keep the knobs the kernel really got.
         actual = _knobs_of(built) or cand
-        if _canon(actual) not in seen:
-            seen.add(_canon(actual))
+        if canonical_knobs(actual) not in seen:
+            seen.add(canonical_knobs(actual))
             out.append(actual)
     return out
 
 
-def _canon(knobs: dict) -> str:
+def canonical_knobs(knobs: dict) -> str:
+    """``knobs`` as one string, equal for equal knob sets (a key of sets and dicts)."""
     return json.dumps(knobs, sort_keys=True)
 
 
