@@ -19,6 +19,7 @@ import tvm
 from tvm.target import Target
 
 from ..targets import TargetPreset, available_cores
+from ..targets.backend import CPU, backend_of
 from .rpc_tracker import RPCTracker
 
 __all__ = ["Measurer"]
@@ -151,7 +152,7 @@ class Measurer:
 
 def _with_num_cores(target: Target) -> Target:
     # MetaSchedule's parallel/vectorize postprocessor needs the core count of an llvm target.
-    if target.kind.name != "llvm" or target.attrs.get("num-cores"):
+    if backend_of(target, allow_none=True) is not CPU or target.attrs.get("num-cores"):
         return target
     config = json.loads(str(target))
     config["num-cores"] = available_cores()
