@@ -28,10 +28,7 @@ from tvm_sparse.targets import get_preset
 from tvm_sparse.targets.facts import num_cores
 from tvm_sparse.timing import median_ms
 
-try:  # run as a script (python benchmarks/arm_static.py) or imported as benchmarks.arm_static
-    from harness import write_results
-except ImportError:  # pragma: no cover
-    from benchmarks.harness import write_results
+from harness import write_results
 
 PRESETS = ("arm-cortex-a72", "arm-cortex-a76", "arm-neoverse-n1")
 M, K, N = 128, 768, 3072  # BERT-base FFN rows

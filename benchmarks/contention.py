@@ -42,12 +42,8 @@ import tvm_sparse
 from tvm_sparse.baselines import onnxruntime_runner
 from tvm_sparse.measure import block_mask
 
-try:  # run as a script (python benchmarks/contention.py) or imported as benchmarks.contention
-    from architectures import MobileNetV2, ResNet18, randomize_batch_norm
-    from harness import in_fresh_process, write_results
-except ImportError:  # pragma: no cover
-    from benchmarks.architectures import MobileNetV2, ResNet18, randomize_batch_norm
-    from benchmarks.harness import in_fresh_process, write_results
+from architectures import MobileNetV2, ResNet18, randomize_batch_norm
+from harness import in_fresh_process, write_results
 
 SETTINGS = (
     "quiet",

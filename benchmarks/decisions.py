@@ -36,12 +36,8 @@ import tvm_sparse
 from tvm_sparse.measure import block_mask, nm_mask
 from tvm_sparse.timing import TimingPolicy, compare
 
-try:  # run as a script (python benchmarks/decisions.py) or imported as benchmarks.decisions
-    from architectures import MobileNetV2, ResNet18, randomize_batch_norm
-    from harness import in_fresh_process, max_relative_error, write_results
-except ImportError:  # pragma: no cover
-    from benchmarks.architectures import MobileNetV2, ResNet18, randomize_batch_norm
-    from benchmarks.harness import in_fresh_process, max_relative_error, write_results
+from architectures import MobileNetV2, ResNet18, randomize_batch_norm
+from harness import in_fresh_process, max_relative_error, write_results
 
 WITHIN = 0.05
 # More rounds than a compile's own checks: the builds are compared with each other, not only

@@ -20,28 +20,16 @@ import torch
 import tvm_sparse
 from tvm_sparse.baselines import onnxruntime_runner, time_callable, time_torch
 
-try:  # run as a script (python benchmarks/dense.py) or imported as benchmarks.dense
-    from architectures import (
-        BertEncoder,
-        BertLayer,
-        ConvNeXt,
-        MobileNetV2,
-        ResNet18,
-        ViT,
-        randomize_batch_norm,
-    )
-    from harness import in_fresh_process, interleave, write_results
-except ImportError:  # pragma: no cover
-    from benchmarks.architectures import (
-        BertEncoder,
-        BertLayer,
-        ConvNeXt,
-        MobileNetV2,
-        ResNet18,
-        ViT,
-        randomize_batch_norm,
-    )
-    from benchmarks.harness import in_fresh_process, interleave, write_results
+from architectures import (
+    BertEncoder,
+    BertLayer,
+    ConvNeXt,
+    MobileNetV2,
+    ResNet18,
+    ViT,
+    randomize_batch_norm,
+)
+from harness import in_fresh_process, interleave, write_results
 
 MODELS = {
     "resnet18 1x3x224x224": (lambda: randomize_batch_norm(ResNet18()), (1, 3, 224, 224)),

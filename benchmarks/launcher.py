@@ -22,19 +22,14 @@ import os
 import tempfile
 import time
 
+import contention
 import numpy as np
 import torch
 
 import tvm_sparse
 
-try:  # run as a script (python benchmarks/launcher.py) or imported as benchmarks.launcher
-    import contention
-    from architectures import BertLayer
-    from harness import in_fresh_process, write_results
-except ImportError:  # pragma: no cover
-    from benchmarks import contention
-    from benchmarks.architectures import BertLayer
-    from benchmarks.harness import in_fresh_process, write_results
+from architectures import BertLayer
+from harness import in_fresh_process, write_results
 
 LIMIT = 1.05
 

@@ -33,26 +33,15 @@ import tvm_sparse
 from tvm_sparse.prune.physical import remove_pruned_channels
 from tvm_sparse.timing import TimingPolicy, compare
 
-try:  # run as a script (python benchmarks/matrix.py) or imported as benchmarks.matrix
-    from architectures import (
-        BertEncoder,
-        ConvNeXt,
-        MobileNetV2,
-        ResNet18,
-        ViT,
-        randomize_batch_norm,
-    )
-    from harness import in_fresh_process, max_relative_error, write_results
-except ImportError:  # pragma: no cover
-    from benchmarks.architectures import (
-        BertEncoder,
-        ConvNeXt,
-        MobileNetV2,
-        ResNet18,
-        ViT,
-        randomize_batch_norm,
-    )
-    from benchmarks.harness import in_fresh_process, max_relative_error, write_results
+from architectures import (
+    BertEncoder,
+    ConvNeXt,
+    MobileNetV2,
+    ResNet18,
+    ViT,
+    randomize_batch_norm,
+)
+from harness import in_fresh_process, max_relative_error, write_results
 
 ARCHS = ("ResNet-18", "MobileNetV2", "ConvNeXt", "ViT", "BERT")
 TRANSFORMERS = ("ViT", "BERT")

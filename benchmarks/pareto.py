@@ -27,10 +27,7 @@ import tvm_sparse
 from tvm_sparse.baselines import time_torch
 from tvm_sparse.prune import Pruner
 
-try:  # run as a script (python benchmarks/pareto.py) or imported as benchmarks.pareto
-    from harness import interleave
-except ImportError:  # pragma: no cover
-    from benchmarks.harness import interleave
+from harness import interleave
 
 logger = logging.getLogger("tvm_sparse.benchmarks.pareto")
 

@@ -21,6 +21,7 @@ import time
 import numpy as np
 import onnx
 import torch
+from roofline import roofline
 
 import tvm_sparse
 from tvm_sparse.baselines import onnxruntime_runner, time_callable, time_torch
@@ -28,14 +29,8 @@ from tvm_sparse.compiled_model import use_all_cores
 from tvm_sparse.measure import block_mask
 from tvm_sparse.targets import get_preset
 
-try:  # run as a script (python benchmarks/sparse.py) or imported as benchmarks.sparse
-    from architectures import ResNet18, randomize_batch_norm
-    from harness import in_fresh_process, interleave, write_results
-    from roofline import roofline
-except ImportError:  # pragma: no cover
-    from benchmarks.architectures import ResNet18, randomize_batch_norm
-    from benchmarks.harness import in_fresh_process, interleave, write_results
-    from benchmarks.roofline import roofline
+from architectures import ResNet18, randomize_batch_norm
+from harness import in_fresh_process, interleave, write_results
 
 N, K = 3072, 768  # BERT-base FFN: 768 -> 3072
 FFN_CASES = [

@@ -22,12 +22,8 @@ import torch
 import tvm_sparse
 from tvm_sparse.measure import block_mask
 
-try:  # run as a script (python benchmarks/tuning.py) or imported as benchmarks.tuning
-    from architectures import BasicBlock, InvertedResidual, randomize_batch_norm
-    from harness import in_fresh_process, interleave, write_results
-except ImportError:  # pragma: no cover
-    from benchmarks.architectures import BasicBlock, InvertedResidual, randomize_batch_norm
-    from benchmarks.harness import in_fresh_process, interleave, write_results
+from architectures import BasicBlock, InvertedResidual, randomize_batch_norm
+from harness import in_fresh_process, interleave, write_results
 
 
 class FFN(torch.nn.Module):

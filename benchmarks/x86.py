@@ -20,20 +20,15 @@ import time
 
 import numpy as np
 import torch
+from roofline import roofline
 
 import tvm_sparse
 from tvm_sparse.baselines import time_callable
 from tvm_sparse.compiled_model import use_all_cores
 from tvm_sparse.targets import get_preset
 
-try:  # run as a script (python benchmarks/x86.py) or imported as benchmarks.x86
-    from architectures import BertLayer, MobileNetV2, ResNet18, randomize_batch_norm
-    from harness import in_fresh_process, interleave, write_results
-    from roofline import roofline
-except ImportError:  # pragma: no cover
-    from benchmarks.architectures import BertLayer, MobileNetV2, ResNet18, randomize_batch_norm
-    from benchmarks.harness import in_fresh_process, interleave, write_results
-    from benchmarks.roofline import roofline
+from architectures import BertLayer, MobileNetV2, ResNet18, randomize_batch_norm
+from harness import in_fresh_process, interleave, write_results
 
 
 class _Conv(torch.nn.Sequential):

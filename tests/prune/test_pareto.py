@@ -12,6 +12,8 @@ _PATH = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "pareto.py"
 
 
 def _pareto():
+    if str(_PATH.parent) not in sys.path:  # the script imports its siblings, as when run
+        sys.path.insert(0, str(_PATH.parent))
     spec = importlib.util.spec_from_file_location("pareto", _PATH)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while being built
