@@ -15,7 +15,6 @@ tiles into a buffer of ``16 x tiles x C`` (in L2), runs the 16 GEMMs on it in re
 ``tile_rows`` tiles by ``tile_vectors`` output-channel vectors (the transformed weights read
 as ``[16, F / nr, C, nr]`` panels), and transforms the products back into 2x2 output pixels,
 adding bias and residual and applying ReLU there, so that nothing in between goes to memory.
-ResNet-18's 3x3 convs of 56x56 by 64 channels ran 0.60 -> 0.26 ms so (two cores).
 
 Before::
 
@@ -72,8 +71,8 @@ class WinogradKnobs:
         fp32 lanes of one SIMD register.
     tile_rows : int
         Tiles per register tile of the GEMMs (``mr``); the tiles per task are a multiple.
-        0: as many as make 16 accumulators with the tile's vectors, up to 8 (56x56 pixels
-        of 32 channels: 8 x 2 ran 0.082 -> 0.071 ms against 4 x 2).
+        0: as many as make 16 accumulators with the tile's vectors, up to 8 (more tiles per
+        weight panel load, while the accumulators still leave registers for the operands).
     tile_vectors : int
         Most output-channel vectors per register tile (``nr / lanes``; a divisor of the
         output channel vectors is used).

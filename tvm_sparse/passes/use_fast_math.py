@@ -60,7 +60,7 @@ class UseFastMath:
     """Replace transcendental ops by TOPI's vectorisable polynomial versions.
 
     Legalized, ``exp``, ``erf`` and ``tanh`` become calls of the C library, which LLVM cannot
-    vectorise: a 12x128x128 softmax spent 0.5 ms in them on two cores. TOPI's ``fast_exp``,
+    vectorise, one scalar call per element. TOPI's ``fast_exp``,
     ``fast_erf`` and ``fast_tanh`` are polynomials accurate to about 1e-7 relative error (the
     rtol 1e-4 checks against PyTorch hold with room to spare), and compile to SIMD code. This
     is ``relax.transform.FastMathTransform`` (softmax, exp, erf, tanh) extended to the
