@@ -222,6 +222,21 @@ def test_round_to_and_target_preset():
     assert prune(model, x, target="x86", pattern="channel").pattern == "channel"
 
 
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_an_override_rounds_its_group_by_its_own_multiple(scope):
+    """An override that gives ``round_to`` and no sparsity keeps the run's sparsity and rounds
+    its group by its own multiple, in either scope (layer scope used the run's multiple)."""
+    model, x = zoo.make("mlp")
+    result = prune(
+        model, x, pattern="channel", sparsity=0.3, round_to=16, scope=scope,
+        config=[{"module": "fc1", "round_to": 2}],
+    )  # fmt: skip
+    kept = {root: 128 - len(dead) for root, dead in result.pruned_channels.items()}
+    assert kept["fc2"] % 16 == 0 and kept["fc1"] % 2 == 0
+    if scope == "layer":  # 30% of 128 pruned: 90 kept, not rounded up to 96
+        assert kept == {"fc1": 90, "fc2": 96}
+
+
 def test_overrides_and_ignored_layers():
     model, x = zoo.make("mlp")
     result = prune(

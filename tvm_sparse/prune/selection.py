@@ -121,7 +121,7 @@ def select_group_masks(
                            channel_scores, group_round))  # fmt: skip
         else:
             kept = group.num_channels - math.floor(sparsity_at(None) * group.num_channels)
-            plans.append((group, channel_scores, round_kept(kept, group, round_to)))
+            plans.append((group, channel_scores, round_kept(kept, group, group_round)))
     if pooled:
         normalised = torch.cat([n for _, _, n, _ in pooled])
         k = math.floor(sparsity_at(None) * normalised.numel())
