@@ -20,6 +20,7 @@ from ..schedules.apply_schedules import KERNEL_ATTR, PASSED_OVER_ATTR, UNSCHEDUL
 
 __all__ = ["CollectFusionGroups", "CollectKernelReport", "CollectOpReport"]
 
+#: What each pass decided per layer (and why), read into the report; one place for every pass.
 DECISIONS_ATTR = "tvm_sparse.decisions"
 WEIGHTS_ATTR = "tvm_sparse.weights"
 

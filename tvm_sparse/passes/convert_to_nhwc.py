@@ -10,8 +10,8 @@ from ..kernels.winograd_conv2d import winograd_applies
 from ..targets.backend import backend_of
 from ..targets.facts import vector_lanes
 from ._bindings import op_name
+from .collect_report import DECISIONS_ATTR
 from .fold_constants_on_host import FoldConstantsOnHost
-from .shrink_pruned_channels import DECISIONS_ATTR
 
 __all__ = ["ConvertToNHWC"]
 

@@ -10,7 +10,7 @@ from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ._bindings import only_users, op_name, with_functions
-from .shrink_pruned_channels import DECISIONS_ATTR
+from .collect_report import DECISIONS_ATTR
 
 __all__ = ["PadAttentionTokens"]
 

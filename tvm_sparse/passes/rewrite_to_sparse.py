@@ -43,6 +43,7 @@ from ..kernels.sparse_conv2d import Conv2DGeometry, im2col
 from ..targets.backend import backend_of
 from ._bindings import function_bindings, only_users, unique_binding_names
 from ._epilogue import MatmulEpilogue, matmul_epilogue
+from .collect_report import DECISIONS_ATTR
 from .detect_sparsity import WEIGHTS_ATTR, WeightSparsity, constant_weight_of
 from .gpu_sparse_rule import GPURule
 from .sparse_decisions import CPUDecisions, Plan
@@ -61,8 +62,6 @@ __all__ = ["DECISIONS_ATTR", "LayerChoice", "RewriteToSparse", "SparsityConfig"]
 
 #: PrimFunc attribute: FLOPs the sparse kernel performs (stored values only), for the report.
 FLOPS_ATTR = "tvm_sparse.flops"
-
-DECISIONS_ATTR = "tvm_sparse.decisions"
 
 
 @tvm.transform.module_pass(opt_level=0, name="RewriteToSparse")

@@ -17,11 +17,10 @@ from ._channel_layer_norm import shrink_layer_norm
 from ._channel_plan import ShrinkPlan
 from ._channel_rounding import LayerRounding
 from ._channel_weights import shrink_weight_op
+from .collect_report import DECISIONS_ATTR
 from .detect_sparsity import WEIGHTS_ATTR, _detect_in_function
 
 __all__ = ["DECISIONS_ATTR", "ShrinkPrunedChannels"]
-
-DECISIONS_ATTR = "tvm_sparse.decisions"
 
 
 @tvm.transform.module_pass(opt_level=0, name="ShrinkPrunedChannels")
