@@ -13,26 +13,14 @@ from typing import Any
 import numpy as np
 
 from .targets.host import available_cores
+from .timing import summarize
 
 __all__ = [
     "onnxruntime_runner",
-    "summarize",
     "time_callable",
     "time_onnxruntime",
     "time_torch",
 ]
-
-
-def summarize(samples_s: Sequence[float]) -> dict[str, float]:
-    """Median, min, p90 and mean in milliseconds."""
-    ms = np.asarray(samples_s, dtype=np.float64) * 1e3
-    return {
-        "median_ms": float(np.median(ms)),
-        "min_ms": float(ms.min()),
-        "p90_ms": float(np.percentile(ms, 90)),
-        "mean_ms": float(ms.mean()),
-        "repeat": len(ms),
-    }
 
 
 def time_callable(fn: Callable[[], Any], *, warmup: int = 3, repeat: int = 30) -> dict[str, float]:

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Comparison", "DeviceTimed", "TimingPolicy", "compare", "median_ms"]
+__all__ = ["Comparison", "DeviceTimed", "TimingPolicy", "compare", "median_ms", "summarize"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +131,18 @@ def compare(
         rounds=rounds,
         resolved=resolved,
     )
+
+
+def summarize(samples_s: Sequence[float]) -> dict[str, float]:
+    """Median, min, p90 and mean in milliseconds."""
+    ms = np.asarray(samples_s, dtype=np.float64) * 1e3
+    return {
+        "median_ms": float(np.median(ms)),
+        "min_ms": float(ms.min()),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "mean_ms": float(ms.mean()),
+        "repeat": len(ms),
+    }
 
 
 def median_ms(

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import tvm
 
-from ..baselines import summarize
 from ..frontend import InputSpec
+from ..timing import summarize
 
 __all__ = ["check_inputs", "convert_outputs", "time_vm_main", "to_tvm_tensors"]
 
