@@ -17,14 +17,12 @@ value is one shared load and one FMA per row of ``X`` the thread owns.
 
 Sparse tensor cores
 -------------------
-Ampere's sparse tensor-core instruction ``mma.sp`` would skip the zeros in hardware. TVM 0.27
-registers it in its table-driven PTX dialect (``tvm/backend/cuda/ptx/table.py``, entries
-``mma_sp``, ``mma_sp_pair``, ``mma_sp_f16acc``, ``mma_sp_int*``, exposed as ``T.ptx``) only
-for ``f16`` / ``bf16`` / ``tf32`` multiplicands (``f16`` or ``f32`` accumulators), ``e4m3`` /
-``e5m2`` and 8- or 4-bit integers, as PTX defines it: there is no fp32-multiplicand
-``mma.sp``, no ``ptx_mma_sp`` builtin, and no TIR schedule (dlight or MetaSchedule tensor
-intrinsic) emits it. ``tf32`` would round the fp32 operands to a 10-bit mantissa, outside the
-fp32 tolerances this project keeps, so fp32 models run this CUDA-core kernel.
+Ampere's sparse tensor-core instruction ``mma.sp`` skips the zeros in hardware, but PTX defines
+it only for ``f16`` / ``bf16`` / ``tf32`` / 8-bit float and integer multiplicands: there is no
+fp32 ``mma.sp``. ``tf32`` would round the fp32 operands to a 10-bit mantissa, outside the fp32
+tolerances this project keeps, so fp32 models run this CUDA-core kernel; fp16 2:4 weights on
+sm_80+ run :mod:`.mma_sp_matmul` (TVM 0.27's ``T.ptx.mma.sp`` table entry, no TIR schedule or
+tensor intrinsic emits it).
 """
 
 from __future__ import annotations
