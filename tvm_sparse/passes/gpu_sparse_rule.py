@@ -7,16 +7,19 @@ decisions (:mod:`.sparse_decisions`) when the target is a GPU.
 from __future__ import annotations
 
 import numpy as np
+from tvm.support.nvcc import get_target_compute_version, parse_compute_version
+from tvm.target import Target
 
 from ..kernels.bsr_matmul import bsr_matmul_kernel_name
 from ..kernels.formats import to_bsr
+from ..kernels.gpu.mma_sp_matmul import mma_sp_kernel_name
 from ..kernels.nm_matmul import nm_matmul_kernel_name
 from ..kernels.sparse_conv2d import Conv2DGeometry
 from .detect_sparsity import WeightSparsity
 from .sparse_decisions import Plan, conforms_to_nm, pattern_of
 from .sparsity_config import SparsityConfig
 
-__all__ = ["GPU_RULE", "GPURule", "decide_cuda"]
+__all__ = ["GPU_RULE", "GPURule", "decide_cuda", "decide_cuda_fp16"]
 
 # No GPU has calibrated the CUDA kernels yet, so the cost model is replaced by a fixed rule,
 # conservative on purpose: go sparse only where work and weight traffic shrink by far more than
@@ -31,6 +34,8 @@ _GPU_MAX_BLOCK_DENSITY = 0.3
 _GPU_NM = ((2, 4), (4, 8))
 #: Blocks "auto" weighs besides the detected one (fits block patterns shifted off the grid).
 _GPU_ROW_BLOCKS = ((16, 1), (8, 1))
+#: The first compute capability with sparse tensor cores (``mma.sp``): Ampere.
+_SPARSE_TENSOR_CORES = (8, 0)
 
 
 def _block_density(weight: np.ndarray, block: tuple[int, int]) -> float:
@@ -114,16 +119,61 @@ def decide_cuda(
     )
 
 
+def decide_cuda_fp16(
+    name: str, weight: np.ndarray, config: SparsityConfig, compute: tuple[int, int]
+) -> Plan:
+    """The GPU rule for an fp16 matmul: the ``mma.sp`` kernel for a 2:4 weight on a GPU with
+    sparse tensor cores (compute capability ``compute`` >= 8.0), else dense."""
+    choice = config.choice_for(name)
+    if choice.kind == "dense":
+        return Plan("dense", "dense", f"{GPU_RULE}: dense requested by the sparsity config")
+    sm = f"sm_{compute[0]}{compute[1]}"
+    if compute < _SPARSE_TENSOR_CORES:
+        return Plan(
+            "dense",
+            "dense",
+            f"{GPU_RULE}: fp16 sparse matmuls need sparse tensor cores (sm_80+), {sm} has none "
+            "and the CUDA-core kernels are fp32 only: dense",
+        )
+    wanted = tuple(choice.nm) if choice.kind == "nm" and choice.nm else (2, 4)
+    if choice.kind == "bsr" or wanted != (2, 4):
+        requested = "BSR" if choice.kind == "bsr" else f"{wanted[0]}:{wanted[1]}"
+        return Plan(
+            "dense",
+            "dense",
+            f"{GPU_RULE}: {requested} requested, but fp16 runs only the 2:4 mma.sp kernel: dense",
+        )
+    if not conforms_to_nm(weight, (2, 4)):
+        return Plan(
+            "dense", "dense", f"{GPU_RULE}: fp16 weight is not 2:4 sparse (mma.sp needs 2:4): dense"
+        )
+    how = "requested by the sparsity config" if choice.kind == "nm" else "conforms to 2:4"
+    return Plan(
+        mma_sp_kernel_name(),
+        pattern_of(None, (2, 4)),
+        f"{GPU_RULE}: fp16 weight {how}; {sm} has sparse tensor cores: mma.sp kernel "
+        "(half the tensor-core work of dense)",
+        None,
+        (2, 4),
+    )
+
+
 class GPURule:
     """The CUDA chooser of :class:`~tvm_sparse.passes.RewriteToSparse`: :func:`decide_cuda`
-    for matmuls and for the convs the GPU kernels run (1x1, stride 1, unpadded)."""
+    for fp32 matmuls and for the convs the GPU kernels run (1x1, stride 1, unpadded),
+    :func:`decide_cuda_fp16` for fp16 matmuls."""
 
-    def __init__(self, config: SparsityConfig) -> None:
+    def __init__(self, config: SparsityConfig, target: Target | None = None) -> None:
         self.config = config
+        version = get_target_compute_version(target) if target is not None else None
+        #: compute capability of the target; (0, 0) where it names none
+        self.compute = parse_compute_version(version) if version else (0, 0)
 
     def matmul(
         self, name: str, info: WeightSparsity, weight: np.ndarray, m: int, epilogue_ops=()
     ) -> Plan:
+        if weight.dtype == np.float16:
+            return decide_cuda_fp16(name, weight, self.config, self.compute)
         return decide_cuda(name, info, weight, "matmul", self.config)
 
     def conv2d(

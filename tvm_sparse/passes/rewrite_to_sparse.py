@@ -53,7 +53,7 @@ from .sparsity_config import LayerChoice, SparsityConfig
 #: Each target family's chooser of a kernel per pruned layer, and the emitters of its kernels.
 _CHOOSERS = {
     "cpu": CPUDecisions,
-    "cuda": lambda _target, config, _calibration, _timer: GPURule(config),
+    "cuda": lambda target, config, _calibration, _timer: GPURule(config, target),
 }
 _KERNELS = {"cpu": CPUSparseKernels, "cuda": CUDASparseKernels}
 
@@ -236,8 +236,14 @@ class _SparseRewriter(PyExprMutator):
         if shape is None or out is None:
             return None, Plan("dense", "dense", "symbolic or unknown shapes: kept dense")
         (x_shape, dtype), (out_shape, out_dtype) = shape, out
-        if dtype != "float32" or out_dtype != "float32" or weight.dtype != np.float32:
-            return None, Plan("dense", "dense", f"dtype {dtype}: sparse kernels are fp32 only")
+        dtypes = {dtype, out_dtype, str(weight.dtype)}
+        if call.op.name == "relax.matmul" and dtypes == {"float16"}:
+            if "float16" not in self.kernels.matmul_dtypes:
+                return None, Plan("dense", "dense", "fp16: no fp16 sparse kernel for this target")
+        elif dtypes != {"float32"}:
+            return None, Plan(
+                "dense", "dense", f"dtype {dtype}: sparse kernels are fp32 (fp16: CUDA matmuls)"
+            )
         if call.op.name == "relax.matmul":
             return self._matmul(name, info, weight, x, x_shape, out_shape)
         return self._conv2d(
@@ -321,7 +327,7 @@ class _SparseRewriter(PyExprMutator):
         args = [x, *(relax.const(w) for w in kernel.weights)]
         if epilogue.kernel.bias:  # one per output channel
             args.append(relax.const(np.ascontiguousarray(epilogue.bias, dtype="float32")))
-        y = relax.call_tir(gv, args, out_ty=relax.TensorType(kernel.y_shape, "float32"))
+        y = relax.call_tir(gv, args, out_ty=relax.TensorType(kernel.y_shape, kernel.y_dtype))
         if not self.kernels.views_always and list(kernel.y_shape) == list(out_shape):
             return y
         return relax.op.reshape(self._emit(y, "sparse"), out_shape)

@@ -18,7 +18,15 @@ from tvm.target import Target
 from ..kernels.bsr_matmul import BSRMatmulKnobs, bsr_matmul
 from ..kernels.epilogue import Epilogue
 from ..kernels.formats import BSRMatrix, to_bsr, to_nm
-from ..kernels.gpu import CUDATileKnobs, cuda_bsr_matmul, cuda_nm_matmul, nm_group_offsets
+from ..kernels.gpu import (
+    CUDATileKnobs,
+    cuda_bsr_matmul,
+    cuda_mma_sp_matmul,
+    cuda_nm_matmul,
+    mma_sp_kernel_name,
+    nm_group_offsets,
+    to_mma_sp,
+)
 from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul
 from .sparse_decisions import Plan
 
@@ -45,6 +53,8 @@ class SparseKernel:
         The shape of its output.
     flops : int
         Floating-point operations it performs (stored weight values only).
+    y_dtype : str
+        The element type of its output.
     """
 
     func: tirx.PrimFunc
@@ -52,6 +62,7 @@ class SparseKernel:
     x_views: tuple[tuple[int, ...], ...]
     y_shape: tuple[int, ...]
     flops: int
+    y_dtype: str = "float32"
 
 
 def _bsr_arrays(bsr: BSRMatrix, data: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
@@ -65,6 +76,8 @@ class CPUSparseKernels:
     fuses_epilogue = True
     #: Views that keep the shape are left out.
     views_always = False
+    #: Element types of the matmuls it has kernels for.
+    matmul_dtypes = ("float32",)
 
     def __init__(self, target: Target) -> None:
         self.bsr_knobs = BSRMatmulKnobs.for_target(target)
@@ -112,6 +125,9 @@ class CUDASparseKernels:
     fuses_epilogue = False
     #: Activations always go through a ``(1, M, K)`` view and the output through one back.
     views_always = True
+    #: fp16 runs the ``mma.sp`` kernel (which :class:`~.gpu_sparse_rule.GPURule` chooses only
+    #: for sm_80+).
+    matmul_dtypes = ("float32", "float16")
 
     def __init__(self, target: Target) -> None:
         self.knobs = CUDATileKnobs()
@@ -119,6 +135,13 @@ class CUDASparseKernels:
     def matmul(self, weight: np.ndarray, m: int, plan: Plan, epilogue: Epilogue) -> SparseKernel:
         """``x (1, m, k) @ weight.T``; ``epilogue`` is always plain (no fused epilogue)."""
         n, k = weight.shape
+        if plan.kernel == mma_sp_kernel_name():  # fp16, 2:4, sparse tensor cores
+            mat = to_mma_sp(weight)
+            func = cuda_mma_sp_matmul(m, k, n, out_dtype="float16")
+            flops = 2 * m * n * (-(-k // 4) * 2)  # the kept half of the inputs
+            return SparseKernel(
+                func, (mat.values, mat.metadata), ((1, m, k),), (1, m, n), flops, "float16"
+            )
         if plan.nm is not None:
             mat = to_nm(weight, plan.nm)
             func = cuda_nm_matmul(m, k, n, plan.nm, mat.values.shape[0], knobs=self.knobs)
