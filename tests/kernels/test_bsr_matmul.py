@@ -40,6 +40,46 @@ def test_bsr_formats_roundtrip_and_kernel(block, m, k, n):
     np.testing.assert_allclose(out.reshape(m, n), x @ weight.T, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "block, unroll, layouts",
+    [
+        ((1, 1), 4, ("MK", "MN")),
+        ((1, 1), 3, ("KM", "NM")),
+        ((2, 2), 2, ("MK", "MN")),
+        ((8, 1), 3, ("KM", "NM")),
+    ],
+)
+def test_bsr_m_variant_unrolled_over_blocks(block, unroll, layouts):
+    # NEON's "m" tile: several blocks per iteration, rows whose block counts leave every tail
+    m, k, n = 70, 70, 48
+    rng = np.random.default_rng(3)
+    weight = (rng.standard_normal((n, k)) * block_mask(n, k, block, 0.3, rng)).astype("float32")
+    knobs = BSRMatmulKnobs.for_target(TARGET, variant="m", unroll=unroll, m_vectors=16)
+    knobs = knobs.resolve(block, m, n, x_layout=layouts[0], y_layout=layouts[1])
+    bsr = to_bsr(weight, block, row_multiple=knobs.group)
+    assert len(set(np.diff(bsr.indptr) % unroll)) > 1
+    func = bsr_matmul(m, k, n, block, bsr.nnzb, bsr.block_rows, knobs=knobs,
+                      x_layout=layouts[0], y_layout=layouts[1])  # fmt: skip
+    assert func.attrs["tvm_sparse.knobs"]["unroll"] == unroll
+    x = rng.standard_normal((m, k)).astype("float32")
+    xin = x if layouts[0] == "MK" else x.T.copy()
+    y_shape = (1, m, n) if layouts[1] == "MN" else (1, n, m)
+    out = _call(func, [xin[None], bsr.data, bsr.indices, bsr.indptr, np.zeros(y_shape, "float32")])
+    out = out[0] if layouts[1] == "MN" else out[0].T
+    np.testing.assert_allclose(out, x @ weight.T, atol=1e-4, rtol=1e-4)
+
+
+def test_neon_defaults_tile_16_vectors_and_unroll_the_m_variant():
+    a76 = get_preset("arm-cortex-a76").tvm_target()
+    knobs = BSRMatmulKnobs.for_target(a76).resolve((1, 1), 128, 3072)
+    assert (knobs.variant, knobs.lanes, knobs.m_tile, knobs.unroll) == ("m", 4, 64, 4)
+    assert BSRMatmulKnobs.for_target(a76).resolve((2, 1), 128, 3072).m_tile == 32
+    assert BSRMatmulKnobs.for_target(AVX2).resolve((1, 1), 128, 3072).unroll == 1
+    nm = NMMatmulKnobs.for_target(a76).resolve(128, 3072)
+    assert (nm.m_tile, nm.unroll) == (64, 2)
+    assert NMMatmulKnobs.for_target(AVX512).resolve(128, 3072).unroll == 1
+
+
 @pytest.mark.parametrize("m_tile, row_block", [(5, 3), (16, 16), (3, 2)])
 def test_bsr_rows_tasks_of_several_block_rows(m_tile, row_block):
     # 7 block rows (the last one short) in tasks of row_block, 37 rows in tiles of m_tile.
@@ -111,6 +151,9 @@ def test_knobs_follow_target_vector_width():
         ((2, 4), {"k_tile": 8, "m_tile": 16, "group": 16}),
         ((4, 8), {"k_tile": 16, "group": 32}),
         ((1, 4), {"m_tile": 8}),
+        # NEON's tile: 16 vectors, kept weights two or three per iteration (a tail of one)
+        ((2, 4), {"m_vectors": 16, "unroll": 2, "k_tile": 12}),
+        ((2, 4), {"m_vectors": 16, "unroll": 3}),
     ],
 )
 def test_nm_kernel(nm, overrides):

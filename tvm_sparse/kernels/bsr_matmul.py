@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from tvm import tirx
 from tvm.target import Target
 
-from ..targets.facts import vector_lanes
+from ..targets.facts import is_neon, vector_lanes
 from .bsr_matmul_variants import gemv_kernel, m_kernel, rows_kernel
 from .epilogue import EPILOGUE_ATTR, PLAIN, Epilogue
 
@@ -25,6 +25,18 @@ _VARIANTS = ("auto", "rows", "m", "gemv")
 _ACCUMULATORS = 16
 #: Block rows per task of the ``"rows"`` variant at most, and tasks it aims for.
 _ROW_BLOCK, _ROW_TASKS = 16, 16
+#: The ``"m"`` variant on NEON. A 1x1 block's FMAs each need their own vector load of ``X.T``
+#: beside the block's weight and index loads: ``v`` vectors per block make ``v + 2`` loads
+#: for ``v`` FMAs. The Cortex-A72 issues one 128-bit load and one FMA a cycle, the
+#: Neoverse-N1 / A76 two of each, so the loads bound the loop at ``v / (v + 2)`` of the FMA
+#: peak: 80% with x86's 8 vectors, 89% with 16 (NEON's 32 registers hold 16 accumulators
+#: beside the loads, where AVX2's 16 do not). Each block's index load, address arithmetic and
+#: activation loads form a chain whose instructions wait in the N1's 128-entry reorder buffer:
+#: one block per iteration fills it before the loads reach their bound. Four blocks per
+#: iteration load their weights as pairs (an FMA by element, where one block's weight is a
+#: broadcast load that also takes an FMA pipe) and their indices as pairs, ahead of the
+#: activation loads.
+_NEON_M_KNOBS = {"m_vectors": 16, "unroll": 4}
 
 
 @dataclass(frozen=True)
@@ -46,6 +58,12 @@ class BSRMatmulKnobs:
     row_block : int
         ``"rows"`` variant: block rows per parallel task, each walked once per ``m_tile`` rows
         of ``X``; 0 picks up to 16, leaving at least 16 tasks.
+    unroll : int
+        ``"m"`` variant: nonzero blocks per iteration of the loop over a block row's blocks
+        (the rest of a row in a tail loop).
+    m_vectors : int
+        ``"m"`` variant: most vectors of ``X`` per register tile when ``m_tile`` is 0 (the
+        tile also keeps to 16 accumulators).
     """
 
     lanes: int = 16
@@ -53,17 +71,28 @@ class BSRMatmulKnobs:
     m_tile: int = 0
     group: int = 0
     row_block: int = 0
+    unroll: int = 1
+    m_vectors: int = 8
 
     def __post_init__(self) -> None:
         if self.variant not in _VARIANTS:
             raise ValueError(f"variant must be one of {_VARIANTS}, got {self.variant!r}")
-        if self.lanes < 1 or self.m_tile < 0 or self.group < 0 or self.row_block < 0:
+        if (
+            self.lanes < 1
+            or self.m_tile < 0
+            or self.group < 0
+            or self.row_block < 0
+            or self.unroll < 1
+            or self.m_vectors < 1
+        ):
             raise ValueError(f"knobs must be positive (0 = default), got {self}")
 
     @classmethod
     def for_target(cls, target: Target, **overrides) -> BSRMatmulKnobs:
-        """Defaults for ``target``: the vector width comes from the target's features."""
-        return cls(lanes=vector_lanes(target), **overrides)
+        """Defaults for ``target``: the vector width comes from the target's features; NEON
+        gets its own ``"m"`` tile (:data:`_NEON_M_KNOBS`)."""
+        defaults = dict(_NEON_M_KNOBS) if is_neon(target) else {}
+        return cls(lanes=vector_lanes(target), **{**defaults, **overrides})
 
     def resolve(
         self,
@@ -100,7 +129,7 @@ class BSRMatmulKnobs:
             group = 1
             row_block = self.row_block or min(max(block_rows // _ROW_TASKS, 1), _ROW_BLOCK)
         else:
-            vectors = max(min(8, _ACCUMULATORS // r), 1)
+            vectors = max(min(self.m_vectors, _ACCUMULATORS // r), 1)
             m_tile = self.m_tile or vectors * self.lanes
             group = self.group or (max(-(-self.lanes // r), 1) if y_layout == "MN" else 1)
         return replace(
@@ -190,6 +219,7 @@ def bsr_matmul(
                 "m_tile": knobs.m_tile,
                 "group": knobs.group,
                 "row_block": knobs.row_block,
+                "unroll": knobs.unroll,
             },
             # Opaque: FuseOps must not fuse other ops into a kernel it cannot see into.
             "op_pattern": 8,

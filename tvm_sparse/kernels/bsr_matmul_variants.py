@@ -174,7 +174,7 @@ def m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout,
     stored as full vectors (writing single columns of ``(M, N)`` thrashes cache lines and TLB).
     """
     r, c = block
-    mt, group = knobs.m_tile, knobs.group
+    mt, group, unroll = knobs.m_tile, knobs.group, knobs.unroll
     k_pad = -(-k // c) * c
     mn = y_layout == "MN"
     transpose_x = x_layout == "MK"
@@ -197,28 +197,45 @@ def m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout,
     xt_shape = (batch, k_pad, m_run) if transpose_x else (1, 1, 1)
 
     @T.macro
+    def block_fma(x, xt, data, b, acc, m0, w, j, col):
+        # the FMAs of nonzero block j (block column col) on the tile's w rows
+        for cc in T.unroll(c):
+            for rr in T.unroll(r):
+                for mi in T.vectorized(w):
+                    if transpose_x:
+                        acc[rr, mi] = acc[rr, mi] + data[j, rr, cc] * xt[b, col * c + cc, m0 + mi]
+                    elif guard_k:
+                        acc[rr, mi] = acc[rr, mi] + data[j, rr, cc] * T.if_then_else(
+                            col * c + cc < k,
+                            x[b, T.min(col * c + cc, k - 1), m0 + mi],
+                            zero,
+                        )
+                    else:
+                        acc[rr, mi] = acc[rr, mi] + data[j, rr, cc] * x[b, col * c + cc, m0 + mi]
+
+    @T.macro
     def accumulate(x, xt, data, indices, indptr, b, acc, m0, w, row):
         for rr in T.unroll(r):
             for mi in T.vectorized(w):
                 acc[rr, mi] = zero
-        for j in range(indptr[row], indptr[row + 1]):
-            for cc in T.unroll(c):
-                for rr in T.unroll(r):
-                    for mi in T.vectorized(w):
-                        if transpose_x:
-                            acc[rr, mi] = (
-                                acc[rr, mi] + data[j, rr, cc] * xt[b, indices[j] * c + cc, m0 + mi]
-                            )
-                        elif guard_k:
-                            acc[rr, mi] = acc[rr, mi] + data[j, rr, cc] * T.if_then_else(
-                                indices[j] * c + cc < k,
-                                x[b, T.min(indices[j] * c + cc, k - 1), m0 + mi],
-                                zero,
-                            )
-                        else:
-                            acc[rr, mi] = (
-                                acc[rr, mi] + data[j, rr, cc] * x[b, indices[j] * c + cc, m0 + mi]
-                            )
+        if unroll == 1:
+            for j in range(indptr[row], indptr[row + 1]):
+                block_fma(x, xt, data, b, acc, m0, w, j, indices[j])
+        else:
+            # ``unroll`` blocks per iteration, their block columns loaded first: the index
+            # loads and address arithmetic of all of them issue ahead of the activation loads,
+            # where one block per iteration waits for each index before its loads can start
+            cols = T.alloc_buffer((unroll,), "int32")
+            count = indptr[row + 1] - indptr[row]
+            for jo in range(count // unroll):
+                for ju in T.unroll(unroll):
+                    cols[ju] = indices[indptr[row] + jo * unroll + ju]
+                for ju in T.unroll(unroll):
+                    j = indptr[row] + jo * unroll + ju
+                    block_fma(x, xt, data, b, acc, m0, w, j, cols[ju])
+            for jt in range(count % unroll):
+                j = indptr[row + 1] - count % unroll + jt
+                block_fma(x, xt, data, b, acc, m0, w, j, indices[j])
 
     @T.macro
     def tile_mn(x, xt, data, indices, indptr, bias, y, b, t, m0, w):

@@ -19,7 +19,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from ..targets.facts import num_cores, vector_lanes
+from ..targets.facts import is_neon, num_cores, vector_lanes
 from .epilogue import EPILOGUE_ATTR, PLAIN, Epilogue
 
 __all__ = ["NMMatmulKnobs", "nm_matmul", "nm_matmul_kernel_name"]
@@ -30,6 +30,15 @@ __all__ = ["NMMatmulKnobs", "nm_matmul", "nm_matmul_kernel_name"]
 #: loads and stores between tiles and lost L1 hits.
 _XT_TILE_BYTES = 32 * 1024
 _K_TILE_MAX = 64
+#: NEON's register tile. Each kept weight's FMAs need their own vector loads of ``X.T`` beside
+#: the weight's value and column loads: ``v`` vectors make ``v + 2`` loads for ``v`` FMAs, and
+#: the Cortex-A72 issues one 128-bit load and one FMA a cycle, the Neoverse-N1 / A76 two of
+#: each, so the loads bound the loop at ``v / (v + 2)`` of the FMA peak: 80% with x86's 8
+#: vectors, 89% with 16 (NEON's 32 registers hold 16 accumulators beside the loads). Two
+#: weights per iteration load their values as a pair and issue their column loads ahead of the
+#: activation loads that wait for them; with four, LLVM's SLP vectoriser computes the four
+#: column addresses in a vector register and moves them out lane by lane, on the FMA pipes.
+_NEON_KNOBS = {"m_vectors": 16, "unroll": 2}
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,7 @@ class NMMatmulKnobs:
     lanes : int
         Fp32 lanes of one vector register.
     m_tile : int
-        Rows of ``X`` per register tile (0: ``8 * lanes``).
+        Rows of ``X`` per register tile (0: ``m_vectors * lanes``).
     group : int
         Output rows per task (0: ``4 * lanes``, fewer for a narrow weight): they share each
         k tile of ``X.T`` while it is in L1.
@@ -50,6 +59,10 @@ class NMMatmulKnobs:
         of ``X.T`` within 32 KiB).
     cores : int
         Cores the kernel runs on: the default ``group`` leaves at least four tasks per core.
+    unroll : int
+        Kept weights per iteration of the loop over a row's weights in a k tile.
+    m_vectors : int
+        Vectors of ``X`` per register tile when ``m_tile`` is 0.
     """
 
     lanes: int = 16
@@ -57,14 +70,23 @@ class NMMatmulKnobs:
     group: int = 0
     k_tile: int = 0
     cores: int = 1
+    unroll: int = 1
+    m_vectors: int = 8
+
+    def __post_init__(self) -> None:
+        if self.unroll < 1 or self.m_vectors < 1:
+            raise ValueError(f"unroll and m_vectors must be positive, got {self}")
 
     @classmethod
     def for_target(cls, target: Target, **overrides) -> NMMatmulKnobs:
-        return cls(lanes=vector_lanes(target), cores=num_cores(target), **overrides)
+        """Defaults for ``target``: its vector width and cores; NEON gets its own register
+        tile (:data:`_NEON_KNOBS`)."""
+        defaults = dict(_NEON_KNOBS) if is_neon(target) else {}
+        return cls(lanes=vector_lanes(target), cores=num_cores(target), **{**defaults, **overrides})
 
     def resolve(self, m: int, n: int = 0, nm: tuple[int, int] = (2, 4)) -> NMMatmulKnobs:
         m_pad = padded_rows(m, self.lanes)
-        m_tile = max(min(self.m_tile or 8 * self.lanes, m_pad), 1)
+        m_tile = max(min(self.m_tile or self.m_vectors * self.lanes, m_pad), 1)
         group = self.group
         if not group:
             group = min(4 * self.lanes, -(-max(n, 1) // self.lanes) * self.lanes)
@@ -125,7 +147,7 @@ def nm_matmul(
     knobs = knobs.resolve(m, n, nm)
     k_pad = -(-k // group_m) * group_m
     per_row = k_pad // group_m * keep
-    mt, group = knobs.m_tile, knobs.group
+    mt, group, unroll = knobs.m_tile, knobs.group, knobs.unroll
     if rows % group or rows < n:
         raise ValueError(f"rows {rows} must cover n={n} and be a multiple of group {group}")
     if knobs.k_tile % group_m:
@@ -149,20 +171,34 @@ def nm_matmul(
     k_tiles = -(-k_pad // tk)
 
     @T.macro
+    def weight_fma(xt, values, columns, acc, row, m0, w, vl, e):
+        for mv in T.unroll(w // vl):
+            for ml in T.vectorized(vl):
+                acc[mv * vl + ml] = (
+                    acc[mv * vl + ml] + values[row, e] * xt[columns[row, e], m0 + mv * vl + ml]
+                )
+
+    @T.macro
     def k_tile(xt, values, columns, acc_rows, r0, m0, w, vl, e0, count):
         for g in range(group):
             acc = T.alloc_buffer((w,), dtype)
             for mv in T.unroll(w // vl):
                 for ml in T.vectorized(vl):
                     acc[mv * vl + ml] = acc_rows[g, mv * vl + ml]
-            for e in range(count):
-                for mv in T.unroll(w // vl):
-                    for ml in T.vectorized(vl):
-                        acc[mv * vl + ml] = (
-                            acc[mv * vl + ml]
-                            + values[r0 + g, e0 + e]
-                            * xt[columns[r0 + g, e0 + e], m0 + mv * vl + ml]
-                        )
+            if unroll == 1:
+                for e in range(count):
+                    weight_fma(xt, values, columns, acc, r0 + g, m0, w, vl, e0 + e)
+            else:
+                # ``unroll`` kept weights per iteration: their column loads and address
+                # arithmetic issue together ahead of the activation loads
+                for eo in range(count // unroll):
+                    for eu in T.unroll(unroll):
+                        e = e0 + eo * unroll + eu
+                        weight_fma(xt, values, columns, acc, r0 + g, m0, w, vl, e)
+                if count % unroll > 0:
+                    for et in range(count % unroll):
+                        e = e0 + count // unroll * unroll + et
+                        weight_fma(xt, values, columns, acc, r0 + g, m0, w, vl, e)
             for mv in T.unroll(w // vl):
                 for ml in T.vectorized(vl):
                     acc_rows[g, mv * vl + ml] = acc[mv * vl + ml]
@@ -245,6 +281,7 @@ def nm_matmul(
                 "m_tile": mt,
                 "group": group,
                 "k_tile": knobs.k_tile,
+                "unroll": knobs.unroll,
             },
             "op_pattern": 8,
             **({EPILOGUE_ATTR: epilogue.attr} if epilogue else {}),

@@ -3,10 +3,12 @@ cores."""
 
 from __future__ import annotations
 
+import platform
+
 from tvm.target import Target
 from tvm.target.codegen import target_has_features
 
-__all__ = ["num_cores", "vector_bits", "vector_lanes"]
+__all__ = ["is_neon", "num_cores", "vector_bits", "vector_lanes"]
 
 
 def vector_bits(target: Target) -> int:
@@ -31,3 +33,12 @@ def num_cores(target: Target) -> int:
     """The target's ``num-cores`` attribute, or 1 when it is not given."""
     cores = target.attrs.get("num-cores")
     return int(cores) if cores else 1
+
+
+def is_neon(target: Target) -> bool:
+    """Whether ``target`` is an AArch64 CPU (NEON: 32 registers of 128 bits), by its triple or,
+    without one, by this machine's."""
+    if str(target.kind.name) != "llvm":
+        return False
+    triple = str(target.attrs.get("mtriple", "") or "")
+    return triple.startswith("aarch64") or (not triple and platform.machine() == "aarch64")

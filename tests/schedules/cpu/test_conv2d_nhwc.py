@@ -85,6 +85,26 @@ def test_depthwise_conv_of_odd_channel_counts_keeps_its_schedule(channels, strid
     assert claimed[conv] == "Conv2dNHWC", claimed
 
 
+@pytest.mark.parametrize("channels,stride,hw", [(64, 1, 12), (96, 2, 16), (32, 1, 7)])
+def test_depthwise_tile_of_two_channel_vectors(channels, stride, hw):
+    # NEON's default depthwise tile, 2 channel vectors by 4 pixels, on this machine's vectors
+    knobs = Conv2dNHWCKnobs(vector_lanes=LANES, depthwise_vectors=2, depthwise_columns=4)
+    model = ConvBlock(channels, channels, 3, stride, channels, False, relu6=True)
+    claimed, _ = run_and_compare(model, [torch.randn(1, channels, hw, hw)],
+                                 [Conv2dNHWC(knobs), Fallback()], nhwc=True)  # fmt: skip
+    (conv,) = _conv_funcs(claimed)
+    assert claimed[conv] == "Conv2dNHWC", claimed
+
+
+def test_neon_defaults_tile_depthwise_convs_in_two_channel_vectors():
+    from tvm_sparse.targets import get_preset
+
+    knobs = Conv2dNHWCKnobs.for_target(get_preset("arm-cortex-a72").tvm_target())
+    assert (knobs.depthwise_vectors, knobs.depthwise_columns) == (2, 4)
+    x86 = Conv2dNHWCKnobs.for_target(TARGET)
+    assert (x86.depthwise_vectors, x86.depthwise_columns) == (1, 8)
+
+
 def test_pointwise_conv_becomes_a_matmul():
     model = ConvBlock(32, 48, 1, 1, 1, False)
     claimed, _ = run_and_compare(model, [torch.randn(1, 32, 14, 14)], [Conv2dNHWC(), Matmul(),
