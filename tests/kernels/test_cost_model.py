@@ -70,7 +70,7 @@ def test_default_table_is_read_from_the_test_session_cache(tmp_path):
     [
         ("x86-avx512", "calibrated for the host class (shipped x86_avx512 table"),
         ("x86-avx2", "uncalibrated: no x86_avx2 table, the x86_avx512 table stands in"),
-        ("arm-cortex-a72", "uncalibrated: no arm_neon table"),
+        ("arm-cortex-a72", "estimated (Arm table estimated from llvm-mca"),
         ("jetson-orin-nano", "cuda targets are not calibrated"),
     ],
 )

@@ -83,7 +83,7 @@ def test_an_arm_compile_says_its_table_is_not_the_devices():
     arm = get_preset("arm-cortex-a72").tvm_target()
     assert cost_model.host_class(arm) == "arm_neon"
     table = load_calibration(arm)
-    assert table.evidence.startswith("uncalibrated: no arm_neon table")
+    assert table.evidence.startswith("estimated (Arm table estimated from llvm-mca")
     assert "rpc='HOST:PORT'" in table.evidence
     # a board's table is stored for the target that describes it, apart from this machine's
     assert default_cache_path(arm).name.startswith("arm_neon-")

@@ -13,7 +13,10 @@ A layer's time is ``flops / rate``, interpolated linearly in density and in ``lo
 ``choose`` never picks a sparse kernel the table says is slower than dense: it needs
 ``dense_time / sparse_time >= min_speedup`` (default 1.1, a margin for the model's error).
 
-The table of one AVX-512 host ships as ``calibration/x86_avx512.json``;
+The table of one AVX-512 host ships as ``calibration/x86_avx512.json``, and for each Arm
+preset's core a table estimated from ``llvm-mca``'s prediction of every kernel's hot loop
+(``calibration/arm_neon-<core>.json``, written by :mod:`tvm_sparse.measure.predicted_table`):
+its decisions say "estimated" until a board measures its own table over RPC.
 :func:`~tvm_sparse.measure.calibrate` measures a table on this machine and stores it as a
 cache file, one per machine (CPU model and cores), TVM and tvm_sparse version, that
 :func:`load_calibration` prefers (``compile`` measures a quick one on its first use of a
@@ -49,6 +52,7 @@ __all__ = [
     "Estimate",
     "default_cache_path",
     "load_calibration",
+    "package_table_path",
 ]
 
 _PACKAGE_TABLES = Path(__file__).parent / "calibration"
@@ -95,7 +99,10 @@ class Calibration:
         shipped table).
     evidence : str
         Whether the table fits the target it is used for, set by :func:`load_calibration`:
-        ``calibrated (...)`` or ``uncalibrated (...)``; every decision it makes carries it.
+        ``calibrated (...)``, ``estimated (...)`` or ``uncalibrated (...)``; every decision it
+        makes carries it.
+    estimated : bool
+        The rates are predicted, not measured (:mod:`tvm_sparse.measure.predicted_table`).
     """
 
     host: str
@@ -104,6 +111,7 @@ class Calibration:
     source: str = ""
     machine: str = field(default="", compare=False)
     evidence: str = field(default="", compare=False)
+    estimated: bool = False
 
     # -- (de)serialisation -------------------------------------------------------------------
 
@@ -113,6 +121,7 @@ class Calibration:
             "host": self.host,
             "source": self.source,
             "machine": self.machine,
+            "estimated": self.estimated,
             "dense": {str(m): v for m, v in sorted(self.dense.items())},
             "sparse": {
                 key: {
@@ -138,6 +147,7 @@ class Calibration:
             host=str(obj["host"]),
             source=str(obj.get("source", "")),
             machine=str(obj.get("machine", "")),
+            estimated=bool(obj.get("estimated", False)),
             dense={int(m): float(v) for m, v in obj["dense"].items()},
             sparse={
                 key: {
@@ -235,6 +245,19 @@ def host_class(target: Target) -> str:
     return {512: "x86_avx512", 256: "x86_avx2"}.get(vector_bits(target), "cpu_generic")
 
 
+def package_table_path(target: Target) -> Path:
+    """The shipped table of ``target``: ``calibration/<host class>-<core>.json`` for an Arm core
+    (the ``mcpu`` of its preset), else ``calibration/<host class>.json``; the file may not
+    exist."""
+    wanted = host_class(target)
+    mcpu = str(target.attrs.get("mcpu", "") or "") if wanted == "arm_neon" else ""
+    return _PACKAGE_TABLES / (f"{wanted}-{mcpu}.json" if mcpu else f"{wanted}.json")
+
+
+def _estimated(table: Calibration, how: str) -> str:
+    return f"estimated (Arm table estimated from llvm-mca, not measured: {table.source}; {how})"
+
+
 def default_cache_path(target: Target, device: str | None = None) -> Path:
     """``$XDG_CACHE_HOME/tvm_sparse/calibration/<host class>-<key>.json`` (``~/.cache`` by
     default), where the key stands for the machine measured and the TVM and tvm_sparse
@@ -275,9 +298,12 @@ def load_calibration(
             if table.machine and table.machine != machine_key() and here:
                 raise ValueError(f"measured on {table.machine}, this machine is {machine_key()}")
             where = "" if here else f" on {table.machine}"
-            table.evidence = (
-                f"calibrated ({table.host} table measured by calibrate{where}: {path.name})"
-            )
+            if table.estimated:
+                table.evidence = _estimated(table, f"not measured: {path.name}")
+            else:
+                table.evidence = (
+                    f"calibrated ({table.host} table measured by calibrate{where}: {path.name})"
+                )
             return table
     except Exception as err:  # noqa: BLE001 - a bad cache file must not stop a compile
         warnings.warn(
@@ -286,13 +312,18 @@ def load_calibration(
             CalibrationWarning,
             stacklevel=2,
         )
-    shipped = _PACKAGE_TABLES / f"{wanted}.json"
+    shipped = package_table_path(target)
     if not shipped.is_file():
-        # No table of this host class ships: the AVX-512 one stands in, and says so.
+        # No table of this host class (or Arm core) ships: the AVX-512 one stands in, and
+        # says so.
         shipped = _PACKAGE_TABLES / "x86_avx512.json"
     table = Calibration.from_json(json.loads(shipped.read_text()))
     cpu = backend_of(target, allow_none=True) is CPU
-    if table.host == wanted and cpu:
+    if table.host == wanted and cpu and table.estimated:
+        table.evidence = _estimated(
+            table, "tvm_sparse.measure.calibrate(target, rpc='HOST:PORT') measures the device"
+        )
+    elif table.host == wanted and cpu:
         table.evidence = (
             f"calibrated for the host class (shipped {table.host} table, {table.source}; "
             "tvm_sparse.measure.calibrate(target) measures this machine)"

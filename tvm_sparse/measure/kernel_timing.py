@@ -18,9 +18,12 @@ from ..timing import median_ms
 from .random_masks import block_mask, nm_mask
 
 __all__ = [
+    "bsr_case",
+    "dense_case",
     "measure_bsr",
     "measure_dense",
     "measure_nm",
+    "nm_case",
     "time_dense_relax",
     "time_prim_func",
 ]
@@ -43,8 +46,8 @@ def measure_dense(target: Target, m: int, n: int, k: int, runner: Runner = _HOST
     return 2.0 * m * n * k / seconds / 1e9
 
 
-def time_dense_relax(target: Target, m: int, n: int, k: int, runner: Runner = _HOST) -> float:
-    """Seconds of one call of the dense ``(m, k) @ (k, n)`` matmul as ``pipeline`` builds it."""
+def dense_case(target: Target, m: int, n: int, k: int):
+    """The dense ``(m, k) @ (k, n)`` matmul as ``pipeline`` builds it, and an input."""
     rng = np.random.default_rng(0)
     weight = rng.standard_normal((k, n)).astype("float32")
     bb = relax.BlockBuilder()
@@ -54,9 +57,29 @@ def time_dense_relax(target: Target, m: int, n: int, k: int, runner: Runner = _H
             out = bb.emit_output(relax.op.matmul(x, relax.const(weight)))
         bb.emit_func_output(out)
     exe = tvm.compile(bb.get(), target, relax_pipeline=pipeline(target, sparsity="off"))
+    return exe, rng.standard_normal((m, k)).astype("float32")
+
+
+def time_dense_relax(target: Target, m: int, n: int, k: int, runner: Runner = _HOST) -> float:
+    """Seconds of one call of the dense ``(m, k) @ (k, n)`` matmul as ``pipeline`` builds it."""
+    exe, x = dense_case(target, m, n, k)
     vm = relax.VirtualMachine(runner.load(exe), runner.device)
-    x = runner.tensors([rng.standard_normal((m, k)).astype("float32")])
-    return median_ms(runner.timed(vm, x)) / 1e3
+    return median_ms(runner.timed(vm, runner.tensors([x]))) / 1e3
+
+
+def bsr_case(target: Target, m: int, n: int, k: int, block: tuple[int, int], density: float):
+    """The BSR kernel for a random weight at ``density`` of ``block`` blocks, its arguments
+    (the output last) and the values it stores."""
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((n, k)) * block_mask(n, k, block, density, rng)).astype("float32")
+    knobs = BSRMatmulKnobs.for_target(target).resolve(block, m, n)
+    bsr = to_bsr(weight, block, row_multiple=knobs.group)
+    func = bsr_matmul(m, k, n, block, bsr.nnzb, bsr.block_rows, knobs=knobs)
+    data = bsr.data_cr() if knobs.variant == "rows" else bsr.data
+    lead = (1,) if knobs.variant == "m" else ()
+    x = rng.standard_normal((*lead, m, k)).astype("float32")
+    y = np.zeros((*lead, m, n), "float32")
+    return func, [x, data, bsr.indices, bsr.indptr, y], max(bsr.data.size, 1)
 
 
 def measure_bsr(
@@ -69,30 +92,28 @@ def measure_bsr(
     runner: Runner = _HOST,
 ) -> float:
     """GFLOP/s (over stored values) of the BSR kernel at ``density`` of ``block`` blocks."""
-    rng = np.random.default_rng(0)
-    weight = (rng.standard_normal((n, k)) * block_mask(n, k, block, density, rng)).astype("float32")
-    knobs = BSRMatmulKnobs.for_target(target).resolve(block, m, n)
-    bsr = to_bsr(weight, block, row_multiple=knobs.group)
-    func = bsr_matmul(m, k, n, block, bsr.nnzb, bsr.block_rows, knobs=knobs)
-    data = bsr.data_cr() if knobs.variant == "rows" else bsr.data
-    lead = (1,) if knobs.variant == "m" else ()
-    x = rng.standard_normal((*lead, m, k)).astype("float32")
-    y = np.zeros((*lead, m, n), "float32")
-    seconds = time_prim_func(func, target, [x, data, bsr.indices, bsr.indptr, y], runner)
-    return 2.0 * m * max(bsr.data.size, 1) / seconds / 1e9
+    func, args, stored = bsr_case(target, m, n, k, block, density)
+    seconds = time_prim_func(func, target, args, runner)
+    return 2.0 * m * stored / seconds / 1e9
 
 
-def measure_nm(
-    target: Target, m: int, n: int, k: int, nm: tuple[int, int], runner: Runner = _HOST
-) -> float:
-    """GFLOP/s (over stored values) of the N:M kernel."""
+def nm_case(target: Target, m: int, n: int, k: int, nm: tuple[int, int]):
+    """The N:M kernel for a random N:M weight, its arguments (the output last) and the values
+    it stores."""
     rng = np.random.default_rng(0)
     weight = (rng.standard_normal((n, k)) * nm_mask(n, k, nm, rng)).astype("float32")
     knobs = NMMatmulKnobs.for_target(target).resolve(m, n, nm)
     mat = to_nm(weight, nm, row_multiple=knobs.group)
     func = nm_matmul(m, k, n, nm, mat.values.shape[0], knobs=knobs)
     x = rng.standard_normal((m, k)).astype("float32")
-    seconds = time_prim_func(
-        func, target, [x, mat.values, mat.columns, np.zeros((m, n), "float32")], runner
-    )
-    return 2.0 * m * mat.values.size / seconds / 1e9
+    args = [x, mat.values, mat.columns, np.zeros((m, n), "float32")]
+    return func, args, mat.values.size
+
+
+def measure_nm(
+    target: Target, m: int, n: int, k: int, nm: tuple[int, int], runner: Runner = _HOST
+) -> float:
+    """GFLOP/s (over stored values) of the N:M kernel."""
+    func, args, stored = nm_case(target, m, n, k, nm)
+    seconds = time_prim_func(func, target, args, runner)
+    return 2.0 * m * stored / seconds / 1e9
