@@ -1,7 +1,7 @@
 """Arm speed without a board: llvm-mca's prediction for the hot loop of every kernel kind.
 
     python benchmarks/arm_static.py [--presets arm-cortex-a72,arm-cortex-a76,arm-neoverse-n1]
-        [--out benchmarks/results]
+        [--out benchmarks/results] [--no-host]
 
 Writes ``arm_static.json`` and ``arm_static.md``. Each kernel kind (dense matmul, 3x3 and 1x1
 convolution, depthwise, BSR 16x1 / 8x1 / 1x1 at 90% and 2:4) is built alone through the
@@ -10,6 +10,8 @@ iteration, FLOPs per cycle, GFLOP/s per core at the nominal clock and share of t
 come from :mod:`tvm_sparse.static_throughput`. The same kernels are also built for this host
 and timed, so that the prediction's error is known: ``measured / predicted`` is the time the
 build takes against what its hot loop alone would take at the host's clock on every core.
+``--no-host`` leaves the host's builds and timings out (the Arm predictions need no quiet
+machine).
 """
 
 from __future__ import annotations
@@ -96,14 +98,14 @@ def _hot(exe, target):
     return max(kernels.values(), key=lambda k: k.flops) if kernels else None
 
 
-def run(presets: list[str], out: str) -> None:
+def run(presets: list[str], out: str, host: bool = True) -> None:
     mca = find_llvm_mca()
     if mca is None:
         raise SystemExit("llvm-mca not found: install Debian's llvm package (llvm-19 preferred)")
     rows = []
-    runner = Runner()
+    runner = Runner() if host else None
     for case, mod, x_shape, sparsity, flops in _cases():
-        for name in [*presets, "x86"]:
+        for name in [*presets, "x86"] if host else presets:
             preset = get_preset(name)
             exe, target = _build(mod, preset, sparsity)
             hot = _hot(exe, target)
@@ -146,8 +148,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default=",".join(PRESETS))
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument(
+        "--no-host", action="store_true", help="predict the Arm presets only; time nothing here"
+    )
     args = parser.parse_args()
-    run(args.presets.split(","), args.out)
+    run(args.presets.split(","), args.out, host=not args.no_host)
 
 
 if __name__ == "__main__":
