@@ -70,6 +70,15 @@ def test_unknown_target_is_a_clear_error(tmp_path, capsys):
     assert "unknown target 'pentium'" in capsys.readouterr().err
 
 
+def test_dtype_option(tmp_path, capsys):
+    path, _, _ = _onnx_file(tmp_path)
+    assert main(["report", str(path), "--target", "jetson-orin-nano", "--dtype", "float16"]) == 0
+    out = capsys.readouterr().out
+    assert "dtype float16" in out and "| float16->float32 |" in out
+    assert main(["report", str(path), "--target", "x86", "--dtype", "float16"]) == 2
+    assert "dtype='float16' is not supported" in capsys.readouterr().err
+
+
 def test_missing_file_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path / "none.onnx")]) == 2
     assert "does not exist" in capsys.readouterr().err

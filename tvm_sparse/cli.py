@@ -34,7 +34,9 @@ def _load_model(path: str) -> Any:
 def _compile(args: argparse.Namespace):
     import tvm_sparse
 
-    _progress(f"compiling {args.model} for {args.target} (sparsity={args.sparsity})")
+    _progress(
+        f"compiling {args.model} for {args.target} (sparsity={args.sparsity}, dtype={args.dtype})"
+    )
     start = time.perf_counter()
     model = tvm_sparse.compile(
         _load_model(args.model),
@@ -42,6 +44,7 @@ def _compile(args: argparse.Namespace):
         sparsity=args.sparsity,
         dynamic_batch=args.dynamic_batch,
         rpc=getattr(args, "rpc", None),
+        dtype=args.dtype,
     )
     _progress(f"compiled in {time.perf_counter() - start:.1f} s")
     return model
@@ -173,7 +176,7 @@ def cmd_example(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .targets import list_presets
+    from .targets import COMPUTE_DTYPES, list_presets
 
     parser = argparse.ArgumentParser(
         prog="tvm-sparse", description="Compile pruned models into fast TVM modules."
@@ -186,6 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--target", default="x86", help=f"one of {', '.join(list_presets())}")
         p.add_argument("--sparsity", default="auto", choices=["auto", "off"])
         p.add_argument("--dynamic-batch", action="store_true", help="make dimension 0 dynamic")
+        p.add_argument(
+            "--dtype",
+            default="float32",
+            choices=COMPUTE_DTYPES,
+            help="compute dtype: float16 / bfloat16 on CUDA targets (matmuls accumulate fp32)",
+        )
         return p
 
     p = model_command("compile", "compile a model into a deployable library")

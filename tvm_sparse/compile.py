@@ -17,7 +17,7 @@ from .pipeline import pipeline
 from .report import CompileReport
 from .runtime import ThreadConfig
 from .runtime.runner import Runner
-from .targets import TargetPreset, is_host_target, resolve_target
+from .targets import TargetPreset, check_compute_dtype, is_host_target, resolve_target
 from .timing import compare
 
 __all__ = ["compile"]
@@ -47,6 +47,7 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
     threads: ThreadConfig | None = None,
     measure_layers: bool | None = None,
     rpc: Any = None,
+    dtype: str = "float32",
 ) -> CompiledModel:
     """Compile ``model`` for ``target`` and return a callable :class:`CompiledModel`.
 
@@ -102,6 +103,13 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
         How the CPU kernels use threads: by default one per available core, workers not
         pinned, so that latency holds when another process shares a core (see
         :class:`tvm_sparse.runtime.ThreadConfig`).
+    dtype : "float32" | "float16" | "bfloat16"
+        What the model computes in. ``"float16"`` (CUDA targets) runs matmuls and convs on
+        fp16 operands with fp32 accumulation, and the elementwise ops between them in fp16;
+        softmax, reductions and the sparse kernels stay fp32 (TVM's ``ToMixedPrecision``; the
+        report gives each op's dtype). The model's inputs and outputs keep their dtypes, cast at
+        the edges inside the module, so ``compiled(x_fp32)`` returns fp32. ``"bfloat16"`` the
+        same, on CUDA architectures from sm_80 (Orin, not Xavier). CPU targets compute fp32.
 
     Returns
     -------
@@ -120,6 +128,7 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
             f"not {type(threads).__name__}"
         )
     preset = resolve_target(target)
+    check_compute_dtype(preset.tvm_target(), dtype)
     if is_host_target(preset.tvm_target()):
         # before the first parallel kernel runs (constant folding runs some at compile time)
         use_all_cores(preset.tvm_target())
@@ -165,6 +174,7 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
                 tuning_cache=tuning_cache,
                 fast_math=fast_math,
                 layer_timer=timer,
+                dtype=dtype,
             ),
         )
         report.notes.append(f"compiled in {time.perf_counter() - start:.1f} s")

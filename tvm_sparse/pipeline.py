@@ -14,7 +14,13 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_generic_pipeline
 from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 from tvm.target import Target
 
-from .passes.collect_report import CollectFusionGroups, CollectKernelReport, CollectOpReport
+from .passes.collect_report import (
+    CollectComputeDtypes,
+    CollectFusionGroups,
+    CollectKernelReport,
+    CollectOpReport,
+)
+from .passes.convert_compute_dtype import ConvertComputeDtype
 from .passes.convert_to_nhwc import ConvertToNHWC
 from .passes.fold_constants_on_host import FoldConstantsOnHost
 from .passes.inject_prefetch import InjectPrefetch
@@ -27,10 +33,16 @@ from .passes.use_fast_math import UseFastMath
 from .report import CompileReport
 from .schedules import ApplySchedules, schedule_rules
 from .targets import TargetPreset, resolve_target
-from .targets.backend import backend_of
+from .targets.backend import backend_of, check_compute_dtype
 from .targets.facts import vector_lanes
 
-__all__ = ["pipeline", "prepare_passes", "schedule_input_passes", "sparsity_passes"]
+__all__ = [
+    "compute_dtype_passes",
+    "pipeline",
+    "prepare_passes",
+    "schedule_input_passes",
+    "sparsity_passes",
+]
 
 
 def prepare_passes() -> list[tvm.transform.Pass]:
@@ -47,10 +59,11 @@ def prepare_passes() -> list[tvm.transform.Pass]:
 
 
 def sparsity_passes(
-    target: Target, sparsity: Any = "auto", layer_timer: Any = None
+    target: Target, sparsity: Any = "auto", layer_timer: Any = None, dtype: str = "float32"
 ) -> list[tvm.transform.Pass]:
     """Detect pruned patterns, shrink zero channels, rewrite sparse weights to sparse kernels
-    (timing each layer's candidates with ``layer_timer`` where one is given)."""
+    (timing each layer's candidates with ``layer_timer`` where one is given) for a model that
+    will compute in ``dtype``."""
     if sparsity == "off":
         return []
     from .passes import DetectSparsity, RewriteToSparse, ShrinkPrunedChannels
@@ -61,8 +74,24 @@ def sparsity_passes(
         ShrinkPrunedChannels(channel_multiple=multiple, layer_timer=layer_timer),
         relax.transform.FoldConstant(),
         DetectSparsity(),
-        RewriteToSparse(target, sparsity=sparsity, layer_timer=layer_timer),
+        RewriteToSparse(target, sparsity=sparsity, layer_timer=layer_timer, dtype=dtype),
     ]
+
+
+def compute_dtype_passes(
+    dtype: str, report: CompileReport | None = None
+) -> list[tvm.transform.Pass]:
+    """Convert the model's compute to ``dtype`` (:class:`ConvertComputeDtype`), then record
+    each report row's dtype.
+
+    They run after the sparsity passes and the report's op rows: ``DetectSparsity`` and
+    ``ShrinkPrunedChannels`` read the fp32 weights (a weight behind an ``astype`` is no longer
+    a constant they can read), and ``RewriteToSparse`` emits its fp32 kernels as ``call_tir``,
+    which ``ToMixedPrecision`` keeps fp32 with casts at its edges. They run before
+    legalization, since ``ToMixedPrecision`` rewrites Relax ops, not TIR.
+    """
+    convert = [ConvertComputeDtype(dtype)] if dtype != "float32" else []
+    return convert + ([CollectComputeDtypes(report)] if report is not None else [])
 
 
 def _tuning_passes(
@@ -105,16 +134,17 @@ def schedule_input_passes(
     fast_math: bool = True,
     layer_timer: Any = None,
     winograd: bool = True,
+    dtype: str = "float32",
 ) -> list[tvm.transform.Pass]:
     """Everything before scheduling: the PrimFuncs these leave are what schedules (and the
     autotuner) see."""
     return (
         prepare_passes()
-        + sparsity_passes(target, sparsity, layer_timer)
+        + sparsity_passes(target, sparsity, layer_timer, dtype)
         + _FAMILY_PASSES[backend_of(target).family](target, layer_timer, winograd)
+        + [ReorderReshapeAfterElementwise(), CollectOpReport(report)]
+        + compute_dtype_passes(dtype, report)
         + [
-            ReorderReshapeAfterElementwise(),
-            CollectOpReport(report),
             *([UseFastMath()] if fast_math else []),
             FoldConstantsOnHost(),
             relax.transform.LegalizeOps(),
@@ -138,6 +168,7 @@ def pipeline(
     fast_math: bool = True,
     layer_timer: Any = None,
     winograd: bool = True,
+    dtype: str = "float32",
 ) -> tvm.transform.Pass:
     """The project's Relax pipeline for ``target``.
 
@@ -164,6 +195,10 @@ def pipeline(
         calibration table and stated rules decide.
     winograd : bool
         Let ``RewriteToWinograd`` run 3x3 stride-1 convs as Winograd kernels (CPU targets).
+    dtype : "float32" | "float16" | "bfloat16"
+        The compute dtype (:func:`compute_dtype_passes`): fp16 or bf16 operands with fp32
+        accumulation in matmuls and convs; the module's inputs and outputs keep their dtypes.
+        CUDA targets only (bf16 from sm_80); CPU targets compute fp32.
 
     Returns
     -------
@@ -172,8 +207,10 @@ def pipeline(
     """
     preset = resolve_target(target)
     tvm_target = preset.tvm_target()
+    check_compute_dtype(tvm_target, dtype)
     report = report if report is not None else CompileReport()
     report.target = preset.name if preset.name != "custom" else str(tvm_target)
+    report.dtype = dtype
     fusion = CollectFusionGroups(report)
     tuned = _tuning_passes(tvm_target, tuning_cache, report, fusion)
     passes = (
@@ -185,6 +222,7 @@ def pipeline(
             fast_math=fast_math,
             layer_timer=layer_timer,
             winograd=winograd,
+            dtype=dtype,
         )  # fmt: skip
         + tuned[:1]
         + [ApplySchedules(schedule_rules(tvm_target)), CollectKernelReport(report, fusion)]

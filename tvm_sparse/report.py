@@ -35,6 +35,9 @@ class OpRecord:
     speedup : float
         How much faster than dense the evidence that decided a sparse kernel says it is (the
         layer's measured times, or the cost model's estimate); 0 where there is no figure.
+    dtype : str
+        The dtype the op computes in; ``in->out`` where it changes it (``float16->float32``: a
+        matmul on fp16 operands accumulating in fp32). Empty in reports of older versions.
     """
 
     name: str
@@ -49,15 +52,21 @@ class OpRecord:
     fused_into: str = ""
     layer: str = ""
     speedup: float = 0.0
+    dtype: str = ""
 
 
 @dataclass
 class CompileReport:
-    """Per-op rows plus notes for a compiled model; ``str(report)`` is a table."""
+    """Per-op rows plus notes for a compiled model; ``str(report)`` is a table.
+
+    ``dtype`` is the compute dtype asked for (``compile(..., dtype=...)``); where it is not
+    ``float32`` the table gives each row's own dtype, since some ops stay fp32.
+    """
 
     target: str = ""
     rows: list[OpRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    dtype: str = "float32"
 
     @property
     def total_flops(self) -> int:
@@ -78,6 +87,7 @@ class CompileReport:
     def to_dict(self) -> dict:
         return {
             "target": self.target,
+            "dtype": self.dtype,
             "total_flops": self.total_flops,
             "total_weight_bytes": self.total_weight_bytes,
             "rows": [asdict(r) for r in self.rows],
@@ -89,11 +99,15 @@ class CompileReport:
 
     @classmethod
     def from_dict(cls, data: dict) -> CompileReport:
-        return cls(data["target"], [OpRecord(**r) for r in data["rows"]], list(data["notes"]))
+        rows = [OpRecord(**r) for r in data["rows"]]
+        return cls(data["target"], rows, list(data["notes"]), data.get("dtype", "float32"))
 
     def table(self, *, all_ops: bool = False) -> str:
         """A Markdown table; by default ops without FLOPs or weights (reshapes) are left out."""
         header = ["op", "name", "shapes", "MFLOP", "weight KiB", "kernel", "pattern", "reason"]
+        per_row_dtype = self.dtype != "float32"
+        if per_row_dtype:
+            header.insert(3, "dtype")
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in self.rows:
             if not all_ops and r.flops == 0 and r.weight_bytes == 0:
@@ -109,10 +123,13 @@ class CompileReport:
                 r.pattern,
                 r.reason,
             ]
+            if per_row_dtype:
+                cells.insert(3, r.dtype)
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         lines.append(
-            f"target {self.target}: {len(self.rows)} ops, {self.total_flops / 1e6:.1f} MFLOP, "
+            f"target {self.target}, dtype {self.dtype}{_DTYPE_NOTE.get(self.dtype, '')}: "
+            f"{len(self.rows)} ops, {self.total_flops / 1e6:.1f} MFLOP, "
             f"{self.total_weight_bytes / 1024:.1f} KiB of weights"
         )
         lines.extend(f"note: {n}" for n in self.notes)
@@ -120,6 +137,13 @@ class CompileReport:
 
     def __str__(self) -> str:
         return self.table()
+
+
+_LOW_PRECISION = (
+    " (matmuls and convs accumulate in float32; softmax, reductions and the sparse kernels "
+    "run float32; the model's inputs and outputs keep their dtypes)"
+)
+_DTYPE_NOTE = {"float16": _LOW_PRECISION, "bfloat16": _LOW_PRECISION}
 
 
 def _shape(shape: list[int | str]) -> str:

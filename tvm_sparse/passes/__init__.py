@@ -3,7 +3,13 @@
 Each pass works alone in any Relax pipeline; ``tvm_sparse.pipeline`` chains them.
 """
 
-from .collect_report import CollectFusionGroups, CollectKernelReport, CollectOpReport
+from .collect_report import (
+    CollectComputeDtypes,
+    CollectFusionGroups,
+    CollectKernelReport,
+    CollectOpReport,
+)
+from .convert_compute_dtype import ConvertComputeDtype
 from .convert_to_nhwc import ConvertToNHWC
 from .detect_sparsity import DetectSparsity, WeightSparsity, analyze_weight
 from .fold_constants_on_host import FoldConstantsOnHost
@@ -19,9 +25,11 @@ from .uniquify_binding_names import UniquifyBindingNames
 from .use_fast_math import UseFastMath
 
 __all__ = [
+    "CollectComputeDtypes",
     "CollectFusionGroups",
     "CollectKernelReport",
     "CollectOpReport",
+    "ConvertComputeDtype",
     "ConvertToNHWC",
     "DetectSparsity",
     "FoldConstantsOnHost",

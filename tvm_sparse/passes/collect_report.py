@@ -4,7 +4,8 @@ They never change the module. ``CollectOpReport`` goes before legalization and w
 per operator, taking pattern and reason from the ``"tvm_sparse.decisions"`` attribute of the
 sparsity passes; ``CollectFusionGroups`` goes between ``FuseOps`` and ``FuseTIR`` and remembers
 which operators share a kernel; ``CollectKernelReport`` goes after scheduling and names the
-kernel that computes each row.
+kernel that computes each row. ``CollectComputeDtypes`` goes after ``ConvertComputeDtype`` and
+gives each row the dtype its op computes in.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from tvm import relax, tirx
 from ..report import CompileReport, OpRecord
 from ..schedules.apply_schedules import KERNEL_ATTR, PASSED_OVER_ATTR, UNSCHEDULED
 
-__all__ = ["CollectFusionGroups", "CollectKernelReport", "CollectOpReport"]
+__all__ = [
+    "CollectComputeDtypes",
+    "CollectFusionGroups",
+    "CollectKernelReport",
+    "CollectOpReport",
+]
 
 #: What each pass decided per layer (and why), read into the report; one place for every pass.
 DECISIONS_ATTR = "tvm_sparse.decisions"
@@ -139,6 +145,46 @@ def _nbytes(const: tvm.ir.Constant) -> int:
     return _numel(_dims(ty)) * np.dtype(str(ty.dtype)).itemsize
 
 
+@tvm.transform.module_pass(opt_level=0, name="CollectComputeDtypes")
+class CollectComputeDtypes:
+    """Set each row's ``dtype``: its op's input dtype, ``in->out`` where the op changes it (a
+    matmul taking fp16 and accumulating in fp32: ``float16->float32``); and its weight bytes
+    in the dtype its weights are now cast to (folded after this pass)."""
+
+    def __init__(self, report: CompileReport):
+        self.report = report
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        dtypes, weight_bytes, values = {}, {}, {}
+        for block in mod["main"].body.blocks:
+            for binding in block.bindings:
+                values[binding.var] = binding.value
+                if not isinstance(binding.value, relax.Call):
+                    continue
+                args = binding.value.args
+                if binding.value.op == tvm.ir.Op.get("relax.call_tir"):
+                    args = args[1].fields
+                ins = [str(a.ty.dtype) for a in args if _is_tensor(a)]
+                out = str(binding.var.ty.dtype) if _is_tensor(binding.var) else ""
+                dtype = ins[0] if ins else out
+                dtypes[binding.var.name] = dtype if out in ("", dtype) else f"{dtype}->{out}"
+                weight_bytes[binding.var.name] = sum(_weight_bytes(a, values) for a in args)
+        for row in self.report.rows:
+            row.dtype = dtypes.get(row.name, row.dtype)
+            row.weight_bytes = weight_bytes.get(row.name, row.weight_bytes)
+        return mod
+
+
+def _weight_bytes(arg: relax.Expr, values: dict) -> int:
+    """Bytes of a constant argument, or of a constant an ``astype`` binding casts."""
+    value = values.get(arg)
+    if isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.astype"):
+        if isinstance(value.args[0], tvm.ir.Constant):
+            bits = tvm.DataType(str(value.attrs.dtype)).bits
+            return _numel(_dims(arg.ty)) * bits // 8
+    return _nbytes(arg) if isinstance(arg, tvm.ir.Constant) else 0
+
+
 def _call_tir_bindings(func: relax.Function):
     call_tir = tvm.ir.Op.get("relax.call_tir")
     for block in func.body.blocks:
@@ -203,7 +249,9 @@ class CollectFusionGroups:
         if not candidates:
             return None
         for producer in self.producers_of.get(name, []):
-            group = self._assigned.get(producer)
+            # a producer without a report row (a cast ConvertComputeDtype added) is placed
+            # here; its own producers come before it, so this stays shallow
+            group = self.group_of(producer)
             if group in candidates:
                 return group
         # Several groups call the same PrimFunc (same op, same shapes): prefer the group that

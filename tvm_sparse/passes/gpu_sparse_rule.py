@@ -6,6 +6,8 @@ decisions (:mod:`.sparse_decisions`) when the target is a GPU.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from tvm.support.nvcc import get_target_compute_version, parse_compute_version
 from tvm.target import Target
@@ -161,10 +163,19 @@ def decide_cuda_fp16(
 class GPURule:
     """The CUDA chooser of :class:`~tvm_sparse.passes.RewriteToSparse`: :func:`decide_cuda`
     for fp32 matmuls and for the convs the GPU kernels run (1x1, stride 1, unpadded),
-    :func:`decide_cuda_fp16` for fp16 matmuls."""
+    :func:`decide_cuda_fp16` for the matmuls of an fp16 model.
 
-    def __init__(self, config: SparsityConfig, target: Target | None = None) -> None:
+    ``dtype`` is the model's compute dtype (``compile(..., dtype=...)``). In an fp16 model a 2:4
+    weight runs the ``mma.sp`` kernel where the GPU has sparse tensor cores; every other sparse
+    layer runs an fp32 kernel of :mod:`tvm_sparse.kernels.gpu`, and ``ConvertComputeDtype``
+    casts its activations to fp32 and its result back.
+    """
+
+    def __init__(
+        self, config: SparsityConfig, target: Target | None = None, dtype: str = "float32"
+    ) -> None:
         self.config = config
+        self.dtype = dtype
         version = get_target_compute_version(target) if target is not None else None
         #: compute capability of the target; (0, 0) where it names none
         self.compute = parse_compute_version(version) if version else (0, 0)
@@ -172,9 +183,20 @@ class GPURule:
     def matmul(
         self, name: str, info: WeightSparsity, weight: np.ndarray, m: int, epilogue_ops=()
     ) -> Plan:
-        if weight.dtype == np.float16:
+        if weight.dtype == np.float16:  # an fp16 module: only the fp16 kernel takes it
             return decide_cuda_fp16(name, weight, self.config, self.compute)
-        return decide_cuda(name, info, weight, "matmul", self.config)
+        if self.dtype == "float16":
+            plan = decide_cuda_fp16(name, weight, self.config, self.compute)
+            if plan.kernel != "dense":
+                return plan
+        return self._in_dtype(decide_cuda(name, info, weight, "matmul", self.config))
+
+    def _in_dtype(self, plan: Plan) -> Plan:
+        """``plan`` with a note where its fp32 kernel runs in a lower-precision model."""
+        if plan.kernel == "dense" or self.dtype == "float32":
+            return plan
+        note = f"fp32 kernel in this {self.dtype} model (activations cast at its edges)"
+        return dataclasses.replace(plan, reason=f"{plan.reason}; {note}")
 
     def conv2d(
         self, name: str, info: WeightSparsity, weight: np.ndarray, geom: Conv2DGeometry
@@ -186,4 +208,4 @@ class GPURule:
                 f"{GPU_RULE}: only 1x1, stride-1, unpadded conv2d maps onto the GPU kernels "
                 "(no GPU im2col kernel yet): dense",
             )
-        return decide_cuda(name, info, weight, "conv2d", self.config)
+        return self._in_dtype(decide_cuda(name, info, weight, "conv2d", self.config))

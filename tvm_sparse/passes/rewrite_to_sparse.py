@@ -52,10 +52,15 @@ from .sparsity_config import LayerChoice, SparsityConfig
 
 #: Each target family's chooser of a kernel per pruned layer, and the emitters of its kernels.
 _CHOOSERS = {
-    "cpu": CPUDecisions,
-    "cuda": lambda target, config, _calibration, _timer: GPURule(config, target),
+    "cpu": lambda target, config, calibration, timer, _dtype: CPUDecisions(
+        target, config, calibration, timer
+    ),
+    "cuda": lambda target, config, _calibration, _timer, dtype: GPURule(config, target, dtype),
 }
-_KERNELS = {"cpu": CPUSparseKernels, "cuda": CUDASparseKernels}
+_KERNELS = {
+    "cpu": lambda target, _dtype: CPUSparseKernels(target),
+    "cuda": CUDASparseKernels,
+}
 
 __all__ = ["DECISIONS_ATTR", "LayerChoice", "RewriteToSparse", "SparsityConfig"]
 
@@ -79,6 +84,9 @@ class RewriteToSparse:
     layer_timer : tvm_sparse.layer_timing.LayerTimer, optional
         Times the candidates of each ``"auto"`` matmul on this machine (the first source of
         evidence); without one, or where it cannot measure, the calibration table decides.
+    dtype : str
+        The dtype the model will compute in (``ConvertComputeDtype`` runs after this pass);
+        the GPU chooser and kernels see it, the CPU ones are fp32 only.
     """
 
     def __init__(
@@ -88,8 +96,10 @@ class RewriteToSparse:
         sparsity: Any = "auto",
         calibration: Calibration | None = None,
         layer_timer: Any = None,
+        dtype: str = "float32",
     ) -> None:
         self.target = _as_target(target)
+        self.dtype = dtype
         self.config = SparsityConfig.from_arg(sparsity)
         self.calibration = calibration
         self.layer_timer = layer_timer
@@ -112,8 +122,10 @@ class RewriteToSparse:
         backend = backend_of(self.target, allow_none=True)
         if backend is None:
             return _record_dense(mod, f"no sparse kernel for {self.target.kind.name} yet: dense")
-        chooser = _CHOOSERS[backend.family](self.target, self.config, calibration, self.layer_timer)
-        rewriter = _SparseRewriter(mod, chooser, _KERNELS[backend.family](self.target))
+        chooser = _CHOOSERS[backend.family](
+            self.target, self.config, calibration, self.layer_timer, self.dtype
+        )
+        rewriter = _SparseRewriter(mod, chooser, _KERNELS[backend.family](self.target, self.dtype))
         for gv, func in list(mod.functions_items()):
             if isinstance(func, relax.Function) and func.attrs and WEIGHTS_ATTR in func.attrs:
                 rewriter.rewrite_function(gv, func)
@@ -324,6 +336,9 @@ class _SparseRewriter(PyExprMutator):
         """Add ``kernel`` to the module and call it on ``x``, viewed back as the op's output."""
         func = kernel.func.with_attr(FLOPS_ATTR, kernel.flops)
         gv = self.builder_.add_func(func, _func_name(plan.kernel))
+        # an fp16 kernel in a model that ConvertComputeDtype has not converted yet
+        if kernel.x_dtype != self.builder_.normalize(x).struct_info.dtype:
+            x = self._emit(relax.op.astype(x, kernel.x_dtype), "sparse_in")
         args = [x, *(relax.const(w) for w in kernel.weights)]
         if epilogue.kernel.bias:  # one per output channel
             args.append(relax.const(np.ascontiguousarray(epilogue.bias, dtype="float32")))

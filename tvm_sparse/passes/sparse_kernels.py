@@ -53,8 +53,9 @@ class SparseKernel:
         The shape of its output.
     flops : int
         Floating-point operations it performs (stored weight values only).
-    y_dtype : str
-        The element type of its output.
+    y_dtype, x_dtype : str
+        The element types of its output and of the activations it takes (the caller casts
+        activations of another type).
     """
 
     func: tirx.PrimFunc
@@ -63,6 +64,7 @@ class SparseKernel:
     y_shape: tuple[int, ...]
     flops: int
     y_dtype: str = "float32"
+    x_dtype: str = "float32"
 
 
 def _bsr_arrays(bsr: BSRMatrix, data: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
@@ -119,7 +121,16 @@ class CPUSparseKernels:
 
 
 class CUDASparseKernels:
-    """The CUDA kernels (:mod:`tvm_sparse.kernels.gpu`) with their default tiles."""
+    """The CUDA kernels (:mod:`tvm_sparse.kernels.gpu`) with their default tiles.
+
+    ``dtype`` is the model's compute dtype. The BSR and N:M kernels are fp32 (values,
+    activations and accumulators) whatever it is: ``ConvertComputeDtype``, which runs after
+    ``RewriteToSparse``, keeps a ``call_tir`` as it is and casts an fp16 model's activations at
+    its edges. The 2:4 ``mma.sp`` kernel, which ``GPURule`` picks for fp16 on sm_80+, takes fp16
+    activations (``RewriteToSparse`` casts them; ``ToMixedPrecision`` leaves the fp16 arguments
+    of a ``call_tir`` alone) and accumulates in fp32; its output has the type of the matmul it
+    replaces (fp32 while the model is not yet converted).
+    """
 
     #: The kernels take no bias or activation: those stay Relax ops that ``FuseOps`` fuses.
     fuses_epilogue = False
@@ -129,18 +140,20 @@ class CUDASparseKernels:
     #: for sm_80+).
     matmul_dtypes = ("float32", "float16")
 
-    def __init__(self, target: Target) -> None:
+    def __init__(self, target: Target, dtype: str = "float32") -> None:
         self.knobs = CUDATileKnobs()
+        self.dtype = dtype
 
     def matmul(self, weight: np.ndarray, m: int, plan: Plan, epilogue: Epilogue) -> SparseKernel:
         """``x (1, m, k) @ weight.T``; ``epilogue`` is always plain (no fused epilogue)."""
         n, k = weight.shape
         if plan.kernel == mma_sp_kernel_name():  # fp16, 2:4, sparse tensor cores
             mat = to_mma_sp(weight)
-            func = cuda_mma_sp_matmul(m, k, n, out_dtype="float16")
+            y_dtype = "float16" if weight.dtype == np.float16 else "float32"
+            func = cuda_mma_sp_matmul(m, k, n, out_dtype=y_dtype)
             flops = 2 * m * n * (-(-k // 4) * 2)  # the kept half of the inputs
             return SparseKernel(
-                func, (mat.values, mat.metadata), ((1, m, k),), (1, m, n), flops, "float16"
+                func, (mat.values, mat.metadata), ((1, m, k),), (1, m, n), flops, y_dtype, "float16"
             )
         if plan.nm is not None:
             mat = to_nm(weight, plan.nm)

@@ -1,7 +1,7 @@
 """Targets as data: presets per device, resolved into TVM targets, and the backend of each
 target family."""
 
-from .backend import Backend, backend_of
+from .backend import COMPUTE_DTYPES, Backend, backend_of, check_compute_dtype
 from .host import (
     available_cores,
     host_cpu_features,
@@ -19,9 +19,11 @@ from .presets import (
 )
 
 __all__ = [
+    "COMPUTE_DTYPES",
     "Backend",
     "available_cores",
     "backend_of",
+    "check_compute_dtype",
     "PruningDefaults",
     "TargetPreset",
     "get_preset",
