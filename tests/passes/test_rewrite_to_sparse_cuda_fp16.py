@@ -31,9 +31,9 @@ def _module(weight: np.ndarray) -> tvm.IRModule:
     return bb.get()
 
 
-def _rewrite(mod, target, sparsity="auto"):
+def _rewrite(mod, target, sparsity="auto", dtype="float32"):
     mod = DetectSparsity()(relax.transform.FoldConstant()(mod))
-    return RewriteToSparse(target, sparsity=sparsity)(mod)
+    return RewriteToSparse(target, sparsity=sparsity, dtype=dtype)(mod)
 
 
 def _decision(mod):
@@ -57,19 +57,38 @@ def test_fp16_two_four_matmul_runs_mma_sp_on_sm87():
     assert "sm_87 has sparse tensor cores: mma.sp kernel" in decision["reason"]
 
 
-def test_fp16_rewrite_computes_the_dense_matmul():
-    mod = _rewrite(_module(WEIGHT), SM87).clone()
+def _run_emulated(mod: tvm.IRModule, x: np.ndarray, out_dtype: str) -> np.ndarray:
+    """``mod`` on the CPU, its ``mma.sp`` kernel serial and emulated."""
+    mod = mod.clone()
     for gv, func in list(mod.functions_items()):
         if isinstance(func, tvm.tirx.PrimFunc) and "tvm_sparse.knobs" in (func.attrs or {}):
             knobs = {k: int(v) for k, v in func.attrs["tvm_sparse.knobs"].items() if k != "device"}
-            emulated = cuda_mma_sp_matmul(6, 64, 48, knobs=MMASpKnobs(**knobs), mma="emulated")
+            emulated = cuda_mma_sp_matmul(
+                6, 64, 48, knobs=MMASpKnobs(**knobs), out_dtype=out_dtype, mma="emulated"
+            )
             mod[gv] = serial_thread_bindings(emulated.with_attrs(func.attrs))
     exe = tvm.compile(mod, "llvm", relax_pipeline=tvm_sparse.pipeline("x86", sparsity="off"))
+    return relax.VirtualMachine(exe, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+
+
+def test_fp16_rewrite_computes_the_dense_matmul():
     x = np.random.default_rng(1).uniform(-1, 1, (2, 3, 64)).astype("float16")
-    out = relax.VirtualMachine(exe, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    out = _run_emulated(_rewrite(_module(WEIGHT), SM87), x, "float16")
     ref = np.maximum(x.astype("f8") @ WEIGHT.astype("f8").T, 0)
     assert out.dtype == np.float16 and out.shape == (2, 3, 48)
     np.testing.assert_allclose(out, ref, rtol=2e-3, atol=2e-2)
+
+
+def test_fp32_model_compiled_in_fp16_casts_into_the_mma_sp_kernel():
+    """``compile(dtype="float16")`` rewrites before the model is converted: the kernel takes
+    the fp32 activations cast to fp16 and returns fp32 in place of the fp32 matmul."""
+    mod = _rewrite(_module(WEIGHT.astype("float32")), SM87, dtype="float16")
+    assert _kernels(mod) == ["mma_sp_matmul[2:4]"]
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 3, 64)).astype("float32")
+    out = _run_emulated(mod, x, "float32")
+    ref = np.maximum(x.astype("f2").astype("f8") @ WEIGHT.astype("f8").T, 0)
+    assert out.dtype == np.float32 and out.shape == (2, 3, 48)
+    np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-3)
 
 
 def test_fp16_stays_dense_without_sparse_tensor_cores():
@@ -83,6 +102,12 @@ def test_fp16_stays_dense_without_sparse_tensor_cores():
 def test_fp32_two_four_matmul_keeps_the_cuda_core_kernel_on_sm87():
     mod = _rewrite(_module(WEIGHT.astype("float32")), SM87)
     assert _kernels(mod) == ["nm_matmul[2:4]"]
+
+
+def test_fp16_model_without_sparse_tensor_cores_keeps_the_fp32_kernel():
+    mod = _rewrite(_module(WEIGHT.astype("float32")), SM72, dtype="float16")
+    assert _kernels(mod) == ["nm_matmul[2:4]"]
+    assert "fp32 kernel in this float16 model" in _decision(mod)["reason"]
 
 
 @pytest.mark.parametrize(

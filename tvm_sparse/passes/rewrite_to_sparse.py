@@ -337,7 +337,7 @@ class _SparseRewriter(PyExprMutator):
         func = kernel.func.with_attr(FLOPS_ATTR, kernel.flops)
         gv = self.builder_.add_func(func, _func_name(plan.kernel))
         # an fp16 kernel in a model that ConvertComputeDtype has not converted yet
-        if kernel.x_dtype != self.builder_.normalize(x).struct_info.dtype:
+        if kernel.x_dtype != self.builder_.normalize(x).ty.dtype:
             x = self._emit(relax.op.astype(x, kernel.x_dtype), "sparse_in")
         args = [x, *(relax.const(w) for w in kernel.weights)]
         if epilogue.kernel.bias:  # one per output channel

@@ -111,6 +111,35 @@ def test_pruned_fp16_model_keeps_fp32_sparse_kernels():
     assert not dense._computed_on_host(compiled)
 
 
+@functools.cache
+def _two_four_mlp(preset: str) -> tvm_sparse.CompiledModel:
+    model, (x,) = zoo.make("mlp")
+    tvm_sparse.prune(model, (x,), pattern="2:4")
+    return tvm_sparse.compile(model, preset, example_inputs=(x,), dtype="float16")
+
+
+def test_two_four_fp16_model_runs_mma_sp_on_orin(tmp_path):
+    compiled = _two_four_mlp("jetson-orin-nano")
+    rows = [r for r in compiled.report.rows if r.kernel == "mma_sp_matmul[2:4]"]
+    assert len(rows) == 3, compiled.report  # every Linear of the MLP
+    assert all("sparse tensor cores" in r.reason for r in rows)
+    source = dense._cuda_source(compiled)
+    assert "mma.sp.sync.aligned.m16n8k32.row.col.f32.f16.f16.f32" in source
+    assert not dense._computed_on_host(compiled)
+    if "sm_87" not in nvcc_arches():
+        pytest.skip("no nvcc on PATH that targets sm_87")
+    built = nvcc(source, "sm_87", tmp_path)
+    mma = {k: v for k, v in built.items() if k.startswith("mma_sp_matmul")}
+    assert mma and all(v["spill_bytes"] == 0 for v in mma.values()), built
+
+
+def test_two_four_fp16_model_keeps_fp32_kernels_on_xavier():
+    compiled = _two_four_mlp("jetson-xavier-nx")
+    rows = [r for r in compiled.report.rows if r.kernel == "nm_matmul[2:4]"]
+    assert len(rows) == 3 and all("fp32 kernel in this float16" in r.reason for r in rows)
+    assert "mma.sp" not in dense._cuda_source(compiled)
+
+
 @pytest.mark.parametrize(
     ("target", "dtype", "message"),
     [
