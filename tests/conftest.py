@@ -22,6 +22,9 @@ os.environ["XDG_CACHE_HOME"] = CACHE_HOME
 # tests/test_layer_timing.py the per-layer timing with measure_layers=True.
 os.environ.setdefault("TVM_SPARSE_VERIFY_SPEED", "0")
 os.environ.setdefault("TVM_SPARSE_MEASURE_LAYERS", "0")
+# CUDA compiles would run nvcc for the report's GPU resource table; the tests that check it
+# ask for it (CompiledModel.gpu_resources), the others keep their compiles short.
+os.environ.setdefault("TVM_SPARSE_GPU_RESOURCES", "0")
 
 
 def pytest_configure(config: pytest.Config) -> None:

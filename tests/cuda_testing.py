@@ -33,8 +33,6 @@ import contextlib
 import functools
 import importlib.util
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,23 +41,14 @@ import tvm
 import tvm_ffi
 from tvm import tirx
 
-SM87 = tvm.target.Target({"kind": "cuda", "arch": "sm_87"})
-_RESOURCES = re.compile(
-    r"Compiling entry function '(\w+)'.*?(\d+) bytes spill stores.*?Used (\d+) registers"
-    r"(?:.*?(\d+) bytes smem)?",
-    re.S,
+from tvm_sparse.targets.cuda_resources import (
+    KernelResources,
+    nvcc_arches,  # noqa: F401  (the tests import it from here)
+    nvcc_resources,
+    ptxas_resources,
 )
 
-
-@functools.cache
-def nvcc_arches() -> frozenset[str]:
-    """``sm_XY`` architectures the ``nvcc`` on ``PATH`` can compile for (empty without one)."""
-    if shutil.which("nvcc") is None:
-        return frozenset()
-    listed = subprocess.run(
-        ["nvcc", "--list-gpu-arch"], capture_output=True, text=True, check=False
-    ).stdout
-    return frozenset(a.replace("compute_", "sm_") for a in listed.split())
+SM87 = tvm.target.Target({"kind": "cuda", "arch": "sm_87"})
 
 
 @functools.cache
@@ -127,9 +116,14 @@ def nvptx_target(arch: str, host: tvm.target.Target | None = None) -> tvm.target
     return tvm.target.Target({"kind": "nvptx", "mcpu": arch}, host=host or "llvm")
 
 
-def device_ptx(module: tvm.runtime.Module) -> str:
+def device_ptx(module: tvm.runtime.Module, threads: dict[str, int] | None = None) -> str:
     """The PTX of the device module imported by a module built for ``nvptx``, kernels made
-    ``.entry`` (workaround 3)."""
+    ``.entry`` (workaround 3).
+
+    The block sizes went with the dropped ``nvvm.annotations`` too: ``threads`` (``{kernel:
+    threads per block}``, the ``__launch_bounds__`` of the same TIR built as CUDA C) puts them
+    back as ``.maxntid``, so that ptxas allocates registers for the block size the kernel has.
+    """
     found = [module] if module.kind == "cuda" else []
     stack = list(module.imports)
     while stack and not found:
@@ -139,55 +133,40 @@ def device_ptx(module: tvm.runtime.Module) -> str:
         stack.extend(mod.imports)
     assert found, "no device module"
     ptx = found[0].inspect_source("")
-    return re.sub(r"^\.visible \.func (\w+_kernel\w*)\(", r".visible .entry \1(", ptx, flags=re.M)
+    ptx = re.sub(r"^\.visible \.func (\w+_kernel\w*)\(", r".visible .entry \1(", ptx, flags=re.M)
+    for name, count in (threads or {}).items():
+        entry = rf"(^\.visible \.entry {name}\([^)]*\))"
+        ptx = re.sub(entry, rf"\1\n.maxntid {count}, 1, 1", ptx, flags=re.M)
+    return ptx
 
 
 def ptxas(ptx: str, arch: str, tmp_path: Path) -> dict[str, dict[str, int]]:
     """Assemble ``ptx`` for ``arch`` with the wheel's ``ptxas -v``; per kernel its registers,
-    spill bytes and static shared memory."""
-    root = cuda12_root()
-    assert root is not None, skip_reason_sm72()
-    source = tmp_path / "kernels.ptx"
-    source.write_text(ptx)
-    return _compile([str(root / "bin" / "ptxas"), f"-arch={arch}", "-v", str(source)], tmp_path)
+    spill bytes (stores and loads), static shared memory and threads per block."""
+    assert cuda12_root() is not None, skip_reason_sm72()
+    return _as_dicts(ptxas_resources(ptx, arch, tmp_path))
 
 
 def nvcc(source: str, arch: str, tmp_path: Path) -> dict[str, dict[str, int]]:
     """Compile CUDA C for ``arch`` with ``nvcc -cubin``; per kernel as :func:`ptxas`."""
-    cu = tmp_path / "kernels.cu"
-    cu.write_text(source)
-    return _compile(["nvcc", f"-arch={arch}", "-cubin", "-Xptxas", "-v", str(cu)], tmp_path)
+    return _as_dicts(nvcc_resources(source, arch, tmp_path))
 
 
-def _compile(command: list[str], tmp_path: Path) -> dict[str, dict[str, int]]:
-    """Run a CUDA compiler writing ``kernels.cubin``; its ``-v`` resources per kernel."""
-    cubin = tmp_path / "kernels.cubin"
-    result = subprocess.run(
-        [*command, "-o", str(cubin)], capture_output=True, text=True, timeout=300, check=False
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert cubin.stat().st_size > 0
-    return _resources(result.stderr)
-
-
-def _resources(report: str) -> dict[str, dict[str, int]]:
-    """``{kernel: {"registers", "spill_bytes", "smem_bytes"}}`` from a ``ptxas -v`` report."""
-    out = {}
-    for block in re.split(r"(?=ptxas info\s+: Compiling entry function)", report):
-        match = _RESOURCES.search(block)
-        if match:
-            name, spill, regs, smem = match.groups()
-            out[name] = {
-                "registers": int(regs),
-                "spill_bytes": int(spill),
-                "smem_bytes": int(smem or 0),
-            }
-    return out
+def _as_dicts(resources: dict[str, KernelResources]) -> dict[str, dict[str, int]]:
+    return {
+        name: {
+            "registers": r.registers,
+            "spill_bytes": r.spill_stores + r.spill_loads,
+            "smem_bytes": r.smem_bytes,
+            "threads": r.threads,
+        }
+        for name, r in resources.items()
+    }
 
 
 # -- kernels -------------------------------------------------------------------------------
 
-_BINDING = re.compile(r'T\.thread_binding\((\d+), thread="[\w.]+"\)')
+_BINDING = re.compile(r'T\.thread_binding\((\d+|T\.int64\(\d+\)), thread="[\w.]+"\)')
 
 
 def serial_thread_bindings(func: tirx.PrimFunc) -> tirx.PrimFunc:

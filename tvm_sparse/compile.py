@@ -11,6 +11,7 @@ import tvm
 
 from .compiled_model import CompiledModel, use_all_cores
 from .frontend import import_model
+from .gpu_resources import GPU_RESOURCES_ENV, add_gpu_resources
 from .layer_timing import LayerTimer
 from .measure import calibrate_on_first_use
 from .pipeline import pipeline
@@ -18,6 +19,7 @@ from .report import CompileReport
 from .runtime import ThreadConfig
 from .runtime.runner import Runner
 from .targets import TargetPreset, check_compute_dtype, is_host_target, resolve_target
+from .targets.backend import CUDA, backend_of
 from .timing import compare
 
 __all__ = ["compile"]
@@ -199,6 +201,8 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
         )
 
     compiled = build(sparsity)
+    if backend_of(preset.tvm_target()) is CUDA and os.environ.get(GPU_RESOURCES_ENV) != "0":
+        add_gpu_resources(compiled)  # registers, spills, occupancy per kernel, from nvcc
     if verify_speed is None:
         verify_speed = (
             sparsity == "auto" and runs_here and os.environ.get(VERIFY_SPEED_ENV, "1") != "0"

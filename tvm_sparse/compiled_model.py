@@ -159,6 +159,15 @@ class CompiledModel:
 
         return profile(self, *args, calls=calls)
 
+    def gpu_resources(self) -> list[Any]:
+        """For a CUDA build: each kernel's registers, spills, shared memory and estimated
+        occupancy, from ``nvcc`` here (:func:`tvm_sparse.gpu_resources.add_gpu_resources`);
+        also in ``report.gpu_kernels``. Empty, with a note in the report, where this machine
+        has no compiler for the architecture."""
+        from .gpu_resources import add_gpu_resources
+
+        return add_gpu_resources(self)
+
     def export_library(self, path: str | os.PathLike) -> str:
         """Write a shared library for the target (cross-compiled if needed) and its metadata.
 

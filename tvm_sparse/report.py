@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["CompileReport", "OpRecord"]
+__all__ = ["CompileReport", "GPUKernelRecord", "OpRecord"]
 
 
 @dataclass
@@ -56,17 +56,54 @@ class OpRecord:
 
 
 @dataclass
+class GPUKernelRecord:
+    """What one CUDA kernel of the build takes on the GPU, as NVIDIA's assembler reports it
+    (:mod:`tvm_sparse.targets.cuda_resources`).
+
+    Parameters
+    ----------
+    kernel : str
+        The kernel's symbol (the fused function's name with ``_kernel``).
+    arch : str
+        The architecture it was assembled for (``sm_87``).
+    registers, spill_stores, spill_loads, smem_bytes, threads : int
+        Registers per thread, spilled bytes stored and loaded, static shared memory and
+        threads per block (0 where unknown).
+    warps, max_warps : int
+        Estimated resident warps per SM and the SM's maximum (0 where threads are unknown).
+    limited_by : str
+        What limits the resident warps (``registers limit``...).
+    """
+
+    kernel: str
+    arch: str
+    registers: int
+    spill_stores: int = 0
+    spill_loads: int = 0
+    smem_bytes: int = 0
+    threads: int = 0
+    warps: int = 0
+    max_warps: int = 0
+    limited_by: str = ""
+
+
+@dataclass
 class CompileReport:
     """Per-op rows plus notes for a compiled model; ``str(report)`` is a table.
 
     ``dtype`` is the compute dtype asked for (``compile(..., dtype=...)``); where it is not
     ``float32`` the table gives each row's own dtype, since some ops stay fp32.
+
+    ``gpu_kernels`` holds, for CUDA builds, each kernel's registers, spills, shared memory and
+    occupancy, where this machine has the CUDA toolchain for the architecture (the notes say
+    so where it has not).
     """
 
     target: str = ""
     rows: list[OpRecord] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     dtype: str = "float32"
+    gpu_kernels: list[GPUKernelRecord] = field(default_factory=list)
 
     @property
     def total_flops(self) -> int:
@@ -92,6 +129,7 @@ class CompileReport:
             "total_weight_bytes": self.total_weight_bytes,
             "rows": [asdict(r) for r in self.rows],
             "notes": list(self.notes),
+            "gpu_kernels": [asdict(k) for k in self.gpu_kernels],
         }
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -99,8 +137,13 @@ class CompileReport:
 
     @classmethod
     def from_dict(cls, data: dict) -> CompileReport:
-        rows = [OpRecord(**r) for r in data["rows"]]
-        return cls(data["target"], rows, list(data["notes"]), data.get("dtype", "float32"))
+        return cls(
+            data["target"],
+            [OpRecord(**r) for r in data["rows"]],
+            list(data["notes"]),
+            data.get("dtype", "float32"),
+            [GPUKernelRecord(**k) for k in data.get("gpu_kernels", [])],
+        )
 
     def table(self, *, all_ops: bool = False) -> str:
         """A Markdown table; by default ops without FLOPs or weights (reshapes) are left out."""
@@ -133,6 +176,24 @@ class CompileReport:
             f"{self.total_weight_bytes / 1024:.1f} KiB of weights"
         )
         lines.extend(f"note: {n}" for n in self.notes)
+        if self.gpu_kernels:
+            lines += ["", self.gpu_table()]
+        return "\n".join(lines)
+
+    def gpu_table(self) -> str:
+        """A Markdown table of :attr:`gpu_kernels`: registers, spills, shared memory, threads
+        per block and estimated occupancy per kernel."""
+        header = ["kernel", "arch", "registers", "spill st/ld B", "smem B", "threads", "occupancy"]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for k in self.gpu_kernels:
+            occupancy = (
+                f"{k.warps}/{k.max_warps} warps ({k.warps / k.max_warps:.0%}, {k.limited_by})"
+                if k.max_warps
+                else "unknown block size"
+            )
+            cells = [k.kernel, k.arch, str(k.registers), f"{k.spill_stores}/{k.spill_loads}",
+                     str(k.smem_bytes), str(k.threads or "?"), occupancy]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
     def __str__(self) -> str:
