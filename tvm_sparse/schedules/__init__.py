@@ -7,9 +7,17 @@ from tvm.target import Target
 
 from ..targets.backend import backend_of
 from . import cpu, gpu
-from .apply_schedules import KERNEL_ATTR, UNSCHEDULED, ApplySchedules
+from .apply_schedules import KERNEL_ATTR, UNSCHEDULED, ApplySchedules, ScheduleError
+from .schedule_problem import schedule_problem
 
-__all__ = ["KERNEL_ATTR", "UNSCHEDULED", "ApplySchedules", "schedule_rules"]
+__all__ = [
+    "KERNEL_ATTR",
+    "UNSCHEDULED",
+    "ApplySchedules",
+    "ScheduleError",
+    "schedule_problem",
+    "schedule_rules",
+]
 
 
 def schedule_rules(target: Target) -> list[ScheduleRule]:
