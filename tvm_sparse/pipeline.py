@@ -27,6 +27,7 @@ from .passes.inject_prefetch import InjectPrefetch
 from .passes.pack_weights import PackWeights
 from .passes.pad_attention_tokens import PadAttentionTokens
 from .passes.reorder_reshape_after_elementwise import ReorderReshapeAfterElementwise
+from .passes.rewrite_constant_take import RewriteConstantTake
 from .passes.rewrite_to_winograd import RewriteToWinograd
 from .passes.uniquify_binding_names import UniquifyBindingNames
 from .passes.use_fast_math import UseFastMath
@@ -54,6 +55,7 @@ def prepare_passes() -> list[tvm.transform.Pass]:
         relax.transform.DecomposeOpsForInference(),
         FoldConstantsOnHost(),  # most of it, without building a kernel per op
         relax.transform.FoldConstant(),
+        RewriteConstantTake(),
         UniquifyBindingNames(),
     ]
 
