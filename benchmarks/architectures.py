@@ -51,29 +51,40 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    """MobileNetV2 (Sandler et al. 2018) with width multiplier 1.0, as in torchvision."""
+    """MobileNetV2 (Sandler et al. 2018), as in torchvision; ``width`` is its width multiplier
+    (channels rounded to multiples of 8, at least 8; the 1280 of the last conv is kept at
+    widths below 1, as torchvision does)."""
 
     # (expansion, channels, repeats, stride)
     SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
                 (6, 160, 3, 2), (6, 320, 1, 1)]  # fmt: skip
 
-    def __init__(self, num_classes: int = 1000):
+    def __init__(self, num_classes: int = 1000, width: float = 1.0, last: int = 1280):
         super().__init__()
+        stem = _divisible(32 * width)
         layers: list[nn.Module] = [
-            nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6()
+            nn.Conv2d(3, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU6()
         ]  # fmt: skip
-        c_in = 32
+        c_in = stem
         for t, c, n, s in self.SETTINGS:
             for i in range(n):
-                layers.append(InvertedResidual(c_in, c, s if i == 0 else 1, t))
-                c_in = c
-        layers += [nn.Conv2d(c_in, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU6()]
+                c_out = _divisible(c * width)
+                layers.append(InvertedResidual(c_in, c_out, s if i == 0 else 1, t))
+                c_in = c_out
+        last = _divisible(last * max(width, 1.0))
+        layers += [nn.Conv2d(c_in, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6()]
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(1280, num_classes)
+        self.classifier = nn.Linear(last, num_classes)
 
     def forward(self, x):
         x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
         return self.classifier(torch.flatten(x, 1))
+
+
+def _divisible(channels: float, multiple: int = 8) -> int:
+    """torchvision's ``_make_divisible``: the nearest multiple, at least 90% of ``channels``."""
+    rounded = max(multiple, int(channels + multiple / 2) // multiple * multiple)
+    return rounded + multiple if rounded < 0.9 * channels else rounded
 
 
 class BertLayer(nn.Module):
