@@ -44,6 +44,9 @@ __all__ = ["ConvertComputeDtype"]
 
 _LOW = ("float16", "bfloat16")
 _CLIP = "relax.clip"
+_CALL_TIR = "relax.call_tir"
+#: The name suffix of the casts ``_Prepare`` puts before a ``call_tir``.
+_KEPT = "kept"
 
 
 def _emit(builder: relax.BlockBuilder, var: relax.Var, value: relax.Expr, name: str) -> relax.Var:
@@ -53,11 +56,21 @@ def _emit(builder: relax.BlockBuilder, var: relax.Var, value: relax.Expr, name: 
 
 
 @mutator
-class _ClipToMinMax(PyExprMutator):
-    """``clip(x, lo, hi)`` as ``minimum(maximum(x, lo), hi)``, the clip keeping its name."""
+class _Prepare(PyExprMutator):
+    """What ``ToMixedPrecision`` cannot take, in a form it can.
+
+    ``clip(x, lo, hi)`` becomes ``minimum(maximum(x, lo), hi)``, keeping the clip's name. Each
+    activation argument of a ``call_tir`` goes through a cast to its own dtype (dropped again
+    after the conversion where it stays one): where the conversion makes that argument fp16,
+    0.27's pass would insert the cast back to fp32 on every argument of the ``call_tir``,
+    the kernel's ``GlobalVar`` included, and fail; given a cast, it changes the cast instead.
+    """
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         value = binding.value
+        if op_name(value) == _CALL_TIR:
+            super().visit_var_binding_(self._cast_arguments(binding))
+            return
         if op_name(value) != _CLIP or not isinstance(value.args[0].ty, relax.TensorType):
             super().visit_var_binding_(binding)
             return
@@ -68,6 +81,18 @@ class _ClipToMinMax(PyExprMutator):
         low = self.builder_.emit(relax.op.maximum(x, lo), name_hint=f"{binding.var.name}_lo")
         new = _emit(self.builder_, binding.var, relax.op.minimum(low, hi), binding.var.name)
         self.set_var_remap(binding.var, new)
+
+    def _cast_arguments(self, binding: relax.VarBinding) -> relax.VarBinding:
+        call = binding.value
+        args = []
+        for arg in call.args[1].fields:
+            if isinstance(arg, relax.Var) and isinstance(arg.ty, relax.TensorType):
+                cast = relax.op.astype(self.visit_expr(arg), str(arg.ty.dtype))
+                arg = self.builder_.emit(cast, name_hint=f"{arg.name}_{_KEPT}")
+            args.append(arg)
+        new = relax.Call(call.op, [call.args[0], tvm.ir.Tuple(args), *call.args[2:]],
+                         call.attrs, call.ty_args)  # fmt: skip
+        return relax.VarBinding(binding.var, new)
 
 
 #: Suffixes of the casts' names, by the dtype they cast to.
@@ -102,10 +127,15 @@ class _Restore(PyExprMutator):
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         value = self.visit_expr(binding.value)
         is_cast = op_name(value) == "relax.astype"
+        key = (op_name(binding.value), _shape(binding.var.ty))
+        matched = self.next < len(self.originals) and self.originals[self.next][1:] == key
+        if is_cast and isinstance(binding.var, relax.DataflowVar) and _same_dtype(value):
+            self.next += matched  # a _Prepare cast the conversion left as it was: dropped
+            self.set_var_remap(binding.var, value.args[0])
+            return
         if is_cast and self.dtype != "float16" and str(value.attrs.dtype) == "float16":
             value = relax.op.astype(value.args[0], self.dtype)
-        key = (op_name(binding.value), _shape(binding.var.ty))
-        if self.next < len(self.originals) and self.originals[self.next][1:] == key:
+        if matched:
             name = self.originals[self.next][0]
             self.next += 1
         elif is_cast:
@@ -115,6 +145,11 @@ class _Restore(PyExprMutator):
         else:
             name = self._fresh(binding.var.name)
         self.set_var_remap(binding.var, _emit(self.builder_, binding.var, value, name))
+
+
+def _same_dtype(cast: relax.Call) -> bool:
+    source = cast.args[0].ty
+    return isinstance(source, relax.TensorType) and str(source.dtype) == str(cast.attrs.dtype)
 
 
 def _shape(ty: relax.Type) -> tuple | None:
@@ -155,9 +190,9 @@ class ConvertComputeDtype:
         # have none
         mod = relax.transform.ConvertToDataflow()(mod)
         gv = mod.get_global_var("main")
-        clips = _ClipToMinMax(mod)
+        prepare = _Prepare(mod)
         mod = mod.clone()
-        mod.update_func(gv, clips.visit_expr(mod["main"]))
+        mod.update_func(gv, prepare.visit_expr(mod["main"]))
         originals = _bindings(mod["main"])
         converted = relax.transform.ToMixedPrecision(out_dtype="float32")(mod)
         func = converted["main"]

@@ -13,7 +13,6 @@ same), ``sm_72`` code is built with TVM's NVPTX backend and assembled with CUDA 
 from __future__ import annotations
 
 import functools
-import inspect
 import re
 import warnings
 
@@ -44,13 +43,15 @@ from tvm_sparse.targets.cuda_resources import (
 )
 
 PRESETS = {"jetson-orin-nano": "sm_87", "jetson-agx-orin": "sm_87", "jetson-xavier-nx": "sm_72"}
+#: The presets the matrix compiles: the AGX Orin's device code is the Orin Nano's (checked by
+#: ``test_orin_presets_share_their_device_code``), so it would assemble the same kernels again.
+MATRIX_PRESETS = ("jetson-orin-nano", "jetson-xavier-nx")
 PATTERNS = {
     "channel": {"pattern": "channel", "sparsity": 0.5},
     "16x1": {"pattern": "block", "block_shape": (16, 1), "sparsity": 0.8},
     "2:4": {"pattern": "n:m", "n_m": (2, 4)},
 }
-#: Add "float16" once ``tvm_sparse.compile`` takes ``dtype=``.
-DTYPES = ["float32"]
+DTYPES = ["float32", "float16"]
 
 #: Reference architectures, reduced: ``name -> (factory, input shape)``.
 REFERENCE = {
@@ -109,18 +110,11 @@ def _pruned(pattern: str) -> tuple[Suite, tuple[torch.Tensor, ...], tvm.IRModule
     return suite, inputs, tvm_sparse.frontend.import_model(suite, inputs).mod
 
 
-def _dtype_options(dtype: str) -> dict:
-    if dtype == "float32":
-        return {}
-    assert "dtype" in inspect.signature(tvm_sparse.compile).parameters, "no dtype= yet"
-    return {"dtype": dtype}
-
-
 @functools.cache
 def _compiled(pattern: str, preset: str, dtype: str) -> tvm_sparse.CompiledModel:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a rule passed over: in the report
-        return tvm_sparse.compile(_pruned(pattern)[2], preset, **_dtype_options(dtype))
+        return tvm_sparse.compile(_pruned(pattern)[2], preset, dtype=dtype)
 
 
 @functools.cache
@@ -150,7 +144,7 @@ def _nvptx_assembled(pattern: str, preset: str, dtype: str) -> dict:
         executable = tvm.compile(
             _pruned(pattern)[2],
             nvptx_target(PRESETS[preset], host=cuda.host),
-            relax_pipeline=tvm_sparse.pipeline(preset),
+            relax_pipeline=tvm_sparse.pipeline(preset, dtype=dtype),
         )
     threads = launch_bounds(cuda_source(_compiled(pattern, preset, dtype).executable))
     return ptxas_resources(device_ptx(executable.mod, threads), PRESETS[preset])
@@ -158,7 +152,7 @@ def _nvptx_assembled(pattern: str, preset: str, dtype: str) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("preset", MATRIX_PRESETS)
 @pytest.mark.parametrize("pattern", sorted(PATTERNS))
 def test_every_model_compiles_and_assembles_for_every_jetson(pattern, preset, dtype):
     compiled = _compiled(pattern, preset, dtype)
@@ -167,7 +161,10 @@ def test_every_model_compiles_and_assembles_for_every_jetson(pattern, preset, dt
     rules = {r.kernel.split(" ")[0] for r in report.rows if r.flops}
     assert "unscheduled" not in rules and "" not in rules, report
     if pattern != "channel":  # the pruned matmuls run the CUDA sparse kernels
-        assert report.find(kernel="bsr_matmul") or report.find(kernel="nm_matmul"), report
+        sparse = ("bsr_matmul", "nm_matmul", "mma_sp_matmul")
+        assert any(report.find(kernel=k) for k in sparse), report
+        if pattern == "2:4" and dtype == "float16" and PRESETS[preset] == "sm_87":
+            assert report.find(kernel="mma_sp_matmul"), report  # sparse tensor cores
     else:
         assert report.find(kernel="(shrunk)"), report
     kernels = set(_KERNEL.findall(cuda_source(compiled.executable)))
@@ -179,9 +176,9 @@ def test_every_model_compiles_and_assembles_for_every_jetson(pattern, preset, dt
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pattern", sorted(PATTERNS))
-def test_orin_presets_share_their_device_code(pattern):
-    nano, agx = (_compiled(pattern, p, "float32") for p in ("jetson-orin-nano", "jetson-agx-orin"))
+def test_orin_presets_share_their_device_code():
+    pattern, dtype = "2:4", "float16"  # the sparse tensor-core path included
+    nano, agx = (_compiled(pattern, p, dtype) for p in ("jetson-orin-nano", "jetson-agx-orin"))
     assert cuda_source(nano.executable) == cuda_source(agx.executable)
     assert nano.target.host.attrs["mcpu"] != agx.target.host.attrs["mcpu"]
 
