@@ -19,28 +19,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.skipif("sm_87" not in nvcc_arches(), reason="no nvcc that targets sm_87 on PATH")
 def test_the_dry_run_builds_and_assembles_every_case(tmp_path, monkeypatch):
     monkeypatch.setenv("TVM_SPARSE_GPU_RESOURCES", "1")
-    assert gpu.main(["--dry-run", "--small", "--dtypes", "float32", "--out", str(tmp_path)]) == 0
+    assert gpu.main(["--dry-run", "--small", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "gpu-dry-run.json").read_text())["rows"]
-    assert [(r["model"], r["variant"]) for r in rows] == [(c.model, c.variant) for c in gpu.CASES]
+    cases = [(c.model, c.variant) for c in gpu.CASES]
+    assert [(r["model"], r["variant"], r["dtype"]) for r in rows] == [
+        (*c, d) for c in cases for d in gpu.DTYPES
+    ]
     for row in rows:
         assert row["cuda_kernels"] > 0 and row["spilling_kernels"] == 0, row
         assert 0 < row["min_occupancy"] <= 1 and row["max_registers"] <= 255, row
         assert row["gpu"] == "none (dry run for jetson-orin-nano)"
-    kernels = {r["variant"]: r["kernels"] for r in rows}
-    assert "nm_matmul[2:4]" in kernels["2:4"]
-    assert "bsr_matmul[16x1]" in kernels["bsr 16x1 90%"]
-    assert "(shrunk)" in kernels["half channels"]
+    kernels = {(r["variant"], r["dtype"]): r["kernels"] for r in rows}
+    assert "nm_matmul[2:4]" in kernels["2:4", "float32"]
+    assert "mma_sp_matmul[2:4]" in kernels["2:4", "float16"]  # sparse tensor cores on sm_87
+    for dtype in gpu.DTYPES:
+        assert "bsr_matmul[16x1]" in kernels["bsr 16x1 90%", dtype]
+        assert "(shrunk)" in kernels["half channels", dtype]
     assert "| model | variant | dtype |" in (tmp_path / "gpu-dry-run.md").read_text()
-
-
-def test_dtypes_follow_the_compile_signature(monkeypatch):
-    assert gpu.default_dtypes()[0] == "float32"
-
-    def compile_with_dtype(model, target, *, dtype="float32"):  # the option once it lands
-        raise NotImplementedError
-
-    monkeypatch.setattr(gpu.tvm_sparse, "compile", compile_with_dtype)
-    assert gpu.default_dtypes() == ["float32", "float16"]
 
 
 @pytest.mark.skipif(tvm.cuda(0).exist, reason="this machine has a CUDA GPU")

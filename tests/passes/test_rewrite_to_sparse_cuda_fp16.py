@@ -57,14 +57,14 @@ def test_fp16_two_four_matmul_runs_mma_sp_on_sm87():
     assert "sm_87 has sparse tensor cores: mma.sp kernel" in decision["reason"]
 
 
-def _run_emulated(mod: tvm.IRModule, x: np.ndarray, out_dtype: str) -> np.ndarray:
-    """``mod`` on the CPU, its ``mma.sp`` kernel serial and emulated."""
+def _run_emulated(mod: tvm.IRModule, x: np.ndarray, out_dtype: str, mkn=(6, 64, 48)) -> np.ndarray:
+    """``mod`` on the CPU, its ``mma.sp`` kernel (``m x k`` by ``k x n``) serial and emulated."""
     mod = mod.clone()
     for gv, func in list(mod.functions_items()):
         if isinstance(func, tvm.tirx.PrimFunc) and "tvm_sparse.knobs" in (func.attrs or {}):
             knobs = {k: int(v) for k, v in func.attrs["tvm_sparse.knobs"].items() if k != "device"}
             emulated = cuda_mma_sp_matmul(
-                6, 64, 48, knobs=MMASpKnobs(**knobs), out_dtype=out_dtype, mma="emulated"
+                *mkn, knobs=MMASpKnobs(**knobs), out_dtype=out_dtype, mma="emulated"
             )
             mod[gv] = serial_thread_bindings(emulated.with_attrs(func.attrs))
     exe = tvm.compile(mod, "llvm", relax_pipeline=tvm_sparse.pipeline("x86", sparsity="off"))
@@ -102,6 +102,31 @@ def test_fp16_stays_dense_without_sparse_tensor_cores():
 def test_fp32_two_four_matmul_keeps_the_cuda_core_kernel_on_sm87():
     mod = _rewrite(_module(WEIGHT.astype("float32")), SM87)
     assert _kernels(mod) == ["nm_matmul[2:4]"]
+
+
+def _pointwise_conv(weight: np.ndarray) -> tvm.IRModule:
+    """``relu(conv2d(x, weight))``, 1x1, NCHW, fp32, ``x`` ``(2, K, 3, 5)``."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, weight.shape[1], 3, 5), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(weight[:, :, None, None])))
+            out = bb.emit_output(relax.op.nn.relu(y))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_pointwise_conv_in_an_fp16_model_runs_mma_sp_over_its_pixels():
+    weight = WEIGHT.astype("float32")
+    mod = _rewrite(_pointwise_conv(weight), SM87, dtype="float16")
+    assert _kernels(mod) == ["mma_sp_matmul[2:4]"]
+    assert "sparse tensor cores" in _decision(mod)["reason"]
+    x = np.random.default_rng(2).uniform(-1, 1, (2, 64, 3, 5)).astype("float32")
+    out = _run_emulated(mod, x, "float32", mkn=(30, 64, 48))
+    xf = x.astype("f2").astype("f8")
+    ref = np.maximum(np.einsum("oc,nchw->nohw", weight.astype("f8"), xf), 0)
+    assert out.shape == (2, 48, 3, 5)
+    np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-3)
 
 
 def test_fp16_model_without_sparse_tensor_cores_keeps_the_fp32_kernel():

@@ -208,4 +208,9 @@ class GPURule:
                 f"{GPU_RULE}: only 1x1, stride-1, unpadded conv2d maps onto the GPU kernels "
                 "(no GPU im2col kernel yet): dense",
             )
+        if self.dtype == "float16" or weight.dtype == np.float16:  # a matmul over the pixels
+            rows = weight.reshape(len(weight), -1)
+            plan = decide_cuda_fp16(name, rows, self.config, self.compute)
+            if plan.kernel != "dense" or weight.dtype == np.float16:
+                return plan
         return self._in_dtype(decide_cuda(name, info, weight, "conv2d", self.config))

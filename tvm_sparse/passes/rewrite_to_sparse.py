@@ -39,6 +39,7 @@ from tvm.target import Target
 
 from ..kernels.bsr_matmul import bsr_matmul_kernel_name
 from ..kernels.cost_model import Calibration, load_calibration
+from ..kernels.gpu.mma_sp_matmul import mma_sp_kernel_name
 from ..kernels.sparse_conv2d import Conv2DGeometry, im2col
 from ..targets.backend import backend_of
 from ._bindings import function_bindings, only_users, unique_binding_names
@@ -249,12 +250,12 @@ class _SparseRewriter(PyExprMutator):
             return None, Plan("dense", "dense", "symbolic or unknown shapes: kept dense")
         (x_shape, dtype), (out_shape, out_dtype) = shape, out
         dtypes = {dtype, out_dtype, str(weight.dtype)}
-        if call.op.name == "relax.matmul" and dtypes == {"float16"}:
+        if dtypes == {"float16"}:  # an fp16 module: the GPU's 2:4 kernel, or dense
             if "float16" not in self.kernels.matmul_dtypes:
                 return None, Plan("dense", "dense", "fp16: no fp16 sparse kernel for this target")
         elif dtypes != {"float32"}:
             return None, Plan(
-                "dense", "dense", f"dtype {dtype}: sparse kernels are fp32 (fp16: CUDA matmuls)"
+                "dense", "dense", f"dtype {dtype}: sparse kernels are fp32 (fp16: the CUDA 2:4 kernel)"
             )
         if call.op.name == "relax.matmul":
             return self._matmul(name, info, weight, x, x_shape, out_shape)
@@ -298,6 +299,8 @@ class _SparseRewriter(PyExprMutator):
         plan = self.chooser.conv2d(name, info, weight, geom)
         if plan.kernel == "dense":
             return None, plan
+        if plan.kernel == mma_sp_kernel_name():
+            return self._pointwise_as_matmul(weight, geom, x, plan), plan
         if plan.nm is not None:  # N:M conv weights run through the 1x1 BSR kernel
             plan = dataclasses.replace(plan, kernel=bsr_matmul_kernel_name((1, 1)), block=(1, 1),
                                        nm=None)  # fmt: skip
@@ -312,6 +315,20 @@ class _SparseRewriter(PyExprMutator):
             cols = relax.call_tir(gv_col, [x], out_ty=relax.TensorType(cols_shape, "float32"))
         kernel = self.kernels.conv2d(weight, batch, oh * ow, plan, epilogue.kernel)
         return self._call(kernel, self._emit(cols, "cols"), out_shape, plan, epilogue), plan
+
+    def _pointwise_as_matmul(self, weight, geom, x, plan) -> relax.Expr:
+        """A 1x1 conv through a matmul kernel: channels-last rows of ``x`` times the weight,
+        the result back to NCHW (the kernel reads each pixel's channels contiguously)."""
+        rows = geom.batch * geom.height * geom.width
+        nhwc = self._emit(relax.op.permute_dims(x, [0, 2, 3, 1]), "nhwc")
+        out = weight.shape[0]
+        plain = MatmulEpilogue()
+        kernel = self.kernels.matmul(weight.reshape(out, -1), rows, plan, plain.kernel)
+        for view in kernel.x_views:
+            nhwc = self._emit(relax.op.reshape(nhwc, view), f"x{len(view)}d")
+        nhwc_shape = (geom.batch, geom.height, geom.width, out)
+        y = self._emit(self._call(kernel, nhwc, nhwc_shape, plan, plain), "y_nhwc")
+        return relax.op.permute_dims(y, [0, 3, 1, 2])
 
     def _epilogue(self, channels: int, channel_axis: int = -1) -> MatmulEpilogue:
         """The bias add and activation after the layer that the kernels can apply."""
