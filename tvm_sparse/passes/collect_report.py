@@ -170,6 +170,12 @@ class CollectComputeDtypes:
                 dtypes[binding.var.name] = dtype if out in ("", dtype) else f"{dtype}->{out}"
                 weight_bytes[binding.var.name] = sum(_weight_bytes(a, values) for a in args)
         for row in self.report.rows:
+            if row.name not in dtypes and row.op == "relax.astype":
+                # a cast into an fp16 kernel, a no-op once the model is fp16: the conversion
+                # dropped it, so nothing computes it
+                row.flops, row.kernel = 0, "removed"
+                row.reason = "the cast is a no-op after the compute dtype conversion"
+                continue
             row.dtype = dtypes.get(row.name, row.dtype)
             row.weight_bytes = weight_bytes.get(row.name, row.weight_bytes)
         return mod

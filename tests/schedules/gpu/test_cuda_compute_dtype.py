@@ -133,6 +133,21 @@ def test_two_four_fp16_model_runs_mma_sp_on_orin(tmp_path):
     assert mma and all(v["spill_bytes"] == 0 for v in mma.values()), built
 
 
+def test_two_four_pointwise_convs_in_fp16_leave_no_op_without_a_kernel():
+    """The cast into a 1x1 conv's mma.sp kernel sits between the channels-last permute and
+    its reshape; the fp16 conversion makes it a no-op and drops it: the report says so
+    rather than leave an op with FLOPs and no kernel."""
+    depthwise = nn.Conv2d(32, 32, 3, padding=1, groups=32)  # stays dense, so fp16
+    model = nn.Sequential(depthwise, nn.Conv2d(32, 64, 1), nn.ReLU(), nn.Conv2d(64, 32, 1))
+    model.eval()
+    x = torch.randn(1, 32, 8, 8)
+    tvm_sparse.prune(model, (x,), pattern="2:4")
+    compiled = tvm_sparse.compile(model, "jetson-orin-nano", example_inputs=(x,), dtype="float16")
+    assert compiled.report.find(kernel="mma_sp_matmul[2:4]"), compiled.report
+    assert all(r.kernel for r in compiled.report.rows if r.flops), compiled.report
+    assert compiled.report.find(kernel="removed"), compiled.report
+
+
 def test_two_four_fp16_model_keeps_fp32_kernels_on_xavier():
     compiled = _two_four_mlp("jetson-xavier-nx")
     rows = [r for r in compiled.report.rows if r.kernel == "nm_matmul[2:4]"]
