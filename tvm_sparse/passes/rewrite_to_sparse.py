@@ -255,7 +255,9 @@ class _SparseRewriter(PyExprMutator):
                 return None, Plan("dense", "dense", "fp16: no fp16 sparse kernel for this target")
         elif dtypes != {"float32"}:
             return None, Plan(
-                "dense", "dense", f"dtype {dtype}: sparse kernels are fp32 (fp16: the CUDA 2:4 kernel)"
+                "dense",
+                "dense",
+                f"dtype {dtype}: sparse kernels are fp32 (fp16: the CUDA 2:4 kernel)",
             )
         if call.op.name == "relax.matmul":
             return self._matmul(name, info, weight, x, x_shape, out_shape)
