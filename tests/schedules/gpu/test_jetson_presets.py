@@ -150,20 +150,10 @@ def _nvptx_assembled(pattern: str, preset: str, dtype: str) -> dict:
     return ptxas_resources(device_ptx(executable.mod, threads), PRESETS[preset])
 
 
-#: ``(pattern, preset, dtype)``: every pattern and preset in fp32 and on the Orin in fp16; the
-#: Xavier in fp16 (no sparse tensor cores: fp32 sparse kernels inside an fp16 model) only for 2:4,
-#: as its other fp16 builds take no path the Orin's and its own fp32 builds do not.
-MATRIX = [
-    (pattern, preset, dtype)
-    for pattern in sorted(PATTERNS)
-    for preset in MATRIX_PRESETS
-    for dtype in DTYPES
-    if not (preset == "jetson-xavier-nx" and dtype == "float16" and pattern != "2:4")
-]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(("pattern", "preset", "dtype"), MATRIX)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("preset", MATRIX_PRESETS)
+@pytest.mark.parametrize("pattern", sorted(PATTERNS))
 def test_every_model_compiles_and_assembles_for_every_jetson(pattern, preset, dtype):
     compiled = _compiled(pattern, preset, dtype)
     assert str(compiled.target.attrs["arch"]) == PRESETS[preset]
