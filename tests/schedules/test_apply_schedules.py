@@ -8,10 +8,12 @@ from cuda_testing import run_on_cpu
 from tvm import relax, s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight import ScheduleRule
+from tvm.s_tir.dlight.analysis import get_root_block
 
 import tvm_sparse
 from tvm_sparse.schedules import ApplySchedules, ScheduleError, schedule_problem, schedule_rules
 from tvm_sparse.schedules.apply_schedules import KERNEL_ATTR, PASSED_OVER_ATTR, UNSCHEDULED
+from tvm_sparse.schedules.cpu.base import CPUScheduleRule
 
 TARGET = tvm.target.Target("llvm")
 CUDA = tvm.target.Target("nvidia/jetson-orin-nano")
@@ -101,6 +103,27 @@ def test_a_cpu_rule_with_an_invalid_schedule_passes_the_function_on(broken, why)
     assert note.startswith(f"{type(broken).__name__} produced an invalid schedule: {why}")
     assert note.endswith(f"scheduled by {rule}")
     x = np.random.default_rng(1).standard_normal((64, 64)).astype("float32")
+    np.testing.assert_allclose(_run_cpu(mod, x), np.maximum(2 * x, 0), rtol=1e-6)
+
+
+class _RefusedPrimitive(CPUScheduleRule):
+    """One of the project's CPU rules whose schedule fails part-way (a primitive refuses)."""
+
+    def schedule(self, sch, target, knobs):
+        (block,) = sch.get_child_blocks(get_root_block(sch))[-1:]
+        sch.compute_inline(block)  # the output block: refused
+        return sch
+
+
+def test_a_cpu_rule_that_fails_part_way_is_reported_not_silent():
+    rules = [_RefusedPrimitive(), *schedule_rules(TARGET)]
+    with TARGET, pytest.warns(RuntimeWarning, match="_RefusedPrimitive raised ScheduleError"):
+        mod = ApplySchedules(rules)(_legalized())
+    kernel = _kernel(mod)
+    rule = str(kernel.attrs[KERNEL_ATTR])
+    assert rule in {type(r).__name__ for r in schedule_rules(TARGET)}
+    assert str(kernel.attrs[PASSED_OVER_ATTR]).endswith(f"scheduled by {rule}")
+    x = np.random.default_rng(3).standard_normal((64, 64)).astype("float32")
     np.testing.assert_allclose(_run_cpu(mod, x), np.maximum(2 * x, 0), rtol=1e-6)
 
 

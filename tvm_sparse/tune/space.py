@@ -309,7 +309,11 @@ class DesignPoint:
 def tunable_rule(func: tirx.PrimFunc, target: Target) -> CPUScheduleRule | None:
     """The rule that schedules ``func`` by default if it samples its knobs, else ``None``."""
     for rule in schedule_rules(target):
-        if rule.apply(func, target, False) is not None:
+        try:
+            applied = rule.apply(func, target, False)
+        except Exception:  # noqa: BLE001 - as ApplySchedules does: the next rule schedules it
+            continue
+        if applied is not None:
             samples = getattr(rule, "samples_knobs", False)
             return rule if samples and rule.sample(func, target) is not None else None
     return None

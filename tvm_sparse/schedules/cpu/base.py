@@ -83,10 +83,12 @@ class VectorKnobs:
 
 
 class CPUScheduleRule(ScheduleRule):
-    """Base of the CPU rules: gates on llvm targets and turns refusals into ``None``.
+    """Base of the CPU rules: gates on llvm targets and turns :class:`NotApplicable` into ``None``.
 
-    Subclasses implement :meth:`schedule`, which may raise :class:`NotApplicable` (or let a schedule
-    primitive raise) to say that the function is not theirs.
+    Subclasses implement :meth:`schedule`, which raises :class:`NotApplicable` to say that the
+    function is not theirs. A schedule primitive that refuses part-way is a failure, not a
+    refusal: it reaches ``ApplySchedules``, which gives the function to the next rule and says
+    which rule raised in the compile report.
 
     Parameters
     ----------
@@ -130,9 +132,8 @@ class CPUScheduleRule(ScheduleRule):
             return self.schedule(sch, target, self.knobs_for(target))
         except NotApplicable:
             return None
-        except Exception as err:  # noqa: BLE001 - a refused primitive means "not mine"
-            logger.debug("%s declined: %s", type(self).__name__, err)
-            return None
+        # anything else (a primitive refused half-way) goes to ApplySchedules, which passes the
+        # function to the next rule and says so in the report
 
     def sample(
         self,

@@ -181,8 +181,10 @@ def find_nhwc_conv(sch: s_tir.Schedule) -> _Conv:
         depthwise = True  # channel f + rc with rc of extent 1: one input channel per output
     else:
         raise NotApplicable("grouped conv other than depthwise")
-    in_shape = [int(d) for d in stmt.reads[data_pos].source.shape]
-    out_shape = [int(d) for d in stmt.writes[0].source.shape]
+    shapes = (stmt.reads[data_pos].source.shape, stmt.writes[0].source.shape)
+    if not all(isinstance(d, tirx.IntImm) for shape in shapes for d in shape):
+        raise NotApplicable("symbolic shape (the tiles are sized from static extents)")
+    in_shape, out_shape = ([int(d) for d in shape] for shape in shapes)
     unit_stride = _unit_stride(data, y, x)
     pointwise = (
         not depthwise
