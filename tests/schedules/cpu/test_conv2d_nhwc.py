@@ -96,13 +96,29 @@ def test_depthwise_tile_of_two_channel_vectors(channels, stride, hw):
     assert claimed[conv] == "Conv2dNHWC", claimed
 
 
+@pytest.mark.parametrize("stride,hw", [(1, 7), (1, 14), (2, 14), (2, 28)])
+def test_depthwise_row_tile_of_seven_pixels(stride, hw):
+    # NEON's tile on rows that 4 does not divide, 2 vectors by 7 pixels (at stride 2 each
+    # pixel's taps in turn), on this machine's vectors
+    knobs = Conv2dNHWCKnobs(
+        vector_lanes=LANES, depthwise_vectors=2, depthwise_columns=4, depthwise_row_columns=7
+    )
+    model = ConvBlock(64, 64, 3, stride, 64, False, relu6=True)
+    claimed, _ = run_and_compare(model, [torch.randn(1, 64, hw, hw)],
+                                 [Conv2dNHWC(knobs), Fallback()], nhwc=True)  # fmt: skip
+    (conv,) = _conv_funcs(claimed)
+    assert claimed[conv] == "Conv2dNHWC", claimed
+
+
 def test_neon_defaults_tile_depthwise_convs_in_two_channel_vectors():
     from tvm_sparse.targets import get_preset
 
     knobs = Conv2dNHWCKnobs.for_target(get_preset("arm-cortex-a72").tvm_target())
     assert (knobs.depthwise_vectors, knobs.depthwise_columns) == (2, 4)
+    assert knobs.depthwise_row_columns == 7
     x86 = Conv2dNHWCKnobs.for_target(TARGET)
     assert (x86.depthwise_vectors, x86.depthwise_columns) == (1, 8)
+    assert x86.depthwise_row_columns == 0
 
 
 def test_pointwise_conv_becomes_a_matmul():

@@ -102,6 +102,11 @@ class Conv2dNHWCKnobs(VectorKnobs):
     depthwise_vectors, depthwise_columns : int
         Depthwise convs: the default tile, at most this many channel vectors (a divisor of
         the channel vectors) by this many pixels (a divisor of the row).
+    depthwise_row_columns : int
+        Depthwise convs: pixels of the default tile on rows that ``depthwise_columns`` does
+        not divide (a divisor of the row; 7 for rows of 7 or 14), at ``depthwise_vectors``
+        vectors; strided convs then run each pixel's taps in turn. 0: one vector by
+        :data:`~.depthwise_conv2d.NHWC_DEPTHWISE_COLUMNS` pixels, in the usual order.
     """
 
     accumulators: int = 24
@@ -118,17 +123,23 @@ class Conv2dNHWCKnobs(VectorKnobs):
     tile_columns: int = 0
     depthwise_vectors: int = 1
     depthwise_columns: int = NHWC_DEPTHWISE_COLUMNS
+    depthwise_row_columns: int = 0
 
     @classmethod
     def for_target(cls, target: Target) -> Conv2dNHWCKnobs:
         """Defaults for ``target``: 24 of 32 zmm registers as accumulators (28 spill in LLVM's
         allocation), 12 of 16 ymm registers on AVX2; NEON's depthwise tile is
-        :data:`_NEON_DEPTHWISE_TILE`."""
+        :data:`_NEON_DEPTHWISE_TILE`, on short rows :data:`_NEON_DEPTHWISE_ROW_COLUMNS`."""
         lanes = vector_lanes(target)
         knobs = cls(vector_lanes=lanes, accumulators=24 if lanes >= 16 else 12)
         if is_neon(target):
             vectors, columns = _NEON_DEPTHWISE_TILE
-            knobs = replace(knobs, depthwise_vectors=vectors, depthwise_columns=columns)
+            knobs = replace(
+                knobs,
+                depthwise_vectors=vectors,
+                depthwise_columns=columns,
+                depthwise_row_columns=_NEON_DEPTHWISE_ROW_COLUMNS,
+            )
         return knobs
 
 
@@ -142,6 +153,17 @@ class Conv2dNHWCKnobs(VectorKnobs):
 #: registers; 8 pixels of 2 vectors spill. The Cortex-A72 (one FMA and one load a cycle)
 #: runs either tile at about 85%.
 _NEON_DEPTHWISE_TILE = (2, 4)
+
+#: NEON's depthwise pixels on rows that 4 does not divide (MobileNetV2's rows of 7 and 14):
+#: 2 vectors by 7 pixels, which divides the row, so that the channel vectors still store as
+#: pairs (one vector by 7 pixels stores each alone: 9 FMAs in 13 slots). Its 14 accumulators
+#: leave 18 registers: at stride 1 a row of taps loads 9 pixels x 2 vectors, each feeding up
+#: to three pixels, and streams them past the accumulators. At stride 2 neighbouring outputs
+#: share one input column of three, and holding the shared ones across a row of taps for all
+#: 7 pixels needs a register or two more than the 32 (Cortex-A72 / A76 scheduling spills);
+#: running each pixel's 9 taps in turn instead keeps the 18 weight vectors, the pixel's 2
+#: accumulators and its inputs live, and nothing spills.
+_NEON_DEPTHWISE_ROW_COLUMNS = 7
 
 
 @dataclass
@@ -230,14 +252,23 @@ def _default_tile(
 ) -> tuple[int, int]:
     if conv.depthwise:
         # the knobs' tile, or one vector by NHWC_DEPTHWISE_COLUMNS pixels where the row
-        # divides into fewer pixels (7 or 14: 2 x 1 or 2 x 2 would leave the FMAs idle)
+        # divides into fewer pixels (7 or 14: 2 x 1 or 2 x 2 would leave the FMAs idle), or
+        # the knobs' vectors by depthwise_row_columns pixels there
         vecs = max(v for v in range(1, knobs.depthwise_vectors + 1) if vectors % v == 0)
         tiles = [
             (vecs, pick_factor(columns, knobs.depthwise_columns)),
             (1, pick_factor(columns, NHWC_DEPTHWISE_COLUMNS)),
         ]
+        if _short_row(columns, knobs):
+            tiles.append((vecs, pick_factor(columns, knobs.depthwise_row_columns)))
         return max(tiles, key=lambda t: (t[0] * t[1], t[0]))
     return _tile(columns, vectors, knobs)
+
+
+def _short_row(columns: int | None, knobs: Conv2dNHWCKnobs) -> bool:
+    """Whether a depthwise row takes ``depthwise_row_columns`` (``depthwise_columns`` does
+    not divide it)."""
+    return bool(knobs.depthwise_row_columns) and (columns or 0) % knobs.depthwise_columns != 0
 
 
 def _row_tasks(
@@ -365,7 +396,10 @@ class Conv2dNHWC(CPUScheduleRule):
         if conv.depthwise:
             rows = nhwc_depthwise_rows(knobs.depthwise_rows, conv.unit_stride)
             shape = (vecs, cols, rows)
-            tile = schedule_depthwise_nhwc(sch, main, shape, lanes, knobs.depthwise_pixels, cores)
+            outside = not conv.unit_stride and _short_row(columns, knobs)
+            tile = schedule_depthwise_nhwc(
+                sch, main, shape, lanes, knobs.depthwise_pixels, cores, outside
+            )
         else:
             tile = self._dense(sch, main, 1 - conv.data_pos, vecs, cols, lanes, knobs, cores)
         for pad in pads:

@@ -130,6 +130,7 @@ def schedule_depthwise_nhwc(
     lanes: int,
     pixels: int,
     cores: int,
+    pixels_outside_taps: bool = False,
 ) -> LoopRV:
     """Tasks of ``rows`` x a chunk of at most ``pixels`` pixels and their channel vectors (all
     of them, or a share that leaves tasks enough for the cores), in register tiles of ``vecs``
@@ -139,6 +140,9 @@ def schedule_depthwise_nhwc(
     once. Each tile of pixels walks the channel vectors, so that the input lines it loads are
     used whole while in L1; walking the vectors outside the pixels would copy the input once
     per vector, each copy reading one line of every pixel at a stride of the channel count.
+
+    ``pixels_outside_taps`` runs each pixel's taps in turn instead of each tap across the
+    tile's pixels (see :data:`~.conv2d_nhwc._NEON_DEPTHWISE_ROW_COLUMNS`).
     """
     vecs, cols, rows = tile_shape
     n, y, x, f, ry, rx, rc = sch.get_loops(main)
@@ -154,7 +158,10 @@ def schedule_depthwise_nhwc(
     vectors = loop_extent(sch, fo) or 1
     share = balanced_split(vectors, vectors, tasks, cores)
     fc, fo = sch.split(fo, [None, share])
-    sch.reorder(n, yo, xc, fc, yi, xo, fo, ry, rx, rc, xi, fv, fl)
+    if pixels_outside_taps:
+        sch.reorder(n, yo, xc, fc, yi, xo, fo, xi, ry, rx, rc, fv, fl)
+    else:
+        sch.reorder(n, yo, xc, fc, yi, xo, fo, ry, rx, rc, xi, fv, fl)
     tile = sch.fuse(n, yo, xc, fc)
     sch.parallel(tile)
     finish_register_tile(sch, main, fo, (xi, fv, fl), ry, lanes)
