@@ -1,6 +1,6 @@
 """Are the compiler's own choices right? What ``compile`` returns against every alternative.
 
-    python benchmarks/decisions.py [--only ffn,models] [--targets host,x86-avx2] \\
+    python benchmarks/decisions.py [--only ffn,models] [--targets x86,x86-avx2] \\
         [--out benchmarks/results]
 
 Writes ``decisions.json`` and ``decisions.md``. Each case is a pruned model compiled the way a
