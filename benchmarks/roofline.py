@@ -14,6 +14,7 @@ tvm_sparse's code could reach, not a datasheet figure::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -74,11 +75,20 @@ def _best_seconds(lib, name: str, *args, repeat: int) -> float:
     return float(min(timer(*args).results))
 
 
-def measure_peak_flops(target: tvm.target.Target, *, repeat: int = 10) -> float:
-    """Peak fp32 FLOP/s of all the target's cores, from register-resident FMA chains."""
+@functools.cache
+def _fma_lib(target_json: str) -> tuple[object, int, int, int]:
+    """The FMA-chain kernel built for a target (once: the roofline times it in several trials),
+    with its FLOPs, threads and lanes."""
+    target = tvm.target.Target(json.loads(target_json))
     threads, lanes = num_cores(target), vector_lanes(target)
     func, flops = _fma_kernel(threads, lanes, _ITERS)
     lib = tvm.compile(tvm.IRModule({"fma": func.with_attr("global_symbol", "fma")}), target=target)
+    return lib, flops, threads, lanes
+
+
+def measure_peak_flops(target: tvm.target.Target, *, repeat: int = 10) -> float:
+    """Peak fp32 FLOP/s of all the target's cores, from register-resident FMA chains."""
+    lib, flops, threads, lanes = _fma_lib(str(target))
     out = tvm.runtime.tensor(np.zeros((threads, _CHAINS * lanes), "float32"))
     scale = tvm.runtime.tensor(np.array([0.9999999], "float32"))
     return flops / _best_seconds(lib, "fma", out, scale, repeat=repeat)
