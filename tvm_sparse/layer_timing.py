@@ -45,7 +45,7 @@ from .timing import TimingPolicy, compare
 __all__ = ["LayerTimer", "LayerTiming"]
 
 #: Written into cache records; a record of another version is measured again.
-FORMAT_VERSION = 7  # 7: weights cycled through more than a core's L2, as in a model
+FORMAT_VERSION = 8  # 8: the x86 N:M kernel permutes broadcast inputs
 
 #: Bytes of weights a layer's build cycles through: copies of the weight, each applied to the
 #: same input, until they exceed the L2 of the cores this project targets (0.5-2 MiB), so that

@@ -48,8 +48,9 @@ def _fill(cache: TuningCache, mod) -> tuple[dict, str]:
     valid one, a dense record whose trace is garbage, then a torn line; returns the valid knobs
     and the line of the bad sparse record."""
     (site,) = sparse_sites(mod)
-    assert site.spec.kernel == "nm"
-    valid = {**site.knobs, "m_tile": max(site.knobs["m_tile"] // 2, 1)}
+    assert site.spec.kernel in ("nm", "nm_permute")
+    tile = "m_tile" if site.spec.kernel == "nm" else "rows"
+    valid = {**site.knobs, tile: max(site.knobs[tile] // 2, 1)}
     assert valid != site.knobs
     cache.append(Record("sparse", site.key, "default", 3e-5, knobs=site.knobs))
     cache.append(Record("sparse", site.key, "candidate", 1e-5, knobs=BSR_KNOBS))
@@ -97,7 +98,8 @@ def test_records_that_only_have_bad_knobs_leave_the_default(nm_model, tmp_path):
     (site,) = sparse_sites(schedule_input(net, preset, (x,), None, False, SPARSITY))
     cache.append(Record("sparse", site.key, "default", 3e-5, knobs=site.knobs))
     # Knobs with the right names whose values the generator refuses.
-    cache.append(Record("sparse", site.key, "candidate", 1e-5, knobs={**site.knobs, "group": 7}))
+    refused = {"group": 7} if site.spec.kernel == "nm" else {"rows": 0}
+    cache.append(Record("sparse", site.key, "candidate", 1e-5, knobs={**site.knobs, **refused}))
     with pytest.warns(TuningCacheWarning, match=f"{cache.path}:3"):
         compiled = tvm_sparse.compile(
             net, "x86", example_inputs=(x,), sparsity=SPARSITY, tuning_cache=cache.path

@@ -6,9 +6,11 @@ import json
 
 import numpy as np
 import pytest
+import tvm
 
 from tvm_sparse.kernels import BSRMatmulKnobs, NMMatmulKnobs, bsr_matmul, nm_matmul
 from tvm_sparse.kernels.epilogue import PLAIN, Epilogue
+from tvm_sparse.kernels.nm_permute import NMPermuteKnobs, nm_permute
 from tvm_sparse.tune.space import _knobs_of, sparse_candidates, sparse_spec
 
 
@@ -56,6 +58,21 @@ def test_nm_spec_and_candidates(target, epilogue):
     assert spec.kernel == "nm" and spec.pattern == (2, 4)
     assert Epilogue.from_attr(spec.epilogue) == epilogue
     assert len(sparse_candidates(spec, _knobs_of(func), target)) > 1
+
+
+@pytest.mark.parametrize("epilogue", [PLAIN, Epilogue(bias=True, activation="relax.nn.relu")])
+def test_nm_permute_spec_and_candidates_keep_the_weight_layout(epilogue):
+    x86 = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})
+    knobs = NMPermuteKnobs.for_target(x86)
+    func = nm_permute(32, 64, 96, (2, 4), knobs=knobs, epilogue=epilogue)
+    spec = sparse_spec(func)
+    assert spec.kernel == "nm_permute" and spec.pattern == (2, 4)
+    assert Epilogue.from_attr(spec.epilogue) == epilogue
+    candidates = sparse_candidates(spec, _knobs_of(func), x86)
+    assert {c["rows"] for c in candidates} >= {4, 8, 12}
+    shapes = [tuple(p.ty.shape) for p in func.params]
+    for cand in candidates:
+        assert [tuple(p.ty.shape) for p in spec.build(cand).params] == shapes
 
 
 def test_foreign_or_dense_funcs_have_no_spec(target):

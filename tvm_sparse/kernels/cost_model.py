@@ -60,6 +60,9 @@ _PACKAGE_TABLES = Path(__file__).parent / "calibration"
 _EXTRAPOLATION = 1.25
 #: Written into stored tables; a table without one predates it and has the same layout.
 FORMAT_VERSION = 1
+#: Part of a cached table's name: raised when a kernel's speed changes, so that tables measured
+#: with the old kernels are measured again (2: the x86 N:M kernel permutes broadcast inputs).
+KERNEL_REVISION = 2
 
 
 class CalibrationWarning(UserWarning):
@@ -269,7 +272,7 @@ def default_cache_path(target: Target, device: str | None = None) -> Path:
         device = machine_key() if device is None else f"{device}|{target}"
     else:
         device = str(target)
-    key = "\0".join((device, tvm.__version__, __version__))
+    key = "\0".join((device, tvm.__version__, __version__, str(KERNEL_REVISION)))
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_root() / "calibration" / f"{host_class(target)}-{digest}.json"
 

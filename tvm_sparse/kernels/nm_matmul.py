@@ -1,4 +1,6 @@
-"""N:M sparse weight (at most N nonzeros per M consecutive inputs) times dense activations.
+"""N:M sparse weight (at most N nonzeros per M consecutive inputs) times dense activations, on
+NEON, and on x86 where :mod:`.nm_permute` does not apply (inputs not in whole groups, groups
+of another size).
 
 ``Y = X @ W.T`` with ``W`` held as :class:`NMMatrix`: ``values`` and absolute ``columns``,
 ``N * K / M`` of each per output row, so every row keeps the same number of values in every k

@@ -10,8 +10,10 @@ from tvm import relax
 from tvm.target import Target
 
 from ..kernels.bsr_matmul import BSRMatmulKnobs, bsr_matmul
-from ..kernels.formats import to_bsr, to_nm
-from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul
+from ..kernels.epilogue import PLAIN
+from ..kernels.formats import to_bsr
+from ..passes.sparse_decisions import Plan
+from ..passes.sparse_kernels import CPUSparseKernels
 from ..pipeline import pipeline
 from ..runtime.runner import Runner
 from ..timing import median_ms
@@ -102,12 +104,10 @@ def nm_case(target: Target, m: int, n: int, k: int, nm: tuple[int, int]):
     it stores."""
     rng = np.random.default_rng(0)
     weight = (rng.standard_normal((n, k)) * nm_mask(n, k, nm, rng)).astype("float32")
-    knobs = NMMatmulKnobs.for_target(target).resolve(m, n, nm)
-    mat = to_nm(weight, nm, row_multiple=knobs.group)
-    func = nm_matmul(m, k, n, nm, mat.values.shape[0], knobs=knobs)
+    kernel = CPUSparseKernels(target).matmul(weight, m, Plan("nm", "nm", "", nm=nm), PLAIN)
     x = rng.standard_normal((m, k)).astype("float32")
-    args = [x, mat.values, mat.columns, np.zeros((m, n), "float32")]
-    return func, args, mat.values.size
+    args = [x, *kernel.weights, np.zeros((m, n), "float32")]
+    return kernel.func, args, kernel.flops // (2 * m)
 
 
 def measure_nm(

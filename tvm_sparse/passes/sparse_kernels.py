@@ -28,6 +28,12 @@ from ..kernels.gpu import (
     to_mma_sp,
 )
 from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul
+from ..kernels.nm_permute import (
+    NMPermuteKnobs,
+    nm_permute,
+    nm_permute_applies,
+    nm_permute_weights,
+)
 from .sparse_decisions import Plan
 
 __all__ = ["CPUSparseKernels", "CUDASparseKernels", "SparseKernel"]
@@ -84,11 +90,19 @@ class CPUSparseKernels:
     def __init__(self, target: Target) -> None:
         self.bsr_knobs = BSRMatmulKnobs.for_target(target)
         self.nm_knobs = NMMatmulKnobs.for_target(target)
+        self.permute_knobs = NMPermuteKnobs.for_target(target)
+        self.target = target
 
     def matmul(self, weight: np.ndarray, m: int, plan: Plan, epilogue: Epilogue) -> SparseKernel:
         """``x (m, k) @ weight.T``; leading batch dims of ``x`` are folded into ``m``."""
         n, k = weight.shape
-        if plan.nm is not None:
+        if plan.nm is not None and nm_permute_applies(self.target, plan.nm, k):
+            knobs = self.permute_knobs
+            mat = to_nm(weight, plan.nm, row_multiple=knobs.block)
+            func = nm_permute(m, k, n, plan.nm, knobs=knobs, epilogue=epilogue)
+            flops = 2 * m * n * (k // plan.nm[1]) * plan.nm[0]
+            return SparseKernel(func, nm_permute_weights(mat, knobs), ((m, k),), (m, n), flops)
+        if plan.nm is not None:  # NEON, or inputs not in whole groups
             knobs = self.nm_knobs.resolve(m, n, plan.nm)
             mat = to_nm(weight, plan.nm, row_multiple=knobs.group)
             func = nm_matmul(m, k, n, plan.nm, mat.values.shape[0], knobs=knobs, epilogue=epilogue)

@@ -48,6 +48,7 @@ from tvm.target import Target
 from ..kernels.bsr_matmul import BSRMatmulKnobs, bsr_matmul
 from ..kernels.epilogue import EPILOGUE_ATTR, Epilogue
 from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul
+from ..kernels.nm_permute import NMPermuteKnobs, nm_permute
 from ..schedules import schedule_rules
 from ..schedules.apply_schedules import KERNEL_ATTR
 from ..schedules.cpu.base import CPUScheduleRule, iter_stmts
@@ -79,7 +80,7 @@ _NM = re.compile(r"^nm_matmul\[(\d+):(\d+)\]")
 class SparseSpec:
     """The generator arguments of a sparse kernel, without its knobs."""
 
-    kernel: str  # "bsr" or "nm"
+    kernel: str  # "bsr", "nm" or "nm_permute"
     name: str
     m: int
     k: int
@@ -98,6 +99,17 @@ class SparseSpec:
 
     def build(self, knobs: dict) -> tirx.PrimFunc:
         """The kernel generated with ``knobs`` (a dict as in the ``tvm_sparse.knobs`` attr)."""
+        if self.kernel == "nm_permute":
+            knobs = {key: value for key, value in knobs.items() if key != "variant"}
+            return nm_permute(
+                self.m,
+                self.k,
+                self.n,
+                self.pattern,
+                knobs=NMPermuteKnobs(**knobs),
+                dtype=self.dtype,
+                epilogue=Epilogue.from_attr(self.epilogue),
+            )
         if self.kernel == "nm":
             return nm_matmul(
                 self.m,
@@ -187,6 +199,11 @@ def _readings(name: str, shapes, knobs: dict, dtype: str) -> list[SparseSpec]:
         (m, k), (rows, _), _, (_, n) = shapes
         nm = (int(match[1]), int(match[2]))
         return [SparseSpec("nm", name, m, k, n, nm, rows, dtype=dtype, index_args=(2,))]
+    if match and ranks == [2, 5, 5, 2] and knobs.get("variant") == "permute":
+        (m, k), (blocks, *_), _, (_, n) = shapes
+        nm = (int(match[1]), int(match[2]))
+        spec = SparseSpec("nm_permute", name, m, k, n, nm, blocks, dtype=dtype, index_args=(2,))
+        return [spec]
     if not (match := _BSR.match(name)) or len(shapes) != 5:
         return []
     if ranks[0] not in (2, 3) or ranks[1:] != [3, 1, 1, ranks[0]]:
@@ -218,7 +235,9 @@ def sparse_candidates(spec: SparseSpec, knobs: dict, target: Target) -> list[dic
     """
     lanes = int(knobs.get("lanes", vector_lanes(target)))
     options: list[dict] = []
-    if spec.kernel == "nm":
+    if spec.kernel == "nm_permute":  # the rows of a register tile keep the weight's layout
+        options = [{"rows": r} for r in (2, 4, 6, 8, 10, 12)]
+    elif spec.kernel == "nm":
         tiles = [lanes, 2 * lanes, 4 * lanes, 8 * lanes, 16 * lanes]
         groups = [g * lanes for g in (1, 2, 4, 8) if spec.stored % (g * lanes) == 0]
         inputs_per_group = spec.pattern[1]  # the M of N:M
