@@ -15,7 +15,7 @@ the models, each from an empty cache: calibrating the host included);
 ``recompile_s`` is the same compile again, reading back what the first measured.
 
 - ``ffn``: the BERT-base FFN weight (768 -> 3072, 128 rows) at 50/70/90% in 16x1 and 1x4 blocks,
-  unstructured, and 2:4. With one layer, "each candidate on every layer" is every per-layer
+  unstructured, 2:4 and 4:8. With one layer, "each candidate on every layer" is every per-layer
   choice there is.
 - ``models``: ResNet-18 and MobileNetV2 pruned by ``tvm_sparse.prune`` (channel 50%,
   unstructured 90%, 16x1 blocks 90%). Their alternatives apply one kernel to every layer, not
@@ -48,9 +48,10 @@ POLICY = TimingPolicy(min_rounds=15, max_rounds=40, budget_s=10.0, round_ms=30.0
 def _ffn(pattern: str, density: float) -> tuple[torch.nn.Module, torch.Tensor, list[str]]:
     rng = np.random.default_rng(0)
     linear = torch.nn.Linear(768, 3072, bias=False)
-    if pattern == "2:4":
-        mask = nm_mask(3072, 768, (2, 4), rng)
-        forced = ["nm:2:4", "unstructured"]
+    if pattern in ("2:4", "4:8"):
+        nm = tuple(int(v) for v in pattern.split(":"))
+        mask = nm_mask(3072, 768, nm, rng)
+        forced = [f"nm:{pattern}", "unstructured"]
     elif pattern == "unstructured":
         mask = rng.random((3072, 768)) < density
         forced = ["unstructured", "bsr:16x1"]
@@ -139,7 +140,7 @@ def cases(only: list[str]) -> list[tuple[str, str, float | str]]:
     if "ffn" in only:
         for pattern in ("16x1", "1x4", "unstructured"):
             out += [("ffn", pattern, density) for density in (0.5, 0.3, 0.1)]
-        out.append(("ffn", "2:4", 0.5))
+        out += [("ffn", "2:4", 0.5), ("ffn", "4:8", 0.5)]
     if "models" in only:
         for arch in ("ResNet-18", "MobileNetV2"):
             out += [("models", arch, pattern) for pattern in ("channel", "unstructured", "16x1")]
@@ -149,8 +150,8 @@ def cases(only: list[str]) -> list[tuple[str, str, float | str]]:
 def _name(kind: str, a: str, b) -> str:
     if kind == "models":
         return f"{a}, {b} pruned"
-    if a == "2:4":
-        return "FFN 128x768 @ 768x3072, 2:4"
+    if ":" in a:
+        return f"FFN 128x768 @ 768x3072, {a}"
     return f"FFN 128x768 @ 768x3072, {1 - b:.0%} zero, {a}" + (" blocks" if "x" in a else "")
 
 

@@ -40,7 +40,7 @@ QUICK_GRID = {
     "ms": (1, 128),
     "blocks": ((16, 1), (8, 1), (1, 4), (1, 1)),
     "densities": (0.05, 0.2, 0.5),
-    "nm": ((2, 4),),
+    "nm": ((2, 4), (4, 8)),
 }
 
 
@@ -53,7 +53,7 @@ def calibrate(
     ms: tuple[int, ...] = DEFAULT_MS,
     blocks: tuple[tuple[int, int], ...] = DEFAULT_BLOCKS,
     densities: tuple[float, ...] = DEFAULT_DENSITIES,
-    nm: tuple[tuple[int, int], ...] = ((2, 4),),
+    nm: tuple[tuple[int, int], ...] = ((2, 4), (4, 8)),
     cache_path: str | os.PathLike | None = None,
     save: bool = True,
     progress: bool | Callable[[str], None] = True,

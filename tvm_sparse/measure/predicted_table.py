@@ -65,7 +65,7 @@ def predict_calibration(
     ms: tuple[int, ...] = DEFAULT_MS,
     blocks: tuple[tuple[int, int], ...] = DEFAULT_BLOCKS,
     densities: tuple[float, ...] = DEFAULT_DENSITIES,
-    nm: tuple[tuple[int, int], ...] = ((2, 4),),
+    nm: tuple[tuple[int, int], ...] = ((2, 4), (4, 8)),
     progress: bool | Callable[[str], None] = True,
 ) -> Calibration:
     """The table ``llvm-mca`` predicts for ``target`` (an llvm target of a core it models).
