@@ -32,9 +32,10 @@ from .nm_matmul import nm_matmul_kernel_name
 
 __all__ = ["NMPermuteKnobs", "nm_permute", "nm_permute_applies", "nm_permute_weights"]
 
-#: Register tiles, rows by vectors of outputs: the accumulators, the weights' values and
-#: slots of one group, the broadcast group and the permuted inputs fit in AVX-512's 32
-#: registers (16 + 8 + 3) and in AVX2's 16 (8 + 4 + 3) without spilling.
+#: Register tiles, rows by vectors of outputs: for 2:4 the accumulators, the two weights'
+#: values and slots of one group, the broadcast group and the permuted inputs fit in
+#: AVX-512's 32 registers (16 + 8 + 3) and in AVX2's 16 (8 + 4 + 3). Groups that keep more
+#: weights (4:8) bring more values and slots than fit beside them, and LLVM spills a few.
 _TILES = {16: (8, 2), 8: (8, 1)}
 
 
