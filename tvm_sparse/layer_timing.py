@@ -37,6 +37,7 @@ from tvm import relax
 from tvm.target import Target
 
 from ._paths import cache_root
+from .kernels.cost_model import KERNEL_REVISION
 from .passes._epilogue import activation_call
 from .runtime.runner import Runner
 from .targets.host import machine_key
@@ -45,7 +46,7 @@ from .timing import TimingPolicy, compare
 __all__ = ["LayerTimer", "LayerTiming"]
 
 #: Written into cache records; a record of another version is measured again.
-FORMAT_VERSION = 8  # 8: the x86 N:M kernel permutes broadcast inputs
+FORMAT_VERSION = 7  # 7: weights cycled through more than a core's L2, as in a model
 
 #: Bytes of weights a layer's build cycles through: copies of the weight, each applied to the
 #: same input, until they exceed the L2 of the cores this project targets (0.5-2 MiB), so that
@@ -314,6 +315,7 @@ class LayerTimer:
         digest = hashlib.sha256()
         for part in (
             f"v{FORMAT_VERSION}",
+            f"kernels {KERNEL_REVISION}",
             str(self.target),
             self.runner.board or machine_key(),
             layer.op,

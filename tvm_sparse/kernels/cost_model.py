@@ -60,8 +60,9 @@ _PACKAGE_TABLES = Path(__file__).parent / "calibration"
 _EXTRAPOLATION = 1.25
 #: Written into stored tables; a table without one predates it and has the same layout.
 FORMAT_VERSION = 1
-#: Part of a cached table's name: raised when a kernel's speed changes, so that tables measured
-#: with the old kernels are measured again (2: the x86 N:M kernel permutes broadcast inputs).
+#: Part of the keys of what the project measures and caches (calibration tables, layer
+#: timings): raised when a kernel's speed changes, so that what was measured with the old
+#: kernels is measured again (2: the x86 N:M kernel permutes broadcast inputs).
 KERNEL_REVISION = 2
 
 

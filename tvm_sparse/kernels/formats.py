@@ -15,7 +15,7 @@ import numpy as np
 __all__ = ["BSRMatrix", "NMMatrix", "to_bsr", "to_nm"]
 
 
-def _round_up(value: int, multiple: int) -> int:
+def round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
@@ -55,7 +55,7 @@ class BSRMatrix:
     def padded_shape(self) -> tuple[int, int]:
         """``(N, K)`` rounded up to the block grid (``N`` also to the row group, see to_bsr)."""
         r, c = self.block
-        return self.block_rows * r, _round_up(self.shape[1], c)
+        return self.block_rows * r, round_up(self.shape[1], c)
 
     @property
     def stored_density(self) -> float:
@@ -108,7 +108,7 @@ def to_bsr(
     if r < 1 or c < 1 or row_multiple < 1:
         raise ValueError(f"block must be positive (rows, cols), got {block}")
     n, k = weight.shape
-    block_rows = _round_up(max(-(-n // r), 1), row_multiple)
+    block_rows = round_up(max(-(-n // r), 1), row_multiple)
     block_cols = -(-k // c)
     padded = np.zeros((block_rows * r, block_cols * c), dtype=weight.dtype)
     padded[:n, :k] = weight
@@ -153,7 +153,7 @@ class NMMatrix:
 
     @property
     def padded_k(self) -> int:
-        return _round_up(self.shape[1], self.nm[1])
+        return round_up(self.shape[1], self.nm[1])
 
     def to_dense(self) -> np.ndarray:
         dense = np.zeros((self.values.shape[0], self.padded_k), dtype=self.values.dtype)
@@ -188,8 +188,8 @@ def to_nm(weight: np.ndarray, nm: tuple[int, int], *, row_multiple: int = 1) -> 
     if weight.ndim != 2 or not 0 < n_keep <= m:
         raise ValueError(f"need a 2-D weight and 0 < n <= m, got {weight.shape} and nm={nm}")
     rows, k = weight.shape
-    rows_pad = _round_up(max(rows, 1), row_multiple)
-    k_pad = _round_up(k, m)
+    rows_pad = round_up(max(rows, 1), row_multiple)
+    k_pad = round_up(k, m)
     padded = np.zeros((rows_pad, k_pad), dtype=weight.dtype)
     padded[:rows, :k] = weight
     groups = padded.reshape(rows_pad, k_pad // m, m)

@@ -27,7 +27,7 @@ from tvm.target.codegen import target_has_features
 
 from ..targets.facts import is_neon, num_cores, vector_lanes
 from .epilogue import EPILOGUE_ATTR, PLAIN, Epilogue
-from .formats import NMMatrix
+from .formats import NMMatrix, round_up
 from .nm_matmul import nm_matmul_kernel_name
 
 __all__ = ["NMPermuteKnobs", "nm_permute", "nm_permute_applies", "nm_permute_weights"]
@@ -115,10 +115,6 @@ def nm_permute_weights(mat: NMMatrix, knobs: NMPermuteKnobs) -> tuple[np.ndarray
     return blocked(mat.values), blocked((mat.columns % group).astype("int32"))
 
 
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
 def nm_permute(
     m: int,
     k: int,
@@ -147,7 +143,7 @@ def nm_permute(
     mr = max(min(knobs.rows, m), 1)
     # rows split among tasks only when the blocks alone leave a core short of work
     chunks = max(min(-(-4 * knobs.cores // blocks), -(-m // mr)), 1)
-    chunk = _round_up(-(-m // chunks), mr)
+    chunk = round_up(-(-m // chunks), mr)
     chunks = -(-m // chunk)
     vt, it = f"{dtype}x{lanes}", f"int32x{lanes}"
     zero = tirx.const(0, dtype)

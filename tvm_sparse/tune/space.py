@@ -86,7 +86,7 @@ class SparseSpec:
     k: int
     n: int
     pattern: tuple[int, int]  # block (r, c) or (N, M)
-    stored: int  # nnzb (BSR) or rows of values (N:M)
+    stored: int  # nnzb (BSR), rows of values (N:M) or blocks of outputs (N:M permute)
     block_rows: int = 0
     batch: int = 1
     x_layout: str = "MK"
