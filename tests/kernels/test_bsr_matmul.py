@@ -69,6 +69,29 @@ def test_bsr_m_variant_unrolled_over_blocks(block, unroll, layouts):
     np.testing.assert_allclose(out, x @ weight.T, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("lanes", [4, 8, 16])
+@pytest.mark.parametrize("m, k, n, y_layout", [(45, 40, 72, "MN"), (45, 40, 72, "NM"),
+                                               (33, 96, 24, "MN")])  # fmt: skip
+def test_bsr_m_variant_transposes_rows_per_task(lanes, m, k, n, y_layout):
+    # an (M, K) input: one parallel loop whose tasks transpose their own rows (whole
+    # lanes x lanes blocks through registers, ragged rows and columns element by element), the
+    # outputs cut into chunks where K <= N; a batch of two
+    rng = np.random.default_rng(5)
+    weight = (rng.standard_normal((n, k)) * block_mask(n, k, (1, 1), 0.3, rng)).astype("float32")
+    knobs = BSRMatmulKnobs(lanes=lanes, variant="m").resolve(
+        (1, 1), m, n, batch=2, y_layout=y_layout
+    )
+    bsr = to_bsr(weight, (1, 1), row_multiple=knobs.group)
+    func = bsr_matmul(m, k, n, (1, 1), bsr.nnzb, bsr.block_rows, knobs=knobs, batch=2,
+                      y_layout=y_layout)  # fmt: skip
+    assert func.script().count("T.parallel(") == 1
+    x = rng.standard_normal((2, m, k)).astype("float32")
+    y_shape = (2, m, n) if y_layout == "MN" else (2, n, m)
+    out = _call(func, [x, bsr.data, bsr.indices, bsr.indptr, np.zeros(y_shape, "float32")])
+    out = out if y_layout == "MN" else out.transpose(0, 2, 1)
+    np.testing.assert_allclose(out, x @ weight.T, atol=1e-4, rtol=1e-4)
+
+
 def test_neon_defaults_tile_16_vectors_and_unroll_the_m_variant():
     a76 = get_preset("arm-cortex-a76").tvm_target()
     knobs = BSRMatmulKnobs.for_target(a76).resolve((1, 1), 128, 3072)

@@ -23,6 +23,9 @@ __all__ = ["BSRMatmulKnobs", "bsr_matmul", "bsr_matmul_kernel_name"]
 _VARIANTS = ("auto", "rows", "m", "gemv")
 #: Fp32 accumulators kept in registers (x86-64 has 16 ymm, AVX-512 has 32 zmm).
 _ACCUMULATORS = 16
+#: Vectors of rows per register tile of the ``"m"`` variant on an ``(M, K)`` input, for
+#: vectors of ``_MK_LANES`` lanes or more (x86).
+_MK_VECTORS, _MK_LANES = 2, 8
 #: Block rows per task of the ``"rows"`` variant at most, and tasks it aims for.
 _ROW_BLOCK, _ROW_TASKS = 16, 16
 #: The ``"m"`` variant on NEON. A 1x1 block's FMAs each need their own vector load of ``X.T``
@@ -63,7 +66,7 @@ class BSRMatmulKnobs:
         (the rest of a row in a tail loop).
     m_vectors : int
         ``"m"`` variant: most vectors of ``X`` per register tile when ``m_tile`` is 0 (the
-        tile also keeps to 16 accumulators).
+        tile also keeps to 16 accumulators, and to two vectors on an ``(M, K)`` input).
     """
 
     lanes: int = 16
@@ -130,6 +133,11 @@ class BSRMatmulKnobs:
             row_block = self.row_block or min(max(block_rows // _ROW_TASKS, 1), _ROW_BLOCK)
         else:
             vectors = max(min(self.m_vectors, _ACCUMULATORS // r), 1)
+            if x_layout == "MK" and self.lanes >= _MK_LANES:
+                # each task transposes its own rows (``m_kernel``): short tiles give every core
+                # several tasks, where long ones left the rows of a ViT or BERT to one or two.
+                # NEON's 4-lane vectors keep the 16 its loads need (``_NEON_M_KNOBS``).
+                vectors = min(vectors, _MK_VECTORS)
             m_tile = self.m_tile or vectors * self.lanes
             group = self.group or (max(-(-self.lanes // r), 1) if y_layout == "MN" else 1)
         return replace(

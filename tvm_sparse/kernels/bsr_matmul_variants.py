@@ -8,6 +8,9 @@ from tvm.script import tirx as T
 
 __all__ = ["gemv_kernel", "m_kernel", "rows_kernel"]
 
+#: Tasks the ``"m"`` variant cuts an ``(M, K)`` input's work into, where it can.
+_LEAST_TASKS = 16
+
 
 def _entry(body, x_shape, data_shape, y_shape, n, nnzb, block_rows, dtype, bias):
     """The PrimFunc around ``body``: ``(x, data, indices, indptr, y)``, with ``bias`` before
@@ -164,14 +167,53 @@ def gemv_kernel(k, n, block, nnzb, block_rows, lanes, dtype, epilogue):
     return _entry(body, (1, k), (nnzb, r, c), (1, n), n, nnzb, block_rows, dtype, epilogue.bias)
 
 
+def _transpose_rounds(lanes):
+    """The rounds of a ``lanes`` x ``lanes`` register transpose (Eklundh's), as macros over
+    ``reg[round, row]``: in the round of distance ``d``, rows ``i`` and ``i + d`` swap their
+    off-diagonal ``d`` x ``d`` blocks, each new row one two-register shuffle. Rounds of
+    copies come first, so that every width runs the same :data:`_TRANSPOSE_ROUNDS` rounds."""
+
+    def shuffle_round(d):
+        low = [tirx.IntImm("int32", v if v & d == 0 else lanes + v - d) for v in range(lanes)]
+        high = [tirx.IntImm("int32", v + d if v & d == 0 else lanes + v) for v in range(lanes)]
+
+        @T.macro
+        def run(reg, s):
+            for p in T.unroll(lanes // 2):
+                pair = [reg[s, p // d * 2 * d + p % d], reg[s, p // d * 2 * d + p % d + d]]
+                reg[s + 1, p // d * 2 * d + p % d] = tirx.Shuffle(pair, low)
+                reg[s + 1, p // d * 2 * d + p % d + d] = tirx.Shuffle(pair, high)
+
+        return run
+
+    @T.macro
+    def copy_round(reg, s):
+        for i in T.unroll(lanes):
+            reg[s + 1, i] = reg[s, i]
+
+    rounds = []
+    d = lanes // 2
+    while d >= 1:
+        rounds.append(shuffle_round(d))
+        d //= 2
+    if len(rounds) > _TRANSPOSE_ROUNDS:
+        raise ValueError(f"a register transpose takes at most 16 lanes, got {lanes}")
+    return [copy_round] * (_TRANSPOSE_ROUNDS - len(rounds)) + rounds
+
+
+#: Rounds of :func:`_transpose_rounds`: log2 of the widest vector, 16 lanes.
+_TRANSPOSE_ROUNDS = 4
+
+
 def m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout, dtype, epilogue):
     """Vectorise over ``M`` (every block, 1x1 included).
 
     Activations are read transposed, ``X.T`` ``(K, M)``, so one vector load of ``X.T`` feeds the
-    ``r`` outputs of a block; the transpose happens inside the kernel (``x_layout="MK"``) or is
-    the input's natural layout (``"KM"``: a 1x1 convolution's ``(C, H*W)`` or an im2col matrix).
-    Output is ``(N, M)`` directly, or ``(M, N)`` by collecting ``group`` block rows into a tile
-    stored as full vectors (writing single columns of ``(M, N)`` thrashes cache lines and TLB).
+    ``r`` outputs of a block; the transpose happens inside the kernel (``x_layout="MK"``: each
+    task transposes the rows it computes) or is the input's natural layout (``"KM"``: a 1x1
+    convolution's ``(C, H*W)`` or an im2col matrix). Output is ``(N, M)`` directly, or
+    ``(M, N)`` by collecting ``group`` block rows into a tile stored as full vectors (writing
+    single columns of ``(M, N)`` thrashes cache lines and TLB).
     """
     r, c = block
     mt, group, unroll = knobs.m_tile, knobs.group, knobs.unroll
@@ -192,9 +234,17 @@ def m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout,
     x_shape = (batch, m, k) if transpose_x else (batch, k, m)
     y_shape = (batch, m, n) if mn else (batch, n, m)
     zero = tirx.const(0, dtype)
-    tk = 16  # transpose tile along K
-    k_tiles = -(-k_pad // tk)
-    xt_shape = (batch, k_pad, m_run) if transpose_x else (1, 1, 1)
+    # an (M, K) input: tasks own tiles of rows and transpose them for themselves, so that no
+    # thread reads what another wrote in this kernel (a cache line between two core complexes
+    # costs several times one within a complex); where the rows alone leave the cores few
+    # tasks, the outputs are cut into chunks too, each transposing its rows again: only where
+    # the outputs outnumber the inputs, so that the repeated transpose stays small beside them
+    m_tasks = -(-m_run // mt)
+    n_chunks = 1
+    if transpose_x and k <= n:
+        n_chunks = max(min(_LEAST_TASKS // (batch * m_tasks), per_batch), 1)
+    chunk = -(-per_batch // n_chunks)
+    n_chunks = -(-per_batch // chunk)
 
     @T.macro
     def block_fma(x, xt, data, b, acc, m0, w, j, col):
@@ -202,8 +252,8 @@ def m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout,
         for cc in T.unroll(c):
             for rr in T.unroll(r):
                 for mi in T.vectorized(w):
-                    if transpose_x:
-                        acc[rr, mi] = acc[rr, mi] + data[j, rr, cc] * xt[b, col * c + cc, m0 + mi]
+                    if transpose_x:  # the task's own tile of X.T, from its first row
+                        acc[rr, mi] = acc[rr, mi] + data[j, rr, cc] * xt[0, col * c + cc, mi]
                     elif guard_k:
                         acc[rr, mi] = acc[rr, mi] + data[j, rr, cc] * T.if_then_else(
                             col * c + cc < k,
@@ -273,35 +323,86 @@ def m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout,
                 for mi in T.vectorized(w):
                     y[b, t * r + rr, m0 + mi] = epilogue.apply(acc[rr, mi], bias, t * r + rr)
 
+    lanes = knobs.lanes
+    r0, r1, r2, r3 = _transpose_rounds(lanes)
+
     @T.macro
-    def body(x, data, indices, indptr, bias, y):
-        # X.T zero-padded to whole blocks along K, for an (M, K) input.
-        xt = T.alloc_buffer(xt_shape, dtype)
-        if transpose_x:
-            for bko in T.parallel(batch * k_tiles):
-                for mm in range(m_run):
-                    for kk in T.unroll(tk):
-                        if (bko % k_tiles) * tk + kk < k_pad:
-                            xt[bko // k_tiles, (bko % k_tiles) * tk + kk, mm] = T.if_then_else(
-                                (bko % k_tiles) * tk + kk < k and mm < m,
+    def transpose_block(x, xt, b, row, col, k0):
+        # lanes x lanes of X through registers (vector loads, shuffles, vector stores), where
+        # element by element a transpose is bound by its scattered stores
+        reg = T.alloc_buffer((_TRANSPOSE_ROUNDS + 1, lanes), f"{dtype}x{lanes}", scope="local")
+        for i in T.unroll(lanes):
+            reg[0, i] = x[b, row + i, T.Ramp(k0, 1, lanes)]
+        r0(reg, 0)
+        r1(reg, 1)
+        r2(reg, 2)
+        r3(reg, 3)
+        for i in T.unroll(lanes):
+            xt[0, k0 + i, T.Ramp(col, 1, lanes)] = reg[_TRANSPOSE_ROUNDS, i]
+
+    @T.macro
+    def transpose_rows(x, xt, b, m0, w):
+        # rows m0 .. m0 + w of X into the task's X.T tile, zero-padded along K and M: whole
+        # blocks through registers, the edges element by element
+        for mb in range(-(-w // lanes)):
+            for kb in range(-(-k_pad // lanes)):
+                if (
+                    kb * lanes + lanes <= k
+                    and mb * lanes + lanes <= w
+                    and (m0 + mb * lanes + lanes <= m)
+                ):
+                    transpose_block(x, xt, b, m0 + mb * lanes, mb * lanes, kb * lanes)
+                else:
+                    for mi, kk in T.grid(lanes, lanes):
+                        if mb * lanes + mi < w and kb * lanes + kk < k_pad:
+                            xt[0, kb * lanes + kk, mb * lanes + mi] = T.if_then_else(
+                                kb * lanes + kk < k and m0 + mb * lanes + mi < m,
                                 x[
-                                    bko // k_tiles,
-                                    T.min(mm, m - 1),
-                                    T.min((bko % k_tiles) * tk + kk, k - 1),
+                                    b,
+                                    T.min(m0 + mb * lanes + mi, m - 1),
+                                    T.min(kb * lanes + kk, k - 1),
                                 ],
                                 zero,
                             )
-        for b in range(batch):
-            for t in T.parallel(per_batch):
-                for mo in range(m_full):
-                    if mn:
-                        tile_mn(x, xt, data, indices, indptr, bias, y, b, t, mo * mt, mt)
-                    else:
-                        tile_nm(x, xt, data, indices, indptr, bias, y, b, t, mo * mt, mt)
-                if m_tail > 0:
-                    if mn:
-                        tile_mn(x, xt, data, indices, indptr, bias, y, b, t, m_full * mt, m_tail)
-                    else:
-                        tile_nm(x, xt, data, indices, indptr, bias, y, b, t, m_full * mt, m_tail)
+
+    @T.macro
+    def rows_task(x, data, indices, indptr, bias, y, b, nc, m0, w):
+        xt = T.alloc_buffer((1, k_pad, w), dtype)
+        transpose_rows(x, xt, b, m0, w)
+        for tc in range(chunk):
+            if nc * chunk + tc < per_batch:
+                if mn:
+                    tile_mn(x, xt, data, indices, indptr, bias, y, b, nc * chunk + tc, m0, w)
+                else:
+                    tile_nm(x, xt, data, indices, indptr, bias, y, b, nc * chunk + tc, m0, w)
+
+    @T.macro
+    def body(x, data, indices, indptr, bias, y):
+        if transpose_x:
+            for p in T.parallel(batch * m_tasks * n_chunks):
+                if m_tail == 0:
+                    rows_task(x, data, indices, indptr, bias, y, p // (m_tasks * n_chunks),
+                              p % n_chunks, p // n_chunks % m_tasks * mt, mt)  # fmt: skip
+                elif p // n_chunks % m_tasks < m_full:
+                    rows_task(x, data, indices, indptr, bias, y, p // (m_tasks * n_chunks),
+                              p % n_chunks, p // n_chunks % m_tasks * mt, mt)  # fmt: skip
+                else:
+                    rows_task(x, data, indices, indptr, bias, y, p // (m_tasks * n_chunks),
+                              p % n_chunks, m_full * mt, m_tail)  # fmt: skip
+        else:
+            for b in range(batch):
+                for t in T.parallel(per_batch):
+                    for mo in range(m_full):
+                        if mn:
+                            tile_mn(x, x, data, indices, indptr, bias, y, b, t, mo * mt, mt)
+                        else:
+                            tile_nm(x, x, data, indices, indptr, bias, y, b, t, mo * mt, mt)
+                    if m_tail > 0:
+                        if mn:
+                            tile_mn(x, x, data, indices, indptr, bias, y, b, t, m_full * mt,
+                                    m_tail)  # fmt: skip
+                        else:
+                            tile_nm(x, x, data, indices, indptr, bias, y, b, t, m_full * mt,
+                                    m_tail)  # fmt: skip
 
     return _entry(body, x_shape, (nnzb, r, c), y_shape, n, nnzb, block_rows, dtype, epilogue.bias)
