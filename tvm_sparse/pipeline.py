@@ -61,11 +61,15 @@ def prepare_passes() -> list[tvm.transform.Pass]:
 
 
 def sparsity_passes(
-    target: Target, sparsity: Any = "auto", layer_timer: Any = None, dtype: str = "float32"
+    target: Target,
+    sparsity: Any = "auto",
+    layer_timer: Any = None,
+    dtype: str = "float32",
+    fast_math: bool = False,
 ) -> list[tvm.transform.Pass]:
     """Detect pruned patterns, shrink zero channels, rewrite sparse weights to sparse kernels
     (timing each layer's candidates with ``layer_timer`` where one is given) for a model that
-    will compute in ``dtype``."""
+    will compute in ``dtype``, with ``UseFastMath`` where ``fast_math``."""
     if sparsity == "off":
         return []
     from .passes import DetectSparsity, RewriteToSparse, ShrinkPrunedChannels
@@ -76,7 +80,9 @@ def sparsity_passes(
         ShrinkPrunedChannels(channel_multiple=multiple, layer_timer=layer_timer),
         relax.transform.FoldConstant(),
         DetectSparsity(),
-        RewriteToSparse(target, sparsity=sparsity, layer_timer=layer_timer, dtype=dtype),
+        RewriteToSparse(
+            target, sparsity=sparsity, layer_timer=layer_timer, dtype=dtype, fast_math=fast_math
+        ),  # fmt: skip
     ]
 
 
@@ -142,7 +148,7 @@ def schedule_input_passes(
     autotuner) see."""
     return (
         prepare_passes()
-        + sparsity_passes(target, sparsity, layer_timer, dtype)
+        + sparsity_passes(target, sparsity, layer_timer, dtype, fast_math)
         + _FAMILY_PASSES[backend_of(target).family](target, layer_timer, winograd)
         + [ReorderReshapeAfterElementwise(), CollectOpReport(report)]
         + compute_dtype_passes(dtype, report)

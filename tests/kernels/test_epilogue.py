@@ -23,6 +23,7 @@ TORCH = {
     None: lambda t: t,
     "relax.nn.relu": torch.relu,
     "relax.nn.gelu": torch.nn.functional.gelu,
+    "relax.nn.gelu[fast]": torch.nn.functional.gelu,  # erf as UseFastMath's polynomial
     "relax.nn.gelu_tanh": lambda t: torch.nn.functional.gelu(t, approximate="tanh"),
     "relax.nn.silu": torch.nn.functional.silu,
     "relax.sigmoid": torch.sigmoid,
@@ -111,3 +112,26 @@ def test_an_activation_without_a_fused_form_is_refused():
         Epilogue(bias=True, activation="relax.nn.softmax")
     assert not Epilogue() and Epilogue(bias=True).label == "bias"
     assert Epilogue(True, "relax.nn.gelu_tanh").label == "bias, gelu_tanh"
+
+
+def test_fast_gelu_matches_topi_fast_erf_and_the_exact_gelu():
+    # the epilogue's fast GELU is the one UseFastMath gives an unfused GELU (TOPI's fast_erf)
+    from tvm import te, topi
+
+    from tvm_sparse.kernels.epilogue import ACTIVATIONS, FAST_GELU
+
+    x = np.linspace(-6, 6, 4097, dtype="float32")
+    p = te.placeholder(x.shape, "float32")
+    via_topi = te.compute(x.shape, lambda i: p[i] * (0.5 + topi.fast_erf(p * 0.5**0.5)[i] * 0.5))
+    expected = _call(te.create_prim_func([p, via_topi]), [x, np.zeros_like(x)])
+
+    @tvm.script.tirx.prim_func
+    def fused(a: tvm.script.tirx.Buffer((4097,), "float32"),
+              b: tvm.script.tirx.Buffer((4097,), "float32")):  # fmt: skip
+        for i in range(4097):
+            b[i] = ACTIVATIONS[FAST_GELU](a[i])
+
+    out = _call(fused, [x, np.zeros_like(x)])
+    np.testing.assert_allclose(out, expected, atol=1e-6, rtol=1e-6)
+    exact = torch.nn.functional.gelu(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(out, exact, atol=1e-6, rtol=1e-5)

@@ -63,7 +63,8 @@ FORMAT_VERSION = 1
 #: Part of the keys of what the project measures and caches (calibration tables, layer
 #: timings): raised when a kernel's speed changes, so that what was measured with the old
 #: kernels is measured again (2: the x86 N:M kernel permutes broadcast inputs; 3: the BSR
-#: ``"m"`` variant transposes an ``(M, K)`` input per task).
+#: ``"m"`` variant transposes an ``(M, K)`` input per task, and sparse kernels apply a GELU
+#: after them under fast math).
 KERNEL_REVISION = 3
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from tvm import tirx
 
-__all__ = ["ACTIVATIONS", "EPILOGUE_ATTR", "PLAIN", "RELU6", "Epilogue"]
+__all__ = ["ACTIVATIONS", "EPILOGUE_ATTR", "FAST_GELU", "PLAIN", "RELU6", "Epilogue"]
 
 #: The kernel attribute that records its epilogue (:attr:`Epilogue.attr`).
 EPILOGUE_ATTR = "tvm_sparse.epilogue"
@@ -35,14 +35,46 @@ def _gelu_tanh(v):
     return tirx.const(0.5, dtype) * v * (tirx.const(1.0, dtype) + tirx.tanh(inner))
 
 
+#: The monomial coefficients of TOPI's ``fast_erf`` (``topi/elemwise.h``): odd numerator
+#: and even denominator of a rational approximation on [-4, 4], beyond which fp32 erf is +-1.
+_ERF_NUMERATOR = (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+                  -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+                  -1.60960333262415e-02)  # fmt: skip
+_ERF_DENOMINATOR = (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+                    -7.37332916720468e-03, -1.42647390514189e-02)  # fmt: skip
+
+
+def _fast_erf(v):
+    """erf as ``UseFastMath`` computes it (TOPI's ``fast_erf``): multiplies, adds and one
+    division, which vectorise, where the C library's ``erff`` is a call per element."""
+    dtype = v.ty.dtype
+    x = tirx.max(tirx.min(v, tirx.const(4.0, dtype)), tirx.const(-4.0, dtype))
+    x2 = x * x
+    p = tirx.const(_ERF_NUMERATOR[0], dtype)
+    for c in _ERF_NUMERATOR[1:]:
+        p = p * x2 + tirx.const(c, dtype)
+    q = tirx.const(_ERF_DENOMINATOR[0], dtype)
+    for c in _ERF_DENOMINATOR[1:]:
+        q = q * x2 + tirx.const(c, dtype)
+    return x * p / q
+
+
+def _fast_gelu(v):
+    half = tirx.const(0.5, v.ty.dtype)
+    return v * (half + _fast_erf(v * tirx.const(0.5**0.5, v.ty.dtype)) * half)
+
+
 #: ReLU6 as PyTorch exports it: ``relax.clip`` between 0 and 6 (Relax has no relu6 op).
 RELU6 = "relax.clip[0..6]"
+#: GELU with the fast erf of ``UseFastMath`` (about 1e-7 from the C library's).
+FAST_GELU = "relax.nn.gelu[fast]"
 
 #: Relax activation op -> its value at one output, as legalization computes it.
 ACTIVATIONS = {
     RELU6: lambda v: tirx.max(tirx.min(v, tirx.const(6, v.ty.dtype)), tirx.const(0, v.ty.dtype)),
     "relax.nn.relu": lambda v: tirx.max(v, tirx.const(0, v.ty.dtype)),
     "relax.nn.gelu": _gelu,
+    FAST_GELU: _fast_gelu,
     "relax.nn.gelu_tanh": _gelu_tanh,
     "relax.nn.silu": lambda v: v * tirx.sigmoid(v),
     "relax.sigmoid": tirx.sigmoid,

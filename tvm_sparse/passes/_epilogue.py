@@ -16,16 +16,34 @@ import tvm
 import tvm_ffi
 from tvm import relax
 
-from ..kernels.epilogue import ACTIVATIONS, RELU6, Epilogue
+from ..kernels.epilogue import ACTIVATIONS, FAST_GELU, RELU6, Epilogue
 from ._bindings import op_name
 
-__all__ = ["FUSED_ACTIVATIONS", "MatmulEpilogue", "activation_call", "matmul_epilogue"]
+__all__ = [
+    "FUSED_ACTIVATIONS",
+    "MatmulEpilogue",
+    "activation_call",
+    "fused_activation",
+    "matmul_epilogue",
+]
 
 #: Activations a sparse kernel applies in its stores. The kernels can apply GELU, SiLU and
 #: sigmoid too (:data:`~tvm_sparse.kernels.epilogue.ACTIVATIONS`), but their TIR forms call the
 #: C library's erf, exp and tanh, which LLVM does not vectorise; left as Relax ops after the
 #: kernel, ``UseFastMath`` gives them TOPI's vectorisable polynomials instead.
 FUSED_ACTIVATIONS = frozenset({"relax.nn.relu", RELU6})
+#: Activations fused in the form ``UseFastMath`` would give them, where the model computes
+#: with fast math: GELU's erf as TOPI's polynomial, applied in the stores instead of in a pass
+#: of its own over the whole output.
+_FAST_FORMS = {"relax.nn.gelu": FAST_GELU}
+
+
+def fused_activation(name: str | None, fast_math: bool) -> str | None:
+    """What a sparse kernel applies in its stores for activation ``name`` (an ``ACTIVATIONS``
+    key), or None where the activation stays a Relax op after the kernel."""
+    if name in FUSED_ACTIVATIONS:
+        return name
+    return _FAST_FORMS.get(name) if fast_math else None
 
 
 def activation_call(name: str, x: relax.Expr) -> relax.Expr:
@@ -58,6 +76,7 @@ class MatmulEpilogue:
     bias: np.ndarray | None = None
     activation: str | None = None
     absorbed: Mapping[relax.Var, relax.Var] = field(default_factory=dict)
+    fast_math: bool = False
 
     @property
     def ops(self) -> tuple[str, ...]:
@@ -69,8 +88,7 @@ class MatmulEpilogue:
     @property
     def kernel(self) -> Epilogue:
         """What the sparse kernel applies: the bias, and the activation where it is fused."""
-        fused = self.activation if self.activation in FUSED_ACTIVATIONS else None
-        return Epilogue(self.bias is not None, fused)
+        return Epilogue(self.bias is not None, fused_activation(self.activation, self.fast_math))
 
 
 def matmul_epilogue(
@@ -79,11 +97,13 @@ def matmul_epilogue(
     users: Mapping[relax.Var, relax.Var],
     values: Mapping[relax.Var, relax.Expr],
     channel_axis: int = -1,
+    fast_math: bool = False,
 ) -> MatmulEpilogue:
     """The epilogue of the matmul (or NCHW conv, ``channel_axis=1``) bound to ``var`` with
     ``outputs`` channels: its only user adds a constant of one value per channel, keeping the
     shape, and the activation is that add's only user (reshapes between skipped). ``users``
-    maps a var to its only user (:func:`~tvm_sparse.passes._bindings.only_users`)."""
+    maps a var to its only user (:func:`~tvm_sparse.passes._bindings.only_users`); with
+    ``fast_math`` the kernel also applies the activations :func:`fused_activation` names."""
     add = users.get(var)
     if add is None or op_name(values[add]) != "relax.add":
         return MatmulEpilogue()
@@ -98,8 +118,9 @@ def matmul_epilogue(
             name = _activation(values[user])
             if name is None:
                 break
-            absorbed = {add: var, user: last} if name in FUSED_ACTIVATIONS else {add: var}
-            return MatmulEpilogue(found.bias, name, absorbed)
+            fused = fused_activation(name, fast_math) is not None
+            absorbed = {add: var, user: last} if fused else {add: var}
+            return MatmulEpilogue(found.bias, name, absorbed, fast_math)
         last = user
     return found
 

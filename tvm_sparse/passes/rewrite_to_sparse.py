@@ -88,6 +88,9 @@ class RewriteToSparse:
     dtype : str
         The dtype the model will compute in (``ConvertComputeDtype`` runs after this pass);
         the GPU chooser and kernels see it, the CPU ones are fp32 only.
+    fast_math : bool
+        The model computes with ``UseFastMath``: a kernel applies a GELU after it in its
+        stores with the same polynomial erf, where otherwise the GELU stays a pass of its own.
     """
 
     def __init__(
@@ -98,9 +101,11 @@ class RewriteToSparse:
         calibration: Calibration | None = None,
         layer_timer: Any = None,
         dtype: str = "float32",
+        fast_math: bool = False,
     ) -> None:
         self.target = _as_target(target)
         self.dtype = dtype
+        self.fast_math = fast_math
         self.config = SparsityConfig.from_arg(sparsity)
         self.calibration = calibration
         self.layer_timer = layer_timer
@@ -126,7 +131,8 @@ class RewriteToSparse:
         chooser = _CHOOSERS[backend.family](
             self.target, self.config, calibration, self.layer_timer, self.dtype
         )
-        rewriter = _SparseRewriter(mod, chooser, _KERNELS[backend.family](self.target, self.dtype))
+        kernels = _KERNELS[backend.family](self.target, self.dtype)
+        rewriter = _SparseRewriter(mod, chooser, kernels, self.fast_math)
         for gv, func in list(mod.functions_items()):
             if isinstance(func, relax.Function) and func.attrs and WEIGHTS_ATTR in func.attrs:
                 rewriter.rewrite_function(gv, func)
@@ -177,10 +183,11 @@ class _SparseRewriter(PyExprMutator):
     builds the chosen kernel (:mod:`.sparse_kernels`). Both come from the target's backend.
     """
 
-    def __init__(self, mod: IRModule, chooser: Any, kernels: Any) -> None:
+    def __init__(self, mod: IRModule, chooser: Any, kernels: Any, fast_math: bool) -> None:
         super().__init__(mod)
         self.chooser = chooser
         self.kernels = kernels
+        self.fast_math = fast_math
         self._names: dict[relax.Var, str] = {}
         self._values: dict[relax.Var, relax.Expr] = {}
         self._records: Mapping[str, Any] = {}
@@ -336,7 +343,8 @@ class _SparseRewriter(PyExprMutator):
         """The bias add and activation after the layer that the kernels can apply."""
         if not self.kernels.fuses_epilogue:
             return MatmulEpilogue()
-        return matmul_epilogue(self._var, channels, self._users, self._values, channel_axis)
+        return matmul_epilogue(self._var, channels, self._users, self._values, channel_axis,
+                               self.fast_math)  # fmt: skip
 
     def _absorb(self, plan: Plan, epilogue: MatmulEpilogue) -> Plan:
         """Drop the epilogue's Relax ops, which the kernel applies now."""
