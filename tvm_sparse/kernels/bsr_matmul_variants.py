@@ -246,6 +246,23 @@ def m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout,
     chunk = -(-per_batch // n_chunks)
     n_chunks = -(-per_batch // chunk)
 
+    lanes = knobs.lanes
+    r0, r1, r2, r3 = _transpose_rounds(lanes)
+
+    @T.macro
+    def transpose_out(accs, out, mb):
+        # lanes x lanes of the accumulators, outputs by rows, into the store tile through
+        # registers: element by element, the narrow stores stall the tile's vector loads
+        reg = T.alloc_buffer((_TRANSPOSE_ROUNDS + 1, lanes), f"{dtype}x{lanes}", scope="local")
+        for i in T.unroll(lanes):
+            reg[0, i] = accs[i, T.Ramp(mb * lanes, 1, lanes)]
+        r0(reg, 0)
+        r1(reg, 1)
+        r2(reg, 2)
+        r3(reg, 3)
+        for i in T.unroll(lanes):
+            out[mb * lanes + i, T.Ramp(0, 1, lanes)] = reg[_TRANSPOSE_ROUNDS, i]
+
     @T.macro
     def block_fma(x, xt, data, b, acc, m0, w, j, col):
         # the FMAs of nonzero block j (block column col) on the tile's w rows
@@ -290,12 +307,19 @@ def m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout,
     @T.macro
     def tile_mn(x, xt, data, indices, indptr, bias, y, b, t, m0, w):
         out = T.alloc_buffer((w, width), dtype)
+        accs = T.alloc_buffer((width, w), dtype)
         for g in range(group):
             acc = T.alloc_buffer((r, w), dtype)
             accumulate(x, xt, data, indices, indptr, b, acc, m0, w, t * group + g)
             for rr in T.unroll(r):
-                for mi in T.unroll(w):
-                    out[mi, g * r + rr] = acc[rr, mi]
+                for mi in T.vectorized(w):
+                    accs[g * r + rr, mi] = acc[rr, mi]
+        if width == lanes and w % lanes == 0:
+            for mb in range(w // lanes):
+                transpose_out(accs, out, mb)
+        else:
+            for mi, ww in T.grid(w, width):
+                out[mi, ww] = accs[ww, mi]
         if t < full_tasks:
             for mi in range(w):
                 if m0 + mi < m:  # the rows padded to whole vectors are not stored
@@ -322,9 +346,6 @@ def m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout,
             for rr in range(n_tail):
                 for mi in T.vectorized(w):
                     y[b, t * r + rr, m0 + mi] = epilogue.apply(acc[rr, mi], bias, t * r + rr)
-
-    lanes = knobs.lanes
-    r0, r1, r2, r3 = _transpose_rounds(lanes)
 
     @T.macro
     def transpose_block(x, xt, b, row, col, k0):
