@@ -250,16 +250,21 @@ def m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout,
     r0, r1, r2, r3 = _transpose_rounds(lanes)
 
     @T.macro
+    def transpose_registers(reg):
+        # reg[0, :] (lanes vectors) transposed into reg[_TRANSPOSE_ROUNDS, :]
+        r0(reg, 0)
+        r1(reg, 1)
+        r2(reg, 2)
+        r3(reg, 3)
+
+    @T.macro
     def transpose_out(accs, out, mb):
         # lanes x lanes of the accumulators, outputs by rows, into the store tile through
         # registers: element by element, the narrow stores stall the tile's vector loads
         reg = T.alloc_buffer((_TRANSPOSE_ROUNDS + 1, lanes), f"{dtype}x{lanes}", scope="local")
         for i in T.unroll(lanes):
             reg[0, i] = accs[i, T.Ramp(mb * lanes, 1, lanes)]
-        r0(reg, 0)
-        r1(reg, 1)
-        r2(reg, 2)
-        r3(reg, 3)
+        transpose_registers(reg)
         for i in T.unroll(lanes):
             out[mb * lanes + i, T.Ramp(0, 1, lanes)] = reg[_TRANSPOSE_ROUNDS, i]
 
@@ -354,10 +359,7 @@ def m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout,
         reg = T.alloc_buffer((_TRANSPOSE_ROUNDS + 1, lanes), f"{dtype}x{lanes}", scope="local")
         for i in T.unroll(lanes):
             reg[0, i] = x[b, row + i, T.Ramp(k0, 1, lanes)]
-        r0(reg, 0)
-        r1(reg, 1)
-        r2(reg, 2)
-        r3(reg, 3)
+        transpose_registers(reg)
         for i in T.unroll(lanes):
             xt[0, k0 + i, T.Ramp(col, 1, lanes)] = reg[_TRANSPOSE_ROUNDS, i]
 
@@ -401,7 +403,7 @@ def m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout,
     def body(x, data, indices, indptr, bias, y):
         if transpose_x:
             for p in T.parallel(batch * m_tasks * n_chunks):
-                if m_tail == 0:
+                if m_tail == 0:  # every tile whole (the tail branch would build a 0-row tile)
                     rows_task(x, data, indices, indptr, bias, y, p // (m_tasks * n_chunks),
                               p % n_chunks, p // n_chunks % m_tasks * mt, mt)  # fmt: skip
                 elif p // n_chunks % m_tasks < m_full:
