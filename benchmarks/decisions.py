@@ -51,7 +51,7 @@ def _ffn(pattern: str, density: float) -> tuple[torch.nn.Module, torch.Tensor, l
     if pattern in ("2:4", "4:8"):
         nm = tuple(int(v) for v in pattern.split(":"))
         mask = nm_mask(3072, 768, nm, rng)
-        forced = [f"nm:{pattern}", "unstructured"]
+        forced = [f"nm:{pattern}:permute", f"nm:{pattern}:gather", "unstructured"]
     elif pattern == "unstructured":
         mask = rng.random((3072, 768)) < density
         forced = ["unstructured", "bsr:16x1"]

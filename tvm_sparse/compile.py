@@ -155,7 +155,7 @@ def compile(  # noqa: A001  (the public name mirrors tvm.compile)
         ) != "0"
     timer = None
     if measure_layers and sparsity != "off":
-        timer = LayerTimer(preset.tvm_target(), runner=runner)
+        timer = LayerTimer(preset.tvm_target(), runner=runner, fast_math=fast_math)
     calibrated = None
     if timer is not None:
         # the table ranks each layer's candidates and decides the layers left unmeasured

@@ -121,6 +121,9 @@ class LayerTimer:
     runner : tvm_sparse.runtime.runner.Runner, optional
         Where the builds run: this machine by default, or a board over TVM RPC (then timed
         by the board's clock, and cached under the board's name).
+    fast_math : bool
+        Whether the model is compiled with fast math: a layer's GELU or tanh is then timed
+        as the polynomial the model computes (fused into a sparse kernel's stores).
     """
 
     def __init__(
@@ -131,8 +134,10 @@ class LayerTimer:
         policy: TimingPolicy | None = None,
         budget_s: float = 60.0,
         runner: Runner | None = None,
+        fast_math: bool = True,
     ) -> None:
         self.target = target
+        self.fast_math = fast_math
         self.runner = runner or Runner()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "layers"
         self.policy = policy or TimingPolicy(budget_s=1.5)
@@ -302,7 +307,7 @@ class LayerTimer:
                         out_dtype="float32"))  # fmt: skip
                 bb.emit_func_output(out)
             options = {"sparsity": "off", "winograd": choice == "winograd"}
-        passes = pipeline(self.target, tuning_cache=None, **options)
+        passes = pipeline(self.target, tuning_cache=None, fast_math=self.fast_math, **options)
         exe = tvm.compile(bb.get(), self.target, relax_pipeline=passes)
         runner = self.runner
         vm = relax.VirtualMachine(runner.load(exe), runner.device)
@@ -322,7 +327,7 @@ class LayerTimer:
             repr(layer.x_shape),
             repr(layer.weight.shape),
             repr(layer.attrs),
-            ",".join(layer.epilogue),
+            ",".join(layer.epilogue) + (" fast" if self.fast_math and layer.epilogue else ""),
             ",".join(names),
         ):
             digest.update(part.encode())

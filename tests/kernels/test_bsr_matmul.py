@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 import tvm
 
-from tvm_sparse.kernels import BSRMatmulKnobs, NMMatmulKnobs, bsr_matmul, nm_matmul, to_bsr, to_nm
+from tvm_sparse.kernels import (
+    BSRMatmulKnobs,
+    NMMatmulKnobs,
+    bsr_matmul,
+    nm_matmul,
+    nm_matmul_weights,
+    to_bsr,
+    to_nm,
+)
 from tvm_sparse.measure import block_mask, nm_mask
 from tvm_sparse.targets import get_preset
 
@@ -90,6 +98,39 @@ def test_bsr_m_variant_transposes_rows_per_task(lanes, m, k, n, y_layout):
     out = _call(func, [x, bsr.data, bsr.indices, bsr.indptr, np.zeros(y_shape, "float32")])
     out = out if y_layout == "MN" else out.transpose(0, 2, 1)
     np.testing.assert_allclose(out, x @ weight.T, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("split", ["rows", "outputs"])
+@pytest.mark.parametrize("m, y_layout", [(49, "NM"), (70, "MN"), (64, "NM")])
+def test_bsr_m_variant_on_a_km_input_splits_by_rows_or_by_outputs(split, m, y_layout):
+    # a (K, M) input read where it lies: tiles of whole vectors, the ragged rest of the rows
+    # in a narrower tile ("outputs") or padded in a task's own copy ("rows"); a batch of two
+    rng = np.random.default_rng(6)
+    k, n = 40, 48
+    weight = (rng.standard_normal((n, k)) * block_mask(n, k, (1, 1), 0.3, rng)).astype("float32")
+    knobs = BSRMatmulKnobs.for_target(TARGET, variant="m", split=split).resolve(
+        (1, 1), m, n, batch=2, x_layout="KM", y_layout=y_layout, k=k
+    )
+    assert knobs.split == split
+    bsr = to_bsr(weight, (1, 1), row_multiple=knobs.group)
+    func = bsr_matmul(m, k, n, (1, 1), bsr.nnzb, bsr.block_rows, knobs=knobs, batch=2,
+                      x_layout="KM", y_layout=y_layout)  # fmt: skip
+    assert func.attrs["tvm_sparse.knobs"]["split"] == split
+    x = rng.standard_normal((2, k, m)).astype("float32")
+    y_shape = (2, m, n) if y_layout == "MN" else (2, n, m)
+    out = _call(func, [x, bsr.data, bsr.indices, bsr.indptr, np.zeros(y_shape, "float32")])
+    out = out if y_layout == "NM" else out.transpose(0, 2, 1)
+    np.testing.assert_allclose(out, np.einsum("nk,bkm->bnm", weight, x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_km_input_splits_by_rows_where_they_are_few_or_k_is_long():
+    knobs = BSRMatmulKnobs.for_target(AVX512)
+    split = lambda m, k, n: knobs.resolve((1, 1), m, n, x_layout="KM", y_layout="NM", k=k).split  # noqa: E731
+    assert split(49, 960, 160) == "rows"  # a 7x7 image
+    assert split(784, 1152, 128) == "rows"  # an im2col matrix: 3x3 over 128 channels
+    assert split(196, 64, 384) == "outputs"  # an inverted residual's expansion
+    assert split(3136, 24, 144) == "outputs"
+    assert knobs.resolve((1, 1), 49, 160, x_layout="MK").split == "rows"
 
 
 def test_neon_defaults_tile_16_vectors_and_unroll_the_m_variant():
@@ -188,7 +229,7 @@ def test_nm_kernel(nm, overrides):
     np.testing.assert_array_equal(mat.to_dense(), weight)
     func = nm_matmul(m, k, n, nm, mat.values.shape[0], knobs=knobs)
     x = rng.standard_normal((m, k)).astype("float32")
-    out = _call(func, [x, mat.values, mat.columns, np.zeros((m, n), "float32")])
+    out = _call(func, [x, *nm_matmul_weights(mat, knobs), np.zeros((m, n), "float32")])
     np.testing.assert_allclose(out, x @ weight.T, atol=1e-4, rtol=1e-4)
 
 

@@ -11,6 +11,7 @@ from tvm_sparse.kernels import (
     NMMatmulKnobs,
     bsr_matmul,
     nm_matmul,
+    nm_matmul_weights,
     to_bsr,
     to_nm,
 )
@@ -101,7 +102,7 @@ def test_nm_kernel_applies_bias_and_activation(m):
     )  # fmt: skip
     x = rng.standard_normal((m, k)).astype("float32")
     bias = rng.standard_normal(n).astype("float32")
-    out = _call(func, [x, mat.values, mat.columns, bias, np.zeros((m, n), "float32")])
+    out = _call(func, [x, *nm_matmul_weights(mat, knobs), bias, np.zeros((m, n), "float32")])
     np.testing.assert_allclose(
         out, _reference(x, weight, bias, "relax.nn.gelu"), atol=1e-4, rtol=1e-4
     )

@@ -188,6 +188,9 @@ def test_config_validation():
     assert cfg.choice_for("other").kind == "dense"
     with pytest.raises(ValueError, match=r"sparsity\['lv'\].*choose one of"):
         SparsityConfig.from_arg({"lv": "sparse-please"})
+    assert SparsityConfig.from_arg("nm:2:4:gather").default.variant == "gather"
+    with pytest.raises(ValueError, match="VARIANT: permute or gather"):
+        SparsityConfig.from_arg("nm:2:4:fast")
     with pytest.raises(ValueError, match="sparsity must be"):
         SparsityConfig.from_arg(3)
 
@@ -274,6 +277,69 @@ def test_measured_times_overrule_the_table(winner):
     np.testing.assert_allclose(
         _run(after, x), np.maximum(x @ weight.T, 0), rtol=1e-4, atol=ATOL["float32"]
     )
+
+
+def _knobs(mod: tvm.IRModule) -> list[dict]:
+    return [
+        {str(a): b for a, b in f.attrs["tvm_sparse.knobs"].items()}
+        for f in mod.functions.values()
+        if isinstance(f, tvm.tirx.PrimFunc) and f.attrs and "tvm_sparse.knobs" in f.attrs
+    ]
+
+
+@pytest.mark.parametrize("winner", ["nm:2:4:permute", "nm:2:4:gather"])
+def test_both_nm_kernels_are_timed_and_the_faster_built(winner):
+    # x86 has two N:M kernels whose order depends on the layer and the core: the table rates
+    # N:M as one, the measurement times both
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((64, 32)) * nm_mask(64, 32, (2, 4), rng)).astype("float32")
+    ms = {"dense": 1.0, "nm:2:4:permute": 0.7, "nm:2:4:gather": 0.6, "unstructured": 3.0}
+    timer = _StubTimer(ms, winner)
+    # a table that ranks N:M first
+    nm_first = Calibration(host="test", dense=CALIBRATION.dense, sparse={
+        **CALIBRATION.sparse, "nm_matmul[2:4]": {1: {0.5: 1.0}, 128: {0.5: 400.0}}})  # fmt: skip
+    mod = relax.transform.FoldConstant()(_linear_module(weight, (128, 32)))
+    after = RewriteToSparse(TARGET, calibration=nm_first, layer_timer=timer)(DetectSparsity()(mod))
+    ((_, _, asked),) = timer.asked
+    assert "nm:2:4:permute" in asked and "nm:2:4:gather" in asked and "nm:2:4" not in asked
+    (decision,) = _decisions(after).values()
+    assert decision["kernel"] == "nm_matmul[2:4]"
+    assert decision["variant"] == winner.rsplit(":", 1)[1]
+    assert f"fastest as {winner}" in decision["reason"]
+    (knobs,) = _knobs(after)
+    assert (knobs.get("variant") == "permute") == (winner == "nm:2:4:permute")
+    x = rng.standard_normal((128, 32)).astype("float32")
+    np.testing.assert_allclose(
+        _run(after, x), np.maximum(x @ weight.T, 0), rtol=1e-4, atol=ATOL["float32"]
+    )
+
+
+@pytest.mark.parametrize("variant", ["permute", "gather"])
+def test_a_named_nm_kernel_is_built(variant):
+    rng = np.random.default_rng(3)
+    weight = (rng.standard_normal((96, 64)) * nm_mask(96, 64, (2, 4), rng)).astype("float32")
+    after = _rewrite(_linear_module(weight, (40, 64), bias=True), {"*": f"nm:2:4:{variant}"})
+    (decision,) = _decisions(after).values()
+    assert decision["variant"] == variant and f"(2:4 ({variant})" not in decision["reason"]
+    assert f"as 2:4 ({variant})" in decision["reason"]
+    (knobs,) = _knobs(after)
+    assert (knobs.get("variant") == "permute") == (variant == "permute")
+    x = rng.standard_normal((40, 64)).astype("float32")
+    np.testing.assert_allclose(
+        _run(after, x), _masked_linear(weight, x, True), atol=ATOL["float32"], rtol=1e-4
+    )
+
+
+def test_a_permute_kernel_where_none_applies_falls_back_to_gather_and_says_so():
+    # 2:4 groups of a K that is not a whole number of groups: no permute (it would read past
+    # the row), the gather kernel pads the groups
+    rng = np.random.default_rng(4)
+    weight = (rng.standard_normal((32, 30)) * nm_mask(32, 30, (2, 4), rng)).astype("float32")
+    after = _rewrite(_linear_module(weight, (16, 30)), {"*": "nm:2:4:permute"})
+    (decision,) = _decisions(after).values()
+    assert decision["variant"] == "gather" and "the permute kernel needs" in decision["reason"]
+    x = rng.standard_normal((16, 30)).astype("float32")
+    np.testing.assert_allclose(_run(after, x), np.maximum(x @ weight.T, 0), atol=1e-4, rtol=1e-4)
 
 
 def test_unmeasured_layers_keep_the_table_and_say_why():

@@ -57,7 +57,11 @@ def test_nm_spec_and_candidates(target, epilogue):
     spec = sparse_spec(func)
     assert spec.kernel == "nm" and spec.pattern == (2, 4)
     assert Epilogue.from_attr(spec.epilogue) == epilogue
-    assert len(sparse_candidates(spec, _knobs_of(func), target)) > 1
+    candidates = sparse_candidates(spec, _knobs_of(func), target)
+    assert len(candidates) > 1
+    shapes = [tuple(p.ty.shape) for p in func.params]
+    for cand in candidates:  # the weight's layout (group, k tile) stays
+        assert [tuple(p.ty.shape) for p in spec.build(cand).params] == shapes
 
 
 @pytest.mark.parametrize("epilogue", [PLAIN, Epilogue(bias=True, activation="relax.nn.relu")])

@@ -20,7 +20,7 @@ from .cost_model import (
 )
 from .epilogue import Epilogue
 from .formats import BSRMatrix, NMMatrix, to_bsr, to_nm
-from .nm_matmul import NMMatmulKnobs, nm_matmul, nm_matmul_kernel_name
+from .nm_matmul import NMMatmulKnobs, nm_matmul, nm_matmul_kernel_name, nm_matmul_weights
 from .nm_permute import NMPermuteKnobs, nm_permute, nm_permute_applies, nm_permute_weights
 from .sparse_conv2d import Conv2DGeometry, im2col
 from .winograd_conv2d import WinogradKnobs, winograd_conv2d, winograd_weight
@@ -44,6 +44,7 @@ __all__ = [
     "load_calibration",
     "nm_matmul",
     "nm_matmul_kernel_name",
+    "nm_matmul_weights",
     "nm_permute",
     "nm_permute_applies",
     "nm_permute_weights",

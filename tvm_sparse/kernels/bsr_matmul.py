@@ -21,10 +21,11 @@ from .epilogue import EPILOGUE_ATTR, PLAIN, Epilogue
 __all__ = ["BSRMatmulKnobs", "bsr_matmul", "bsr_matmul_kernel_name"]
 
 _VARIANTS = ("auto", "rows", "m", "gemv")
+_SPLITS = ("auto", "rows", "outputs")
 #: Fp32 accumulators kept in registers (x86-64 has 16 ymm, AVX-512 has 32 zmm).
 _ACCUMULATORS = 16
-#: Vectors of rows per register tile of the ``"m"`` variant on an ``(M, K)`` input, for
-#: vectors of ``_MK_LANES`` lanes or more (x86).
+#: Vectors of rows per register tile of the ``"m"`` variant, for vectors of ``_MK_LANES``
+#: lanes or more (x86).
 _MK_VECTORS, _MK_LANES = 2, 8
 #: Block rows per task of the ``"rows"`` variant at most, and tasks it aims for.
 _ROW_BLOCK, _ROW_TASKS = 16, 16
@@ -66,7 +67,11 @@ class BSRMatmulKnobs:
         (the rest of a row in a tail loop).
     m_vectors : int
         ``"m"`` variant: most vectors of ``X`` per register tile when ``m_tile`` is 0 (the
-        tile also keeps to 16 accumulators, and to two vectors on an ``(M, K)`` input).
+        tile also keeps to 16 accumulators, and to two vectors where tasks take rows).
+    split : str
+        ``"m"`` variant on a ``(K, M)`` input: tasks take tiles of rows (``"rows"``, as on an
+        ``(M, K)`` input, whose tasks transpose their rows) or block rows of outputs over every
+        row (``"outputs"``); ``"auto"`` picks by shape.
     """
 
     lanes: int = 16
@@ -76,10 +81,13 @@ class BSRMatmulKnobs:
     row_block: int = 0
     unroll: int = 1
     m_vectors: int = 8
+    split: str = "auto"
 
     def __post_init__(self) -> None:
         if self.variant not in _VARIANTS:
             raise ValueError(f"variant must be one of {_VARIANTS}, got {self.variant!r}")
+        if self.split not in _SPLITS:
+            raise ValueError(f"split must be one of {_SPLITS}, got {self.split!r}")
         if (
             self.lanes < 1
             or self.m_tile < 0
@@ -106,9 +114,10 @@ class BSRMatmulKnobs:
         batch: int = 1,
         x_layout: str = "MK",
         y_layout: str = "MN",
+        k: int = 0,
     ) -> BSRMatmulKnobs:
-        """Concrete knobs (no ``"auto"``, no 0) for a ``block``, ``m`` rows of activations and
-        ``n`` outputs."""
+        """Concrete knobs (no ``"auto"``, no 0) for a ``block``, ``m`` rows of activations,
+        ``n`` outputs and ``k`` inputs (0: not known)."""
         r, _ = block
         block_rows = -(-n // r)
         variant = self.variant
@@ -122,7 +131,7 @@ class BSRMatmulKnobs:
                 variant = "m"
         if variant == "gemv":
             return replace(self, variant=variant, m_tile=1, group=1, row_block=1)
-        row_block = 1
+        row_block, split = 1, "auto"
         if variant == "rows":
             vectors_per_row = max(r // self.lanes, 1)
             # AVX-512's 32 zmm hold 16 accumulators beside the loads, twice AVX2's tile; the
@@ -132,21 +141,47 @@ class BSRMatmulKnobs:
             group = 1
             row_block = self.row_block or min(max(block_rows // _ROW_TASKS, 1), _ROW_BLOCK)
         else:
+            split = self.split
+            if x_layout == "MK":
+                split = "rows"
+            elif split == "auto":
+                split = _km_split(m, k, n, self.lanes)
             vectors = max(min(self.m_vectors, _ACCUMULATORS // r), 1)
-            if x_layout == "MK" and self.lanes >= _MK_LANES:
-                # each task transposes its own rows (``m_kernel``): short tiles give every core
-                # several tasks, where long ones left the rows of a ViT or BERT to one or two.
-                # NEON's 4-lane vectors keep the 16 its loads need (``_NEON_M_KNOBS``).
+            if self.lanes >= _MK_LANES and split == "rows":
+                # each task copies its own rows (``m_kernel``): short tiles give every core
+                # several tasks, where long ones left the rows of a ViT or BERT to one or two,
+                # and keep a tile of a conv's K rows in L1. NEON's 4-lane vectors keep the 16
+                # its loads need (``_NEON_M_KNOBS``).
                 vectors = min(vectors, _MK_VECTORS)
             m_tile = self.m_tile or vectors * self.lanes
             group = self.group or (max(-(-self.lanes // r), 1) if y_layout == "MN" else 1)
+            # the kernel pads the rows to whole vectors: a tile of all of them stays whole
+            m = -(-m // self.lanes) * self.lanes
         return replace(
             self,
             variant=variant,
+            split=split if variant == "m" else "auto",
             m_tile=max(min(m_tile, m), 1),
             group=group,
             row_block=min(row_block, block_rows),
         )
+
+
+def _km_split(m: int, k: int, n: int, lanes: int) -> str:
+    """How the ``"m"`` variant splits a ``(K, M)`` input's work among tasks. By block rows of
+    outputs (each task over every row, its tiles as wide as registers allow) unless: the rows
+    are few (a 7x7 image), where the ragged last vector of every output row runs as one chain
+    of dependent FMAs, and tasks of rows pad it to a whole vector; or K is long beside N and
+    the rows many (an im2col matrix), where a task's tile of rows stays in cache for all the
+    outputs instead of every output streaming all of ``X``."""
+    vectors = -(-m // lanes)
+    if vectors <= _FEW_VECTORS or (k >= _LONG_K * n and vectors >= _MANY_VECTORS):
+        return "rows"
+    return "outputs"
+
+
+#: Bounds of :func:`_km_split`, in vectors of rows and in K per output.
+_FEW_VECTORS, _MANY_VECTORS, _LONG_K = 4, 32, 8
 
 
 def bsr_matmul_kernel_name(block: tuple[int, int]) -> str:
@@ -200,7 +235,7 @@ def bsr_matmul(
     """
     if x_layout not in ("MK", "KM") or y_layout not in ("MN", "NM"):
         raise ValueError(f"x_layout must be MK|KM and y_layout MN|NM, got {x_layout}, {y_layout}")
-    knobs = knobs.resolve(block, m, n, batch=batch, x_layout=x_layout, y_layout=y_layout)
+    knobs = knobs.resolve(block, m, n, batch=batch, x_layout=x_layout, y_layout=y_layout, k=k)
     if knobs.variant == "gemv":
         if batch != 1 or m != 1 or x_layout != "MK" or y_layout != "MN":
             raise ValueError("the 'gemv' variant takes a (1, K) input and a (1, N) output")
@@ -228,6 +263,7 @@ def bsr_matmul(
                 "group": knobs.group,
                 "row_block": knobs.row_block,
                 "unroll": knobs.unroll,
+                "split": knobs.split,
             },
             # Opaque: FuseOps must not fuse other ops into a kernel it cannot see into.
             "op_pattern": 8,

@@ -209,45 +209,50 @@ def m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout,
     """Vectorise over ``M`` (every block, 1x1 included).
 
     Activations are read transposed, ``X.T`` ``(K, M)``, so one vector load of ``X.T`` feeds the
-    ``r`` outputs of a block; the transpose happens inside the kernel (``x_layout="MK"``: each
-    task transposes the rows it computes) or is the input's natural layout (``"KM"``: a 1x1
-    convolution's ``(C, H*W)`` or an im2col matrix). Output is ``(N, M)`` directly, or
-    ``(M, N)`` by collecting ``group`` block rows into a tile stored as full vectors (writing
-    single columns of ``(M, N)`` thrashes cache lines and TLB).
+    ``r`` outputs of a block. Each task takes a tile of rows and copies them into its own
+    ``X.T`` tile (``k_pad`` x ``m_tile``, zero-padded), which stays in L1 while the task's
+    outputs read it: transposed from an ``(M, K)`` input (``x_layout="MK"``), or copied from the
+    input's natural layout (``"KM"``: a 1x1 convolution's ``(C, H*W)`` or an im2col matrix),
+    whose rows lie ``M`` floats apart, a page each for a large image. Output is ``(N, M)``
+    directly, or ``(M, N)`` by collecting ``group`` block rows into a tile stored as full
+    vectors (writing single columns of ``(M, N)`` thrashes cache lines and TLB).
     """
     r, c = block
     mt, group, unroll = knobs.m_tile, knobs.group, knobs.unroll
     k_pad = -(-k // c) * c
     mn = y_layout == "MN"
     transpose_x = x_layout == "MK"
-    # rows of X.T padded to whole vectors: a ragged tail (ViT's 197 rows) would leave a partial
-    # vector in every accumulator, which LLVM splits into narrower instructions; the padded
-    # rows are zero and never stored
-    guard_m = transpose_x and mn and m % knobs.lanes != 0
+    # rows of X.T padded to whole vectors: a ragged tail (ViT's 197 rows, a 14x14 image) would
+    # leave a partial vector in every accumulator, which LLVM splits into narrower
+    # instructions; the padded rows are zero and never stored
+    guard_m = m % knobs.lanes != 0
     m_run = -(-m // knobs.lanes) * knobs.lanes if guard_m else m
     m_full, m_tail = m_run // mt, m_run % mt
     width = group * r  # outputs per task: one store tile of (M, N), or r rows of (N, M)
     per_batch = -(-n // width)  # tasks per batch item
     full_tasks = n // width
     n_tail = n - full_tasks * width
-    guard_k = not transpose_x and k_pad != k
     x_shape = (batch, m, k) if transpose_x else (batch, k, m)
     y_shape = (batch, m, n) if mn else (batch, n, m)
     zero = tirx.const(0, dtype)
-    # an (M, K) input: tasks own tiles of rows and transpose them for themselves, so that no
-    # thread reads what another wrote in this kernel (a cache line between two core complexes
-    # costs several times one within a complex); where the rows alone leave the cores few
-    # tasks, the outputs are cut into chunks too, each transposing its rows again: only where
-    # the outputs outnumber the inputs, so that the repeated transpose stays small beside them
+    # tasks own tiles of rows and copy them for themselves, so that no thread reads what
+    # another wrote in this kernel (a cache line between two core complexes costs several
+    # times one within a complex); where the rows alone leave the cores few tasks, the outputs
+    # are cut into chunks too, each copying its rows again: only where the outputs outnumber
+    # the inputs, so that the repeated copy stays small beside them
     m_tasks = -(-m_run // mt)
     n_chunks = 1
-    if transpose_x and k <= n:
+    if k <= n:
         n_chunks = max(min(_LEAST_TASKS // (batch * m_tasks), per_batch), 1)
     chunk = -(-per_batch // n_chunks)
     n_chunks = -(-per_batch // chunk)
 
     lanes = knobs.lanes
     r0, r1, r2, r3 = _transpose_rounds(lanes)
+    # an input already (K, M) is read where it lies, unless its K needs zero padding
+    direct = not transpose_x and k_pad == k
+    by_outputs = direct and knobs.split == "outputs"
+    m_whole = m // lanes * lanes
 
     @T.macro
     def transpose_registers(reg):
@@ -270,20 +275,11 @@ def m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout,
 
     @T.macro
     def block_fma(x, xt, data, b, acc, m0, w, j, col):
-        # the FMAs of nonzero block j (block column col) on the tile's w rows
+        # the FMAs of nonzero block j (block column col) on the w rows of the tile of X.T
         for cc in T.unroll(c):
             for rr in T.unroll(r):
                 for mi in T.vectorized(w):
-                    if transpose_x:  # the task's own tile of X.T, from its first row
-                        acc[rr, mi] = acc[rr, mi] + data[j, rr, cc] * xt[0, col * c + cc, mi]
-                    elif guard_k:
-                        acc[rr, mi] = acc[rr, mi] + data[j, rr, cc] * T.if_then_else(
-                            col * c + cc < k,
-                            x[b, T.min(col * c + cc, k - 1), m0 + mi],
-                            zero,
-                        )
-                    else:
-                        acc[rr, mi] = acc[rr, mi] + data[j, rr, cc] * x[b, col * c + cc, m0 + mi]
+                    acc[rr, mi] = acc[rr, mi] + data[j, rr, cc] * xt[0, col * c + cc, mi]
 
     @T.macro
     def accumulate(x, xt, data, indices, indptr, b, acc, m0, w, row):
@@ -343,13 +339,18 @@ def m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout,
     def tile_nm(x, xt, data, indices, indptr, bias, y, b, t, m0, w):
         acc = T.alloc_buffer((r, w), dtype)
         accumulate(x, xt, data, indices, indptr, b, acc, m0, w, t)
-        if t < full_tasks:
-            for rr in T.unroll(r):
-                for mi in T.vectorized(w):
-                    y[b, t * r + rr, m0 + mi] = epilogue.apply(acc[rr, mi], bias, t * r + rr)
-        else:
-            for rr in range(n_tail):
-                for mi in T.vectorized(w):
+        if m0 + w <= m:
+            if t < full_tasks:
+                for rr in T.unroll(r):
+                    for mi in T.vectorized(w):
+                        y[b, t * r + rr, m0 + mi] = epilogue.apply(acc[rr, mi], bias, t * r + rr)
+            else:
+                for rr in range(n_tail):
+                    for mi in T.vectorized(w):
+                        y[b, t * r + rr, m0 + mi] = epilogue.apply(acc[rr, mi], bias, t * r + rr)
+        else:  # the last tile: its rows padded to whole vectors are not stored
+            for rr, mi in T.grid(r, m - m0):
+                if t < full_tasks or rr < n_tail:
                     y[b, t * r + rr, m0 + mi] = epilogue.apply(acc[rr, mi], bias, t * r + rr)
 
     @T.macro
@@ -389,43 +390,82 @@ def m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout,
                             )
 
     @T.macro
-    def rows_task(x, data, indices, indptr, bias, y, b, nc, m0, w):
-        xt = T.alloc_buffer((1, k_pad, w), dtype)
-        transpose_rows(x, xt, b, m0, w)
+    def copy_rows(x, xt, b, m0, w):
+        # columns m0 .. m0 + w of X.T into the task's tile, zero-padded along K and M
+        if m0 + w <= m:
+            for kk in range(k):
+                for mi in T.vectorized(w):
+                    xt[0, kk, mi] = x[b, kk, m0 + mi]
+        else:
+            for kk, mi in T.grid(k, w):
+                xt[0, kk, mi] = T.if_then_else(m0 + mi < m, x[b, kk, T.min(m0 + mi, m - 1)], zero)
+        if k_pad > k:
+            for kk, mi in T.grid(k_pad - k, w):
+                xt[0, k + kk, mi] = zero
+
+    @T.macro
+    def any_tile(x, xt, data, indices, indptr, bias, y, b, t, m0, w):
+        if mn:
+            tile_mn(x, xt, data, indices, indptr, bias, y, b, t, m0, w)
+        else:
+            tile_nm(x, xt, data, indices, indptr, bias, y, b, t, m0, w)
+
+    @T.macro
+    def chunk_tiles(x, xt, data, indices, indptr, bias, y, b, nc, m0, w):
         for tc in range(chunk):
             if nc * chunk + tc < per_batch:
-                if mn:
-                    tile_mn(x, xt, data, indices, indptr, bias, y, b, nc * chunk + tc, m0, w)
-                else:
-                    tile_nm(x, xt, data, indices, indptr, bias, y, b, nc * chunk + tc, m0, w)
+                any_tile(x, xt, data, indices, indptr, bias, y, b, nc * chunk + tc, m0, w)
+
+    @T.macro
+    def rows_task(x, data, indices, indptr, bias, y, b, nc, m0, w):
+        if direct:
+            if m0 + w <= m:  # a whole tile of X.T read where it lies: a view from its column
+                xv = T.decl_buffer((1, k, m), dtype, data=x.data, elem_offset=b * k * m + m0)
+                chunk_tiles(x, xv, data, indices, indptr, bias, y, b, nc, m0, w)
+            else:
+                xt = T.alloc_buffer((1, k_pad, w), dtype)
+                copy_rows(x, xt, b, m0, w)
+                chunk_tiles(x, xt, data, indices, indptr, bias, y, b, nc, m0, w)
+        else:
+            xt = T.alloc_buffer((1, k_pad, w), dtype)
+            if transpose_x:
+                transpose_rows(x, xt, b, m0, w)
+            else:
+                copy_rows(x, xt, b, m0, w)
+            chunk_tiles(x, xt, data, indices, indptr, bias, y, b, nc, m0, w)
+
+    @T.macro
+    def outputs_task(x, data, indices, indptr, bias, y, b, t):
+        # block row t over every row of X.T where it lies, tiles of whole vectors first and the
+        # ragged rest in a narrower one (one tile of 49 rows, three vectors and a lane, ran
+        # several times slower than 48 and 1)
+        for mo in range(m_whole // mt):
+            xv = T.decl_buffer((1, k, m), dtype, data=x.data, elem_offset=b * k * m + mo * mt)
+            any_tile(x, xv, data, indices, indptr, bias, y, b, t, mo * mt, mt)
+        if m_whole % mt > 0:
+            xw = T.decl_buffer((1, k, m), dtype, data=x.data,
+                               elem_offset=b * k * m + m_whole // mt * mt)  # fmt: skip
+            any_tile(x, xw, data, indices, indptr, bias, y, b, t, m_whole // mt * mt,
+                     m_whole % mt)  # fmt: skip
+        if m_whole < m:
+            xr = T.decl_buffer((1, k, m), dtype, data=x.data, elem_offset=b * k * m + m_whole)
+            any_tile(x, xr, data, indices, indptr, bias, y, b, t, m_whole, m - m_whole)
 
     @T.macro
     def body(x, data, indices, indptr, bias, y):
-        if transpose_x:
+        if by_outputs:
+            for p in T.parallel(batch * per_batch):
+                outputs_task(x, data, indices, indptr, bias, y, p // per_batch, p % per_batch)
+        else:
             for p in T.parallel(batch * m_tasks * n_chunks):
                 if m_tail == 0:  # every tile whole (the tail branch would build a 0-row tile)
                     rows_task(x, data, indices, indptr, bias, y, p // (m_tasks * n_chunks),
-                              p % n_chunks, p // n_chunks % m_tasks * mt, mt)  # fmt: skip
+                                  p % n_chunks, p // n_chunks % m_tasks * mt, mt)  # fmt: skip
                 elif p // n_chunks % m_tasks < m_full:
                     rows_task(x, data, indices, indptr, bias, y, p // (m_tasks * n_chunks),
-                              p % n_chunks, p // n_chunks % m_tasks * mt, mt)  # fmt: skip
+                                  p % n_chunks, p // n_chunks % m_tasks * mt, mt)  # fmt: skip
                 else:
                     rows_task(x, data, indices, indptr, bias, y, p // (m_tasks * n_chunks),
-                              p % n_chunks, m_full * mt, m_tail)  # fmt: skip
-        else:
-            for b in range(batch):
-                for t in T.parallel(per_batch):
-                    for mo in range(m_full):
-                        if mn:
-                            tile_mn(x, x, data, indices, indptr, bias, y, b, t, mo * mt, mt)
-                        else:
-                            tile_nm(x, x, data, indices, indptr, bias, y, b, t, mo * mt, mt)
-                    if m_tail > 0:
-                        if mn:
-                            tile_mn(x, x, data, indices, indptr, bias, y, b, t, m_full * mt,
-                                    m_tail)  # fmt: skip
-                        else:
-                            tile_nm(x, x, data, indices, indptr, bias, y, b, t, m_full * mt,
-                                    m_tail)  # fmt: skip
+                                  p % n_chunks, m_full * mt, m_tail)  # fmt: skip
 
     return _entry(body, x_shape, (nnzb, r, c), y_shape, n, nnzb, block_rows, dtype, epilogue.bias)

@@ -64,8 +64,9 @@ FORMAT_VERSION = 1
 #: timings): raised when a kernel's speed changes, so that what was measured with the old
 #: kernels is measured again (2: the x86 N:M kernel permutes broadcast inputs; 3: the BSR
 #: ``"m"`` variant transposes an ``(M, K)`` input per task, and sparse kernels apply a GELU
-#: after them under fast math).
-KERNEL_REVISION = 3
+#: after them under fast math; 4: N:M is rated by the faster of the permute and gather kernels,
+#: whose weights stream task by task).
+KERNEL_REVISION = 4
 
 
 class CalibrationWarning(UserWarning):

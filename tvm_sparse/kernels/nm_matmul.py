@@ -2,12 +2,13 @@
 NEON, and on x86 where :mod:`.nm_permute` does not apply (inputs not in whole groups, groups
 of another size).
 
-``Y = X @ W.T`` with ``W`` held as :class:`NMMatrix`: ``values`` and absolute ``columns``,
-``N * K / M`` of each per output row, so every row keeps the same number of values in every k
-tile and the loops need no ``indptr``. Vectorised over ``M`` (the rows of ``X``) like the ``"m"``
-BSR variant: ``X`` is transposed inside the kernel, and each task of ``group`` output rows walks
-k tiles of ``X.T`` that stay in L1 while all its rows read them (one vector load per kept weight
-and register row), its accumulators kept in memory between tiles.
+``Y = X @ W.T`` with ``W`` held as ``values`` and absolute ``columns`` of an
+:class:`NMMatrix` (``N * K / M`` of each per output row, so every row keeps the same number of
+values in every k tile and the loops need no ``indptr``), laid out by
+:func:`nm_matmul_weights` in the order a task reads them. Vectorised over ``M`` (the rows of
+``X``) like the ``"m"`` BSR variant: ``X`` is transposed inside the kernel, and each task of
+``group`` output rows walks k tiles of ``X.T`` that stay in L1 while all its rows read them (one
+vector load per kept weight and register row), its accumulators kept in memory between tiles.
 
 Each FMA needs its own load of ``X.T``, so the kernel is bound by loads, not FMAs: 2:4 halves
 the FMAs but cannot run them at the dense GEMM's rate; whether it wins is measured per layer.
@@ -17,14 +18,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 from tvm import tirx
 from tvm.script import tirx as T
 from tvm.target import Target
 
 from ..targets.facts import is_neon, num_cores, vector_lanes
 from .epilogue import EPILOGUE_ATTR, PLAIN, Epilogue
+from .formats import NMMatrix
 
-__all__ = ["NMMatmulKnobs", "nm_matmul", "nm_matmul_kernel_name"]
+__all__ = ["NMMatmulKnobs", "nm_matmul", "nm_matmul_kernel_name", "nm_matmul_weights"]
 
 
 #: Bytes of ``X.T`` one k tile may hold, and its most inputs: the tile's rows of ``X.T`` stay
@@ -101,6 +104,26 @@ class NMMatmulKnobs:
         return replace(self, m_tile=m_tile, group=group, k_tile=k_tile)
 
 
+def nm_matmul_weights(mat: NMMatrix, knobs: NMMatmulKnobs) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` and ``columns`` ``(tasks, k_tiles, group, per_tile)`` of an N:M weight for
+    resolved ``knobs``: each task's weights in one stream, k tile by k tile (row by row, a
+    task's rows started a hardware prefetch stream each). The last k tile is padded with zero
+    values of column 0."""
+    rows, per_row = mat.values.shape
+    if rows % knobs.group or knobs.k_tile % mat.nm[1]:
+        raise ValueError(f"{rows} rows and k_tile {knobs.k_tile} do not fit knobs {knobs}")
+    per_tile = knobs.k_tile // mat.nm[1] * mat.nm[0]
+    k_tiles = -(-per_row // per_tile)
+    shape = (rows // knobs.group, knobs.group, k_tiles, per_tile)
+
+    def tiled(a: np.ndarray) -> np.ndarray:
+        padded = np.zeros((rows, k_tiles * per_tile), a.dtype)
+        padded[:, :per_row] = a
+        return np.ascontiguousarray(padded.reshape(shape).transpose(0, 2, 1, 3))
+
+    return tiled(mat.values), tiled(mat.columns.astype("int32"))
+
+
 def padded_rows(m: int, lanes: int) -> int:
     """Rows of ``X.T`` the kernel computes: ``m`` up to whole vectors (beyond one vector), so
     that no tile ends in a part of a register (ViT's 197 rows ran a 69-lane tail tile)."""
@@ -131,7 +154,7 @@ def nm_matmul(
     nm : tuple[int, int]
         ``(N, M)``.
     rows : int
-        Rows of the stored ``values`` (``n`` rounded up to ``knobs.group``).
+        Rows of the weight as stored (``n`` rounded up to ``knobs.group``).
     knobs : NMMatmulKnobs
         Register tiling.
     dtype : str
@@ -142,8 +165,9 @@ def nm_matmul(
     Returns
     -------
     tvm.tirx.PrimFunc
-        Parameters ``(x, values, columns, y)``, with ``bias`` ``(n,)`` before ``y`` when the
-        epilogue adds one.
+        Parameters ``(x, values, columns, y)`` (the weight as :func:`nm_matmul_weights` lays it
+        out for the same knobs, resolved), with ``bias`` ``(n,)`` before ``y`` when the epilogue
+        adds one.
     """
     keep, group_m = nm
     knobs = knobs.resolve(m, n, nm)
@@ -162,7 +186,7 @@ def nm_matmul(
     n_tail = n - full_tasks * group
     # Every row keeps the same number of values per k tile: the tiles need no index pointers.
     per_tile = knobs.k_tile // group_m * keep
-    k_full, k_rest = per_row // per_tile, per_row % per_tile
+    k_tiles_w = -(-per_row // per_tile)
     zero = tirx.const(0, dtype)
     # vectors of one register each, unrolled: LLVM splits a vector of 5 registers into odd
     # pieces and shuffles
@@ -173,34 +197,35 @@ def nm_matmul(
     k_tiles = -(-k_pad // tk)
 
     @T.macro
-    def weight_fma(xt, values, columns, acc, row, m0, w, vl, e):
+    def weight_fma(xt, values, columns, acc, t, kt, g, m0, w, vl, e):
         for mv in T.unroll(w // vl):
             for ml in T.vectorized(vl):
                 acc[mv * vl + ml] = (
-                    acc[mv * vl + ml] + values[row, e] * xt[columns[row, e], m0 + mv * vl + ml]
+                    acc[mv * vl + ml]
+                    + values[t, kt, g, e] * xt[columns[t, kt, g, e], m0 + mv * vl + ml]
                 )
 
     @T.macro
-    def k_tile(xt, values, columns, acc_rows, r0, m0, w, vl, e0, count):
+    def k_tile(xt, values, columns, acc_rows, t, kt, m0, w, vl):
         for g in range(group):
             acc = T.alloc_buffer((w,), dtype)
             for mv in T.unroll(w // vl):
                 for ml in T.vectorized(vl):
                     acc[mv * vl + ml] = acc_rows[g, mv * vl + ml]
             if unroll == 1:
-                for e in range(count):
-                    weight_fma(xt, values, columns, acc, r0 + g, m0, w, vl, e0 + e)
+                for e in range(per_tile):
+                    weight_fma(xt, values, columns, acc, t, kt, g, m0, w, vl, e)
             else:
                 # ``unroll`` kept weights per iteration: their column loads and address
                 # arithmetic issue together ahead of the activation loads
-                for eo in range(count // unroll):
+                for eo in range(per_tile // unroll):
                     for eu in T.unroll(unroll):
-                        e = e0 + eo * unroll + eu
-                        weight_fma(xt, values, columns, acc, r0 + g, m0, w, vl, e)
-                if count % unroll > 0:
-                    for et in range(count % unroll):
-                        e = e0 + count // unroll * unroll + et
-                        weight_fma(xt, values, columns, acc, r0 + g, m0, w, vl, e)
+                        e = eo * unroll + eu
+                        weight_fma(xt, values, columns, acc, t, kt, g, m0, w, vl, e)
+                if per_tile % unroll > 0:
+                    for et in range(per_tile % unroll):
+                        e = per_tile // unroll * unroll + et
+                        weight_fma(xt, values, columns, acc, t, kt, g, m0, w, vl, e)
             for mv in T.unroll(w // vl):
                 for ml in T.vectorized(vl):
                     acc_rows[g, mv * vl + ml] = acc[mv * vl + ml]
@@ -212,10 +237,8 @@ def nm_matmul(
         acc_rows = T.alloc_buffer((group, w), dtype)
         for g, mi in T.grid(group, w):
             acc_rows[g, mi] = zero
-        for kt in range(k_full):
-            k_tile(xt, values, columns, acc_rows, t * group, m0, w, vl, kt * per_tile, per_tile)
-        if k_rest > 0:
-            k_tile(xt, values, columns, acc_rows, t * group, m0, w, vl, k_full * per_tile, k_rest)
+        for kt in range(k_tiles_w):
+            k_tile(xt, values, columns, acc_rows, t, kt, m0, w, vl)
         for mi in range(w):
             if m0 + mi < m:
                 if t < full_tasks:
@@ -249,13 +272,14 @@ def nm_matmul(
             else:
                 tile(xt, values, columns, bias, y, p // m_tiles, m_full * mt, m_tail, vl_tail)
 
+    w_shape = (rows // group, k_tiles_w, group, per_tile)
     if epilogue.bias:
 
         @T.prim_func(private=True)
         def kernel(
             x: T.Buffer((m, k), dtype),
-            values: T.Buffer((rows, per_row), dtype),
-            columns: T.Buffer((rows, per_row), "int32"),
+            values: T.Buffer(w_shape, dtype),
+            columns: T.Buffer(w_shape, "int32"),
             bias: T.Buffer((n,), dtype),
             y: T.Buffer((m, n), dtype),
         ):
@@ -267,8 +291,8 @@ def nm_matmul(
         @T.prim_func(private=True)
         def kernel(
             x: T.Buffer((m, k), dtype),
-            values: T.Buffer((rows, per_row), dtype),
-            columns: T.Buffer((rows, per_row), "int32"),
+            values: T.Buffer(w_shape, dtype),
+            columns: T.Buffer(w_shape, "int32"),
             y: T.Buffer((m, n), dtype),
         ):
             T.func_attr({"tirx.noalias": True})

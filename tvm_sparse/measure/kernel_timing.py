@@ -12,8 +12,10 @@ from tvm.target import Target
 from ..kernels.bsr_matmul import BSRMatmulKnobs, bsr_matmul
 from ..kernels.epilogue import PLAIN
 from ..kernels.formats import to_bsr
+from ..kernels.nm_permute import nm_permute_applies
 from ..passes.sparse_decisions import Plan
 from ..passes.sparse_kernels import CPUSparseKernels
+from ..passes.sparsity_config import NM_VARIANTS
 from ..pipeline import pipeline
 from ..runtime.runner import Runner
 from ..timing import median_ms
@@ -99,12 +101,15 @@ def measure_bsr(
     return 2.0 * m * stored / seconds / 1e9
 
 
-def nm_case(target: Target, m: int, n: int, k: int, nm: tuple[int, int]):
-    """The N:M kernel for a random N:M weight, its arguments (the output last) and the values
-    it stores."""
+def nm_case(
+    target: Target, m: int, n: int, k: int, nm: tuple[int, int], variant: str | None = None
+):
+    """The N:M kernel (the target's default, or ``variant``) for a random N:M weight, its
+    arguments (the output last) and the values it stores."""
     rng = np.random.default_rng(0)
     weight = (rng.standard_normal((n, k)) * nm_mask(n, k, nm, rng)).astype("float32")
-    kernel = CPUSparseKernels(target).matmul(weight, m, Plan("nm", "nm", "", nm=nm), PLAIN)
+    plan = Plan("nm", "nm", "", nm=nm, variant=variant)
+    kernel = CPUSparseKernels(target).matmul(weight, m, plan, PLAIN)
     x = rng.standard_normal((m, k)).astype("float32")
     args = [x, *kernel.weights, np.zeros((m, n), "float32")]
     return kernel.func, args, kernel.flops // (2 * m)
@@ -113,7 +118,12 @@ def nm_case(target: Target, m: int, n: int, k: int, nm: tuple[int, int]):
 def measure_nm(
     target: Target, m: int, n: int, k: int, nm: tuple[int, int], runner: Runner = _HOST
 ) -> float:
-    """GFLOP/s (over stored values) of the N:M kernel."""
-    func, args, stored = nm_case(target, m, n, k, nm)
-    seconds = time_prim_func(func, target, args, runner)
-    return 2.0 * m * stored / seconds / 1e9
+    """GFLOP/s (over stored values) of the faster of the target's N:M kernels: the table rates
+    N:M as one kernel, and a measured layer times each (``nm_variants`` of
+    :func:`~tvm_sparse.passes.sparse_decisions.measured`)."""
+    variants = NM_VARIANTS if nm_permute_applies(target, nm, k) else (None,)
+    rates = []
+    for variant in variants:
+        func, args, stored = nm_case(target, m, n, k, nm, variant)
+        rates.append(2.0 * m * stored / time_prim_func(func, target, args, runner) / 1e9)
+    return max(rates)

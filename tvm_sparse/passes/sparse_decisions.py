@@ -18,12 +18,13 @@ from ..kernels.bsr_matmul import bsr_matmul_kernel_name
 from ..kernels.cost_model import Calibration
 from ..kernels.formats import to_bsr, to_nm
 from ..kernels.nm_matmul import nm_matmul_kernel_name
+from ..kernels.nm_permute import nm_permute_applies
 from ..kernels.sparse_conv2d import Conv2DGeometry
 from ..kernels.winograd_conv2d import winograd_applies
 from ..targets.backend import backend_of
 from ..targets.facts import vector_lanes
 from .detect_sparsity import WeightSparsity
-from .sparsity_config import SparsityConfig
+from .sparsity_config import NM_VARIANTS, SparsityConfig
 
 __all__ = ["CPUDecisions", "Plan", "TableCheck", "decide", "measured"]
 
@@ -50,11 +51,15 @@ class Plan:
     nm: tuple[int, int] | None = None
     #: how much faster than dense the evidence says the kernel is (0: no figure)
     speedup: float = 0.0
+    #: which of the target's N:M kernels (``NM_VARIANTS``); ``None``: the target's default
+    variant: str | None = None
 
     def record(self) -> dict[str, str]:
         record = {"kernel": self.kernel, "pattern": self.pattern, "reason": self.reason}
         if self.speedup > 0:
             record["speedup"] = f"{self.speedup:.4g}"
+        if self.variant:
+            record["variant"] = self.variant
         return record
 
 
@@ -152,6 +157,9 @@ def decide(
     est, kernel, block, nm = ranked[0]
     pattern = pattern_of(block, nm)
     where = f"in {block[0]}x{block[1]} blocks" if nm is None else f"as {nm[0]}:{nm[1]}"
+    variant = choice.variant if nm is not None else None
+    if variant:
+        where += f" ({variant})"
     if nm is None and info.nm:
         where += f" (conforms to {info.nm[0]}:{info.nm[1]})"
     if forced:
@@ -163,6 +171,7 @@ def decide(
             block,
             nm,
             est.speedup,
+            variant,
         )
     if density == 0.0 or est.speedup >= config.min_speedup:
         return Plan(
@@ -218,10 +227,12 @@ def _ranked(options, info, weight, m, calibration, overhead_s, dense_speedup) ->
 _MEASURED_CANDIDATES = 2
 
 
-def _choice_of(block: tuple[int, int] | None, nm: tuple[int, int] | None) -> str:
+def _choice_of(
+    block: tuple[int, int] | None, nm: tuple[int, int] | None, variant: str | None = None
+) -> str:
     """The sparsity-config choice that builds exactly this kernel."""
     if nm is not None:
-        return f"nm:{nm[0]}:{nm[1]}"
+        return f"nm:{nm[0]}:{nm[1]}" + (f":{variant}" if variant else "")
     return "unstructured" if block == (1, 1) else f"bsr:{block[0]}x{block[1]}"
 
 
@@ -255,12 +266,15 @@ class TableCheck:
 def measured(
     plan: Plan, info: WeightSparsity, weight: np.ndarray, m: int,
     calibration: Calibration, timer: Any, measure, *, op: str = "matmul",
-    check: TableCheck | None = None, min_speedup: float = 1.1,
+    check: TableCheck | None = None, min_speedup: float = 1.1, nm_variants: tuple[str, ...] = (),
 ) -> Plan:  # fmt: skip
     """The table's ``plan`` for an ``"auto"`` layer, replaced by what timing the layer's
     candidates on this machine found (``measure(choices)``, a :class:`LayerTimer` method).
     Where they could not be timed, the table's plan, scaled by ``check`` (what the layers
-    measured before found of the table) where it has evidence, with the reason why."""
+    measured before found of the table) where it has evidence, with the reason why.
+
+    ``nm_variants``: the target's N:M kernels, each timed where the table picks N:M (the table
+    rates N:M as one kernel; which is faster depends on the layer's shape and the core)."""
     options = [(block, None) for block in dict.fromkeys(
         [tuple(info.block_shape), (1, 1), *_ROW_BLOCKS])]  # fmt: skip
     if info.nm is not None and op == "matmul":  # a conv runs N:M weights as 1x1 blocks
@@ -269,8 +283,10 @@ def measured(
               if math.isfinite(r[0].sparse_s)]  # fmt: skip
     if not ranked:
         return plan
-    picked = {_choice_of(block, nm): (est, kernel, block, nm)
-              for est, kernel, block, nm in ranked[:_MEASURED_CANDIDATES]}  # fmt: skip
+    picked = {}
+    for est, kernel, block, nm in ranked[:_MEASURED_CANDIDATES]:
+        for variant in (nm_variants or (None,)) if nm is not None else (None,):
+            picked[_choice_of(block, nm, variant)] = (est, kernel, block, nm, variant)
     timing = measure(list(picked))
     density = f"density {info.density:.2f}"
     kind = op if m > 1 else f"{op}, one row"
@@ -279,14 +295,19 @@ def measured(
         why = f"{why} on {timer.runner.name}"
         return _scaled(plan, ranked, check, kind, density, why, min_speedup)
     if check is not None:
-        for choice, (est, *_) in picked.items():
-            check.add(kind, choice, est.speedup, timing.ms["dense"] / timing.ms[choice])
+        for choice, (est, _, block, nm, _) in picked.items():
+            # the table rates N:M as one kernel: it is checked against the faster variant
+            choice = _choice_of(block, nm)
+            speedups = [timing.ms["dense"] / timing.ms[c] for c, p in picked.items()
+                        if _choice_of(p[2], p[3]) == choice]  # fmt: skip
+            check.add(kind, choice, est.speedup, max(speedups))
     if timing.winner == "dense":
         return Plan("dense", "dense", f"{density}: no sparse kernel faster than dense by the "
                      f"margin, {timing.describe()}")  # fmt: skip
-    _, kernel, block, nm = picked[timing.winner]
-    return Plan(kernel, pattern_of(block, nm), f"{density}: fastest, {timing.describe()}",
-                 block, nm, timing.ms["dense"] / timing.ms[timing.winner])  # fmt: skip
+    _, kernel, block, nm, variant = picked[timing.winner]
+    return Plan(kernel, pattern_of(block, nm),
+                f"{density}: fastest as {timing.winner}, {timing.describe()}",
+                block, nm, timing.ms["dense"] / timing.ms[timing.winner], variant)  # fmt: skip
 
 
 def _scaled(plan, ranked, check, op, density, why, min_speedup) -> Plan:
@@ -329,6 +350,12 @@ class CPUDecisions:
         self.layer_timer = layer_timer
         self.check = TableCheck()  # the table against the layers measured in this compile
 
+    def _nm_variants(self, info: WeightSparsity, weight: np.ndarray) -> tuple[str, ...]:
+        """The N:M kernels a layer can run as, where there is more than one to time."""
+        if info.nm is None or not nm_permute_applies(self.target, tuple(info.nm), weight.shape[1]):
+            return ()
+        return NM_VARIANTS
+
     def _measures(self, name: str) -> bool:
         return self.layer_timer is not None and self.config.choice_for(name).kind == "auto"
 
@@ -338,11 +365,18 @@ class CPUDecisions:
         """The plan of a matmul of ``m`` rows (leading batch dims folded in), timed with the
         bias add and activation ``epilogue_ops`` that follow it."""
         plan = decide(name, info, weight, "matmul", m, self.config, self.calibration)
+        if plan.variant == "permute" and not nm_permute_applies(
+            self.target, plan.nm, weight.shape[1]
+        ):
+            plan = dataclasses.replace(plan, variant="gather", reason=(
+                f"{plan.reason}; the permute kernel needs x86 vectors and whole groups of "
+                f"{plan.nm[1]} inputs: gather"))  # fmt: skip
         if self._measures(name):
             timer = self.layer_timer
             measure = lambda c: timer.matmul((m, weight.shape[1]), weight, c, epilogue_ops)  # noqa: E731
             plan = measured(plan, info, weight, m, self.calibration, timer, measure,
-                            check=self.check, min_speedup=self.config.min_speedup)  # fmt: skip
+                            check=self.check, min_speedup=self.config.min_speedup,
+                            nm_variants=self._nm_variants(info, weight))  # fmt: skip
         return plan
 
     def conv2d(

@@ -27,7 +27,7 @@ from ..kernels.gpu import (
     nm_group_offsets,
     to_mma_sp,
 )
-from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul
+from ..kernels.nm_matmul import NMMatmulKnobs, nm_matmul, nm_matmul_weights
 from ..kernels.nm_permute import (
     NMPermuteKnobs,
     nm_permute,
@@ -96,18 +96,20 @@ class CPUSparseKernels:
     def matmul(self, weight: np.ndarray, m: int, plan: Plan, epilogue: Epilogue) -> SparseKernel:
         """``x (m, k) @ weight.T``; leading batch dims of ``x`` are folded into ``m``."""
         n, k = weight.shape
-        if plan.nm is not None and nm_permute_applies(self.target, plan.nm, k):
+        permute = plan.nm is not None and nm_permute_applies(self.target, plan.nm, k)
+        if permute and plan.variant != "gather":
             knobs = self.permute_knobs
             mat = to_nm(weight, plan.nm, row_multiple=knobs.block)
             func = nm_permute(m, k, n, plan.nm, knobs=knobs, epilogue=epilogue)
             flops = 2 * m * n * (k // plan.nm[1]) * plan.nm[0]
             return SparseKernel(func, nm_permute_weights(mat, knobs), ((m, k),), (m, n), flops)
-        if plan.nm is not None:  # NEON, or inputs not in whole groups
+        if plan.nm is not None:  # asked for, NEON, or inputs not in whole groups
             knobs = self.nm_knobs.resolve(m, n, plan.nm)
             mat = to_nm(weight, plan.nm, row_multiple=knobs.group)
             func = nm_matmul(m, k, n, plan.nm, mat.values.shape[0], knobs=knobs, epilogue=epilogue)
             flops = 2 * m * int(mat.values.size)
-            return SparseKernel(func, (mat.values, mat.columns), ((m, k),), (m, n), flops)
+            weights = nm_matmul_weights(mat, knobs)
+            return SparseKernel(func, weights, ((m, k),), (m, n), flops)
         knobs = self.bsr_knobs.resolve(plan.block, m, n)
         bsr = to_bsr(weight, plan.block, row_multiple=knobs.group, nonempty=True)
         func = bsr_matmul(
@@ -126,7 +128,7 @@ class CPUSparseKernels:
         """The BSR kernel of an NCHW conv, its weight flattened to ``(O, I*KH*KW)``, on the
         ``(batch, I*KH*KW, OH*OW)`` columns of its activations."""
         n, k = weight.shape
-        knobs = self.bsr_knobs.resolve(plan.block, hw, n, batch=batch, **_CONV_LAYOUTS)
+        knobs = self.bsr_knobs.resolve(plan.block, hw, n, batch=batch, k=k, **_CONV_LAYOUTS)
         bsr = to_bsr(weight, plan.block, row_multiple=knobs.group, nonempty=True)
         func = bsr_matmul(hw, k, n, plan.block, bsr.nnzb, bsr.block_rows, knobs=knobs,
                           epilogue=epilogue, batch=batch, **_CONV_LAYOUTS)  # fmt: skip

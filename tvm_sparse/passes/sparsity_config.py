@@ -8,7 +8,9 @@
 ``dict``
     ``{binding_name: choice, ..., "*": default_choice}``; choices are ``"auto"``, ``"dense"``,
     ``"bsr"`` (detected block), ``"bsr:RxC"`` (a given block), ``"unstructured"`` (1x1 BSR),
-    ``"nm"`` (detected N:M) and ``"nm:N:M"``. A named choice is honoured even where the model
+    ``"nm"`` (detected N:M), ``"nm:N:M"`` and ``"nm:N:M:VARIANT"`` (one N:M kernel of the
+    target's: ``permute`` or ``gather`` on x86, where ``"nm:N:M"`` times both per layer and
+    takes the faster). A named choice is honoured even where the model
     says it is slower (the reason says so). Unknown choices and names that are not candidates
     raise ``ValueError`` listing the valid ones. A :class:`SparsityConfig` is accepted too.
 """
@@ -19,18 +21,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CHOICES", "LayerChoice", "SparsityConfig"]
+__all__ = ["CHOICES", "NM_VARIANTS", "LayerChoice", "SparsityConfig"]
 
-CHOICES = ("auto", "dense", "bsr", "bsr:RxC", "unstructured", "nm", "nm:N:M")
+CHOICES = ("auto", "dense", "bsr", "bsr:RxC", "unstructured", "nm", "nm:N:M", "nm:N:M:VARIANT")
+#: The N:M kernels a choice can name (:mod:`tvm_sparse.kernels.nm_permute` and
+#: :mod:`tvm_sparse.kernels.nm_matmul`).
+NM_VARIANTS = ("permute", "gather")
 
 
 @dataclass(frozen=True)
 class LayerChoice:
-    """What to do with one layer: ``kind`` in auto/dense/bsr/nm, optionally a fixed shape."""
+    """What to do with one layer: ``kind`` in auto/dense/bsr/nm, optionally a fixed shape and,
+    for N:M, the kernel (``variant``, one of :data:`NM_VARIANTS`)."""
 
     kind: str = "auto"
     block: tuple[int, int] | None = None
     nm: tuple[int, int] | None = None
+    variant: str | None = None
 
     @classmethod
     def parse(cls, value: str | LayerChoice, *, key: str = "sparsity") -> LayerChoice:
@@ -49,15 +56,18 @@ class LayerChoice:
                     raise ValueError
                 return cls(kind="bsr", block=block)
             if text.startswith("nm:"):
-                n, m = text[3:].split(":")
+                n, m, *variant = text[3:].split(":")
                 pair = (int(n), int(m))
-                if not 0 < pair[0] <= pair[1]:
+                if not 0 < pair[0] <= pair[1] or len(variant) > 1:
                     raise ValueError
-                return cls(kind="nm", nm=pair)
+                if variant and variant[0] not in NM_VARIANTS:
+                    raise ValueError
+                return cls(kind="nm", nm=pair, variant=variant[0] if variant else None)
         except ValueError:
             pass
         raise ValueError(
-            f"{key}: unknown sparsity choice {value!r}; choose one of {', '.join(CHOICES)}"
+            f"{key}: unknown sparsity choice {value!r}; choose one of {', '.join(CHOICES)} "
+            f"(VARIANT: {' or '.join(NM_VARIANTS)})"
         )
 
 

@@ -195,10 +195,10 @@ def _readings(name: str, shapes, knobs: dict, dtype: str) -> list[SparseSpec]:
     not those the CPU generators write (the CUDA kernels of the same names take a batched
     ``(1, M, K)`` input, for one)."""
     ranks = [len(s) for s in shapes]
-    if (match := _NM.match(name)) and ranks == [2, 2, 2, 2]:
-        (m, k), (rows, _), _, (_, n) = shapes
+    if (match := _NM.match(name)) and ranks == [2, 4, 4, 2]:
+        (m, k), (tasks, _, group, _), _, (_, n) = shapes
         nm = (int(match[1]), int(match[2]))
-        return [SparseSpec("nm", name, m, k, n, nm, rows, dtype=dtype, index_args=(2,))]
+        return [SparseSpec("nm", name, m, k, n, nm, tasks * group, dtype=dtype, index_args=(2,))]
     if match and ranks == [2, 5, 5, 2] and knobs.get("variant") == "permute":
         (m, k), (blocks, *_), _, (_, n) = shapes
         nm = (int(match[1]), int(match[2]))
@@ -237,12 +237,9 @@ def sparse_candidates(spec: SparseSpec, knobs: dict, target: Target) -> list[dic
     options: list[dict] = []
     if spec.kernel == "nm_permute":  # the rows of a register tile keep the weight's layout
         options = [{"rows": r} for r in (2, 4, 6, 8, 10, 12)]
-    elif spec.kernel == "nm":
+    elif spec.kernel == "nm":  # the group and k tile keep the weight's layout
         tiles = [lanes, 2 * lanes, 4 * lanes, 8 * lanes, 16 * lanes]
-        groups = [g * lanes for g in (1, 2, 4, 8) if spec.stored % (g * lanes) == 0]
-        inputs_per_group = spec.pattern[1]  # the M of N:M
-        options = [{"m_tile": t, "group": g} for t in tiles for g in groups]
-        options += [{"k_tile": kt * inputs_per_group} for kt in (4, 8, 16, 32, 64)]
+        options = [{"m_tile": t, "unroll": u} for t in tiles for u in (1, 2)]
     elif knobs.get("variant") == "gemv":
         options = [{"lanes": v} for v in (4, 8, 16, 32, 64)]
     elif knobs.get("variant") == "rows":
@@ -253,7 +250,9 @@ def sparse_candidates(spec: SparseSpec, knobs: dict, target: Target) -> list[dic
         tiles = [lanes // 2, lanes, 2 * lanes, 3 * lanes, 4 * lanes, 8 * lanes]
         groups = [1] if spec.y_layout == "NM" else [1, 2, 4, 8, 16]
         groups = [g for g in groups if spec.block_rows % g == 0]
-        options = [{"m_tile": t, "group": g} for t in tiles for g in groups]
+        splits = ["rows", "outputs"] if spec.x_layout == "KM" else ["rows"]
+        options = [{"m_tile": t, "group": g, "split": s}
+                   for t in tiles for g in groups for s in splits]  # fmt: skip
     out, seen = [dict(knobs)], {canonical_knobs(knobs)}
     for option in options:
         cand = {**knobs, **option}
