@@ -22,6 +22,7 @@ from .passes.collect_report import (
 )
 from .passes.convert_compute_dtype import ConvertComputeDtype
 from .passes.convert_to_nhwc import ConvertToNHWC
+from .passes.fold_channel_scale import FoldChannelScale
 from .passes.fold_constants_on_host import FoldConstantsOnHost
 from .passes.inject_prefetch import InjectPrefetch
 from .passes.pack_weights import PackWeights
@@ -55,6 +56,7 @@ def prepare_passes() -> list[tvm.transform.Pass]:
         relax.transform.DecomposeOpsForInference(),
         FoldConstantsOnHost(),  # most of it, without building a kernel per op
         relax.transform.FoldConstant(),
+        FoldChannelScale(),
         RewriteConstantTake(),
         UniquifyBindingNames(),
     ]

@@ -12,6 +12,7 @@ from .collect_report import (
 from .convert_compute_dtype import ConvertComputeDtype
 from .convert_to_nhwc import ConvertToNHWC
 from .detect_sparsity import DetectSparsity, WeightSparsity, analyze_weight
+from .fold_channel_scale import FoldChannelScale
 from .fold_constants_on_host import FoldConstantsOnHost
 from .inject_prefetch import InjectPrefetch
 from .pack_weights import PackWeights
@@ -32,6 +33,7 @@ __all__ = [
     "ConvertComputeDtype",
     "ConvertToNHWC",
     "DetectSparsity",
+    "FoldChannelScale",
     "FoldConstantsOnHost",
     "InjectPrefetch",
     "PackWeights",
