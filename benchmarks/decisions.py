@@ -1,7 +1,7 @@
 """Are the compiler's own choices right? What ``compile`` returns against every alternative.
 
     python benchmarks/decisions.py [--only ffn,models] [--targets x86,x86-avx2] \\
-        [--out benchmarks/results]
+        [--ffn-patterns 2:4,4:8] [--out benchmarks/results] [--name decisions]
 
 Writes ``decisions.json`` and ``decisions.md``. Each case is a pruned model compiled the way a
 user compiles it (``sparsity="auto"``, layers timed on this machine, the end-to-end speed check
@@ -135,12 +135,15 @@ def measure(kind: str, a: str, b, target: str) -> dict:
     }
 
 
-def cases(only: list[str]) -> list[tuple[str, str, float | str]]:
+FFN_PATTERNS = ("16x1", "1x4", "unstructured", "2:4", "4:8")
+
+
+def cases(only: list[str], patterns=FFN_PATTERNS) -> list[tuple[str, str, float | str]]:
     out = []
     if "ffn" in only:
-        for pattern in ("16x1", "1x4", "unstructured"):
-            out += [("ffn", pattern, density) for density in (0.5, 0.3, 0.1)]
-        out += [("ffn", "2:4", 0.5), ("ffn", "4:8", 0.5)]
+        for pattern in patterns:
+            densities = (0.5,) if ":" in pattern else (0.5, 0.3, 0.1)
+            out += [("ffn", pattern, density) for density in densities]
     if "models" in only:
         for arch in ("ResNet-18", "MobileNetV2"):
             out += [("models", arch, pattern) for pattern in ("channel", "unstructured", "16x1")]
@@ -159,7 +162,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="ffn,models")
     parser.add_argument("--targets", default="x86", help="presets, comma-separated")
+    parser.add_argument("--ffn-patterns", default=",".join(FFN_PATTERNS))
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--name", default="decisions", help="stem of the result files")
     args = parser.parse_args()
     os.environ["TVM_SPARSE_VERIFY_SPEED"] = "0"
     # A first compile on this machine: no layer times or tuning records from earlier runs.
@@ -167,7 +172,7 @@ def main() -> None:
     os.environ["XDG_CACHE_HOME"] = cache.name
     rows = []
     for target in args.targets.split(","):
-        for kind, a, b in cases(args.only.split(",")):
+        for kind, a, b in cases(args.only.split(","), args.ffn_patterns.split(",")):
             r = in_fresh_process(measure, kind, a, b, target)
             ms = r["ms"]
             best = ms[r["fastest"]]
@@ -198,7 +203,7 @@ def main() -> None:
             rows.append(row)
             print(f"[decisions] {row}", flush=True)
     write_results(
-        "decisions",
+        args.name,
         rows,
         list(rows[0]),
         out_dir=args.out,
