@@ -11,10 +11,10 @@ from tvm_sparse.kernels import (
     NMMatmulKnobs,
     bsr_matmul,
     nm_matmul,
-    nm_matmul_weights,
     to_bsr,
     to_nm,
 )
+from tvm_sparse.kernels.nm_matmul import nm_matmul_weights
 from tvm_sparse.measure import block_mask, nm_mask
 from tvm_sparse.targets import get_preset
 
