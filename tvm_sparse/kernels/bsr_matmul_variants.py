@@ -437,8 +437,8 @@ def m_kernel(batch, m, k, n, block, nnzb, block_rows, knobs, x_layout, y_layout,
     @T.macro
     def outputs_task(x, data, indices, indptr, bias, y, b, t):
         # block row t over every row of X.T where it lies, tiles of whole vectors first and the
-        # ragged rest in a narrower one (one tile of 49 rows, three vectors and a lane, ran
-        # several times slower than 48 and 1)
+        # ragged rest in a narrower one, which cannot read past the input's last row (its
+        # lanes form one chain of dependent FMAs: ``_km_split`` sends small images to "rows")
         for mo in range(m_whole // mt):
             xv = T.decl_buffer((1, k, m), dtype, data=x.data, elem_offset=b * k * m + mo * mt)
             any_tile(x, xv, data, indices, indptr, bias, y, b, t, mo * mt, mt)

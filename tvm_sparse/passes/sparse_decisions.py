@@ -295,12 +295,13 @@ def measured(
         why = f"{why} on {timer.runner.name}"
         return _scaled(plan, ranked, check, kind, density, why, min_speedup)
     if check is not None:
+        # the table rates N:M as one kernel: it is checked once, against the faster variant
+        best: dict[str, tuple[float, float]] = {}
         for choice, (est, _, block, nm, _) in picked.items():
-            # the table rates N:M as one kernel: it is checked against the faster variant
-            choice = _choice_of(block, nm)
-            speedups = [timing.ms["dense"] / timing.ms[c] for c, p in picked.items()
-                        if _choice_of(p[2], p[3]) == choice]  # fmt: skip
-            check.add(kind, choice, est.speedup, max(speedups))
+            rated, speedup = _choice_of(block, nm), timing.ms["dense"] / timing.ms[choice]
+            best[rated] = (est.speedup, max(speedup, best.get(rated, (0.0, 0.0))[1]))
+        for rated, (estimated, speedup) in best.items():
+            check.add(kind, rated, estimated, speedup)
     if timing.winner == "dense":
         return Plan("dense", "dense", f"{density}: no sparse kernel faster than dense by the "
                      f"margin, {timing.describe()}")  # fmt: skip
