@@ -59,6 +59,14 @@ def test_between_candidates_within_the_margin_the_first_named_wins():
     assert compare(calls, reference="dense").winner == "second"
 
 
+def test_two_candidates_compare_round_by_round():
+    result = compare({"dense": _work(1.0), "a": _work(0.5), "b": _work(0.25)}, reference="dense")
+    assert all(len(v) == result.rounds for v in result.round_ms.values())
+    assert result.ratio("a", "b") == pytest.approx(2.0, rel=0.2)
+    assert result.ratio("b", "a") == pytest.approx(0.5, rel=0.2)
+    assert result.ratio("a", "a") == 1.0
+
+
 def test_busy_core_compile_makes_the_same_decisions(tmp_path, monkeypatch):
     """The compile's per-layer choices (each layer's candidates timed on this machine) and its
     speed check come out the same while another process keeps a core busy."""

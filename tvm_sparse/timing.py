@@ -67,6 +67,9 @@ class Comparison:
         Rounds run.
     resolved : bool
         Whether the ratios settled before the budget ran out.
+    round_ms : dict[str, list[float]]
+        Each candidate's per-call milliseconds in each round, in round order: two candidates
+        are compared round by round (:meth:`ratio`), so that the host's drift cancels.
     """
 
     winner: str
@@ -74,6 +77,12 @@ class Comparison:
     speedup: dict[str, float]
     rounds: int
     resolved: bool
+    round_ms: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+
+    def ratio(self, name: str, other: str) -> float:
+        """Median over rounds of ``name``'s time over ``other``'s (above 1: ``name`` is
+        slower), paired within each round."""
+        return float(np.median(np.asarray(self.round_ms[name]) / np.asarray(self.round_ms[other])))
 
     def describe(self) -> str:
         parts = [f"{name} {ms:.3f} ms" for name, ms in self.ms.items()]
@@ -130,6 +139,7 @@ def compare(
         speedup=speedup,
         rounds=rounds,
         resolved=resolved,
+        round_ms={name: [t * 1e3 for t in v] for name, v in per_call.items()},
     )
 
 
