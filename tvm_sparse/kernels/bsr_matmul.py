@@ -17,6 +17,7 @@ from tvm.target import Target
 from ..targets.facts import is_neon, vector_lanes
 from .bsr_matmul_variants import gemv_kernel, m_kernel, rows_kernel
 from .epilogue import EPILOGUE_ATTR, PLAIN, Epilogue
+from .kernel_cache import cached_kernel
 
 __all__ = ["BSRMatmulKnobs", "bsr_matmul", "bsr_matmul_kernel_name"]
 
@@ -189,6 +190,7 @@ def bsr_matmul_kernel_name(block: tuple[int, int]) -> str:
     return f"bsr_matmul[{block[0]}x{block[1]}]"
 
 
+@cached_kernel
 def bsr_matmul(
     m: int,
     k: int,

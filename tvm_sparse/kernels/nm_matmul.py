@@ -26,6 +26,7 @@ from tvm.target import Target
 from ..targets.facts import is_neon, num_cores, vector_lanes
 from .epilogue import EPILOGUE_ATTR, PLAIN, Epilogue
 from .formats import NMMatrix
+from .kernel_cache import cached_kernel
 
 __all__ = ["NMMatmulKnobs", "nm_matmul", "nm_matmul_kernel_name", "nm_matmul_weights"]
 
@@ -134,6 +135,7 @@ def nm_matmul_kernel_name(nm: tuple[int, int]) -> str:
     return f"nm_matmul[{nm[0]}:{nm[1]}]"
 
 
+@cached_kernel
 def nm_matmul(
     m: int,
     k: int,

@@ -28,6 +28,7 @@ from tvm.target.codegen import target_has_features
 from ..targets.facts import is_neon, num_cores, vector_lanes
 from .epilogue import EPILOGUE_ATTR, PLAIN, Epilogue
 from .formats import NMMatrix, round_up
+from .kernel_cache import cached_kernel
 from .nm_matmul import nm_matmul_kernel_name
 
 __all__ = ["NMPermuteKnobs", "nm_permute", "nm_permute_applies", "nm_permute_weights"]
@@ -115,6 +116,7 @@ def nm_permute_weights(mat: NMMatrix, knobs: NMPermuteKnobs) -> tuple[np.ndarray
     return blocked(mat.values), blocked((mat.columns % group).astype("int32"))
 
 
+@cached_kernel
 def nm_permute(
     m: int,
     k: int,

@@ -41,6 +41,7 @@ from tvm.script import tirx as T
 from tvm.target import Target
 
 from ..targets.facts import vector_lanes
+from .kernel_cache import cached_kernel
 
 __all__ = [
     "KERNEL_NAME",
@@ -155,6 +156,7 @@ def winograd_weight(weight_hwio: np.ndarray, nr: int) -> np.ndarray:
     return np.ascontiguousarray(u, dtype="float32")
 
 
+@cached_kernel
 def winograd_conv2d(
     height: int,
     width: int,

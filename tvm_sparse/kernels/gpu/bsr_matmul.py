@@ -35,11 +35,13 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from ..bsr_matmul import bsr_matmul_kernel_name
+from ..kernel_cache import cached_kernel
 from .tiling import CUDATileKnobs, load_x_tile
 
 __all__ = ["cuda_bsr_matmul"]
 
 
+@cached_kernel
 def cuda_bsr_matmul(
     m: int,
     k: int,

@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from tvm import tirx
 from tvm.script import tirx as T
 
+from ..kernel_cache import cached_kernel
 from .mma_sp_layout import MMA_K, MMA_M, MMA_N, REGS, b_element, c_element, meta_slot
 from .tiling import MAX_SHARED_BYTES
 
@@ -126,6 +127,7 @@ class MMASpKnobs:
         }
 
 
+@cached_kernel
 def cuda_mma_sp_matmul(
     m: int,
     k: int,

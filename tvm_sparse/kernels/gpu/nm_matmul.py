@@ -34,6 +34,7 @@ from tvm import tirx
 from tvm.script import tirx as T
 
 from ..formats import NMMatrix
+from ..kernel_cache import cached_kernel
 from ..nm_matmul import nm_matmul_kernel_name
 from .tiling import CUDATileKnobs, load_x_tile
 
@@ -58,6 +59,7 @@ def nm_group_offsets(mat: NMMatrix) -> np.ndarray:
     return np.ascontiguousarray((mat.columns % group).astype(np.int8))
 
 
+@cached_kernel
 def cuda_nm_matmul(
     m: int,
     k: int,
