@@ -136,7 +136,7 @@ def measure(kind: str, a: str, b, target: str) -> dict:
         # what decided each pruned layer of the returned build, to read a miss against
         "evidence": sorted(
             {f"{r.layer}: {r.kernel} ({r.reason})" for r in chosen.report.rows if r.layer}
-        ),  # fmt: skip
+        ),
         "error": error,
         "rounds": result.rounds,
     }

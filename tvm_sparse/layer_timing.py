@@ -235,6 +235,7 @@ class LayerTimer:
             result = compare(calls, reference="dense", policy=self.policy)
             copies = _copies(layer)  # each call ran the layer this many times
             result.ms = {name: ms / copies for name, ms in result.ms.items()}
+            result.round_ms = {name: [t / copies for t in v] for name, v in result.round_ms.items()}
         except Exception as err:  # noqa: BLE001 - a failed measurement falls back, it never stops a compile
             warnings.warn(
                 f"timing the candidates {names} of a {layer.op} of weight {layer.weight.shape} "
